@@ -1,0 +1,1 @@
+"""Dispatch: claim queued jobs, launch them through a runner, lease, reconcile, retry, cancel, time out."""

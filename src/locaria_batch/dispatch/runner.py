@@ -1,0 +1,70 @@
+"""The one protocol every runner (local process, Docker/Podman container, ECS task) implements."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol
+
+Handle = dict[str, Any]  # JSON stored in jobs.handle: pid / container id / task ARN, plus what status() needs
+
+
+@dataclass(frozen=True)
+class LaunchRequest:
+    job_id: int
+    attempt: int
+    token: str
+    file_id: int
+    docker: dict[str, Any]  # the locaria_core.dockers row
+    env: dict[str, str] = field(default_factory=dict)  # the job environment (ids, token, settings)
+
+    @property
+    def docker_name(self) -> str:
+        return str(self.docker["name"])
+
+
+@dataclass(frozen=True)
+class RunStatus:
+    state: Literal["running", "exited", "missing"]
+    exit_code: int | None = None
+    reason: str | None = None
+    details: dict[str, Any] = field(default_factory=dict)  # e.g. ECS stopCode/stoppedReason
+
+
+class LaunchError(RuntimeError):
+    """A launch that did not start anything.  `requeue`: try again later without spending an
+    attempt (capacity, throttling); otherwise the attempt counts as failed."""
+
+    def __init__(self, message: str, *, requeue: bool = False, delay: float = 0.0) -> None:
+        super().__init__(message)
+        self.requeue = requeue
+        self.delay = delay
+
+
+class Runner(Protocol):
+    name: str
+
+    def launch(self, request: LaunchRequest) -> Handle: ...
+
+    def status(self, handles: list[Handle]) -> list[RunStatus]:
+        """One status per handle, in order (runners batch their lookups)."""
+
+    def find(self, job_id: int, attempt: int) -> Handle | None:
+        """Look an attempt up by its job id and attempt number (adoption after a dispatcher died)."""
+
+    def stop(self, handle: Handle, reason: str) -> None: ...
+
+    def cleanup(self, handle: Handle) -> None:
+        """Release what a finished attempt left behind (a stopped container)."""
+
+
+def exit_reason(exit_code: int | None) -> str:
+    """Words for an exit code, for the file's log."""
+    if exit_code is None:
+        return "ended without reporting (exit code unknown)"
+    if exit_code == 137:
+        return "was killed (SIGKILL: out of memory or stopped by force)"
+    if exit_code == 143:
+        return "was terminated (SIGTERM)"
+    if exit_code > 128:
+        return f"was killed by signal {exit_code - 128}"
+    return f"ended without reporting (exit code {exit_code})"

@@ -1,0 +1,5 @@
+import sys
+
+from locaria_batch.job import main
+
+sys.exit(main())

@@ -1,0 +1,79 @@
+"""Test setup: a real PostgreSQL + PostGIS cluster, started here for the session."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+
+from locaria_batch import config
+from locaria_batch.db import connect
+from locaria_batch.db.cluster import EmbeddedCluster
+from locaria_batch.db.migrate import migrate
+from locaria_batch.deploy import dockers
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session")
+def pg_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """LOCARIA_TEST_DB_URL if given, else a throw-away embedded cluster for this session."""
+    external = os.environ.get("LOCARIA_TEST_DB_URL")
+    if external:
+        yield external
+        return
+    home = tmp_path_factory.mktemp("cluster")
+    os.environ["LOCARIA_PG_OPTIONS"] = "-c fsync=off -c full_page_writes=off"
+    cluster = EmbeddedCluster(home)
+    url = cluster.up()
+    with connect(url, autocommit=True) as conn:
+        migrate(conn)
+    yield url
+    cluster.destroy()
+
+
+@pytest.fixture(autouse=True)
+def locaria_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """Each test gets its own LOCARIA_HOME (storage, job logs) and the repo's dockers.json."""
+    home = tmp_path / "locaria-home"
+    monkeypatch.setenv("LOCARIA_HOME", str(home))
+    monkeypatch.setenv("LOCARIA_STORAGE", str(home / "storage"))
+    monkeypatch.setenv("LOCARIA_PROJECT_DIR", str(REPO))
+    monkeypatch.setenv("LOCARIA_HEARTBEAT_SECONDS", "0.5")
+    monkeypatch.delenv("LOCARIA_DB_URL", raising=False)
+    config.reset()
+    yield home
+    config.reset()
+
+
+RESET_SQL = """
+TRUNCATE locaria_core.files, locaria_core.jobs, locaria_core.job_events, locaria_core.logs,
+         locaria_core.parameters, locaria_data.items, locaria_core.categories RESTART IDENTITY CASCADE;
+DELETE FROM locaria_core.dockers;
+"""
+
+
+@pytest.fixture
+def db_url(pg_url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """A clean database (no rows, the repo's dockers) with LOCARIA_DB_URL pointing at it."""
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        conn.execute(RESET_SQL)
+        for (schema,) in conn.execute(
+            "SELECT format('%I.%I', schemaname, tablename) FROM pg_tables WHERE schemaname = 'locaria_uploads'"
+        ).fetchall():
+            conn.execute(f"DROP TABLE {schema} CASCADE")
+    with connect(pg_url, autocommit=True) as conn:
+        dockers.sync(conn, dockers.load(REPO / "docker" / "dockers.json"))
+    monkeypatch.setenv("LOCARIA_DB_URL", pg_url)
+    config.reset()
+    yield pg_url
+
+
+@pytest.fixture
+def conn(db_url: str) -> Iterator[psycopg.Connection[dict[str, Any]]]:
+    with connect(db_url, autocommit=True) as connection:
+        yield connection
