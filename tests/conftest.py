@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -26,7 +28,9 @@ def pg_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     if external:
         yield external
         return
-    home = tmp_path_factory.mktemp("cluster")
+    # not under pytest's tmp (mode 0700): as root, the cluster runs as the postgres user
+    home = Path(tempfile.mkdtemp(prefix="locaria-test-cluster-"))
+    home.chmod(0o755)
     os.environ["LOCARIA_PG_OPTIONS"] = "-c fsync=off -c full_page_writes=off"
     cluster = EmbeddedCluster(home)
     url = cluster.up()
@@ -34,6 +38,7 @@ def pg_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         migrate(conn)
     yield url
     cluster.destroy()
+    shutil.rmtree(home, ignore_errors=True)
 
 
 @pytest.fixture(autouse=True)
@@ -45,6 +50,8 @@ def locaria_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Pat
     monkeypatch.setenv("LOCARIA_PROJECT_DIR", str(REPO))
     monkeypatch.setenv("LOCARIA_HEARTBEAT_SECONDS", "0.5")
     monkeypatch.delenv("LOCARIA_DB_URL", raising=False)
+    # job subprocesses import this checkout, whatever the virtualenv has installed
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(REPO / "src"), os.environ.get("PYTHONPATH")])))
     config.reset()
     yield home
     config.reset()

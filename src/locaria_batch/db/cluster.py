@@ -122,6 +122,17 @@ class EmbeddedCluster:
             ) from exc
         return ["runuser", "-u", "postgres", "--", *argv]
 
+    def _check_reachable(self) -> None:
+        """As root the server runs as `postgres`, which must be able to reach the data folder."""
+        if os.geteuid() != 0:
+            return
+        for folder in self.root.resolve().parents:
+            if not os.stat(folder).st_mode & 0o001:
+                raise ClusterError(
+                    f"{folder} is not searchable by other users, so the `postgres` user cannot reach "
+                    f"{self.root}. Run `chmod o+x {folder}` or set LOCARIA_HOME to a folder outside it."
+                )
+
     def _chown(self) -> None:
         if os.geteuid() == 0:
             subprocess.run(["chown", "-R", "postgres:", str(self.root)], check=True)
@@ -156,6 +167,7 @@ class EmbeddedCluster:
         self.root.mkdir(parents=True, exist_ok=True)
         self.run_dir.mkdir(exist_ok=True)
         if not (self.data / "PG_VERSION").exists():
+            self._check_reachable()
             self._chown()
             result = subprocess.run(
                 self._as_owner([str(bindir / "initdb"), "-D", str(self.data), "-U", SUPERUSER, "--auth=trust",
