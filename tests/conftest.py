@@ -51,7 +51,8 @@ def locaria_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Pat
     monkeypatch.setenv("LOCARIA_HEARTBEAT_SECONDS", "0.5")
     monkeypatch.delenv("LOCARIA_DB_URL", raising=False)
     # job subprocesses import this checkout, whatever the virtualenv has installed
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(REPO / "src"), os.environ.get("PYTHONPATH")])))
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(
+        filter(None, [str(REPO / "src"), str(REPO), os.environ.get("PYTHONPATH")])))
     config.reset()
     yield home
     config.reset()
@@ -84,3 +85,17 @@ def db_url(pg_url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
 def conn(db_url: str) -> Iterator[psycopg.Connection[dict[str, Any]]]:
     with connect(db_url, autocommit=True) as connection:
         yield connection
+
+
+@pytest.fixture
+def add_docker(conn: psycopg.Connection[dict[str, Any]]) -> Any:
+    """Register an extra job type (besides the repo's) for one test."""
+
+    specs = dockers.load(REPO / "docker" / "dockers.json")
+
+    def add(name: str, **entry: Any) -> dockers.DockerSpec:
+        specs[name] = dockers.DockerSpec.from_entry(name, entry)
+        dockers.sync(conn, specs)
+        return specs[name]
+
+    return add

@@ -1,0 +1,228 @@
+"""The dispatcher and the job SDK against real processes and a real database."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+from psycopg.types.json import Jsonb
+
+from locaria_batch.dispatch.dispatcher import Dispatcher, job_environment
+from locaria_batch.dispatch.local import LocalRunner
+from locaria_batch.dispatch.runner import LaunchRequest
+from locaria_batch.files import cancel_file
+
+
+@pytest.fixture
+def runs(conn) -> Any:
+    conn.execute("DROP TABLE IF EXISTS public.test_runs")
+    conn.execute("CREATE TABLE public.test_runs (file_id bigint, job_id bigint, attempt int, pid int, "
+                 "at timestamptz DEFAULT clock_timestamp())")
+
+    def rows() -> list[dict[str, Any]]:
+        return conn.execute("SELECT * FROM public.test_runs ORDER BY at").fetchall()
+
+    return rows
+
+
+def runner(home: Path) -> LocalRunner:
+    return LocalRunner(home / "logs", stop_grace=2)
+
+
+def add(conn: Any, status: str, **attrs: Any) -> int:
+    payload = {"file_attributes": {"name": f"f-{uuid.uuid4().hex[:6]}", **attrs}, "status": status}
+    return conn.execute("SELECT locaria_core.add_file(%s) AS r", [Jsonb(payload)]).fetchone()["r"]["id"]
+
+
+def file_row(conn: Any, file_id: int) -> dict[str, Any]:
+    return conn.execute("SELECT * FROM locaria_core.files WHERE id = %s", [file_id]).fetchone()
+
+
+def job_row(conn: Any, file_id: int) -> dict[str, Any]:
+    return conn.execute("SELECT * FROM locaria_core.jobs WHERE file_id = %s ORDER BY id DESC LIMIT 1",
+                        [file_id]).fetchone()
+
+
+def pump(dispatcher: Dispatcher, until: Any, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while not until():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        dispatcher.run_once()
+        time.sleep(0.05)
+
+
+def test_two_workers_never_run_one_job_twice(conn, db_url, add_docker, runs, locaria_env) -> None:
+    add_docker("recorder", trigger_statuses=["RECORD"], success_status="RECORDED", handler="tests.jobs_for_tests:record",
+               concurrency=40)
+    ids = [add(conn, "RECORD") for _ in range(24)]
+    workers = [Dispatcher(runner(locaria_env), concurrency=6, db_url=db_url, job_db_url=db_url) for _ in range(2)]
+    threads = [threading.Thread(target=w.drain, kwargs={"timeout": 90, "poll": 0.05}) for w in workers]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    executed = [r["file_id"] for r in runs()]
+    assert sorted(executed) == ids  # every job ran, and only once
+    owners = {r["lease_owner"] for r in conn.execute("SELECT lease_owner FROM locaria_core.jobs")}
+    assert len(owners) == 2, "both workers should have taken a share"
+    assert {file_row(conn, i)["status"] for i in ids} == {"RECORDED"}
+    assert {r["state"] for r in conn.execute("SELECT state FROM locaria_core.jobs")} == {"succeeded"}
+
+
+def test_a_killed_job_is_retried_then_failed_with_its_exit_code(conn, db_url, add_docker, runs, locaria_env) -> None:
+    add_docker("sleeper", trigger_statuses=["SLEEP"], running_status="SLEEPING", handler="tests.jobs_for_tests:sleeper",
+               max_attempts=2, retry_base_seconds=0.05)
+    file_id = add(conn, "SLEEP", sleep=60)
+    dispatcher = Dispatcher(runner(locaria_env), db_url=db_url, job_db_url=db_url)
+    for attempt in (1, 2):
+        pump(dispatcher, lambda a=attempt: len(runs()) >= a)
+        os.kill(runs()[-1]["pid"], signal.SIGKILL)
+        assert file_row(conn, file_id)["status"] == "SLEEPING"
+    pump(dispatcher, lambda: job_row(conn, file_id)["state"] == "failed")
+    job = job_row(conn, file_id)
+    assert job["attempt"] == 2 and job["exit_code"] == 137
+    row = file_row(conn, file_id)
+    assert row["status"] == "ERROR"
+    messages = [e.get("message", "") for e in row["attributes"]["log_messages"]]
+    assert any("attempt 1 of 2 failed" in m and "exit code 137" in m for m in messages)
+    assert "failed after 2 attempt(s)" in messages[-1] and "exit code 137" in messages[-1]
+    assert row["attributes"]["exit_code"] == 137
+    events = [r["event"] for r in conn.execute(
+        "SELECT event FROM locaria_core.job_events WHERE job_id = %s ORDER BY id", [job["id"]])]
+    assert events == ["queued", "launching", "launched", "running", "queued", "launching", "launched", "running",
+                      "failed"]
+
+
+def test_a_job_past_its_timeout_is_stopped(conn, db_url, add_docker, runs, locaria_env) -> None:
+    add_docker("sleeper", trigger_statuses=["SLEEP"], handler="tests.jobs_for_tests:sleeper", timeout_seconds=1,
+               max_attempts=1)
+    file_id = add(conn, "SLEEP", sleep=60)
+    dispatcher = Dispatcher(runner(locaria_env), db_url=db_url, job_db_url=db_url)
+    pump(dispatcher, lambda: job_row(conn, file_id)["state"] == "failed")
+    assert "timed out after 1 s" in file_row(conn, file_id)["attributes"]["error"]
+    with pytest.raises(ProcessLookupError):
+        os.kill(runs()[0]["pid"], 0)
+
+
+def test_cancel_stops_the_running_process(conn, db_url, add_docker, runs, locaria_env) -> None:
+    add_docker("sleeper", trigger_statuses=["SLEEP"], handler="tests.jobs_for_tests:sleeper")
+    file_id = add(conn, "SLEEP", sleep=60)
+    dispatcher = Dispatcher(runner(locaria_env), db_url=db_url, job_db_url=db_url)
+    pump(dispatcher, lambda: len(runs()) == 1)
+    pid = runs()[0]["pid"]
+    assert cancel_file(conn, file_id)["cancelled_jobs"] == [job_row(conn, file_id)["id"]]
+    pump(dispatcher, lambda: not job_row(conn, file_id)["stop_requested"])
+    time.sleep(0.2)
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)
+    assert file_row(conn, file_id)["status"] == "CANCELLED"
+    assert job_row(conn, file_id)["state"] == "cancelled"
+
+
+def test_handler_errors_become_a_plain_message(conn, db_url, add_docker, locaria_env) -> None:
+    add_docker("refuser", trigger_statuses=["CHECK"], handler="tests.jobs_for_tests:refuse")
+    add_docker("exploder", trigger_statuses=["EXPLODE"], handler="tests.jobs_for_tests:explode")
+    refused = add(conn, "CHECK", name="data.txt")
+    exploded = add(conn, "EXPLODE")
+    Dispatcher(runner(locaria_env), db_url=db_url, job_db_url=db_url).drain(timeout=30)
+    row = file_row(conn, refused)
+    assert row["status"] == "ERROR"
+    assert row["attributes"]["error"] == "file data.txt is not acceptable: send a CSV instead"
+    assert job_row(conn, refused)["attempt"] == 1  # a bad file is not retried
+    row = file_row(conn, exploded)
+    assert row["attributes"]["error"].startswith("exploder failed unexpectedly: ZeroDivisionError: division by zero")
+    assert "Traceback" not in str(row["attributes"])
+    log_file = Path(job_row(conn, exploded)["handle"]["log"])
+    assert "Traceback" in log_file.read_text()
+
+
+def test_a_second_dispatcher_adopts_a_running_job(conn, db_url, add_docker, runs, locaria_env) -> None:
+    add_docker("sleeper", trigger_statuses=["SLEEP"], success_status="SLEPT", handler="tests.jobs_for_tests:sleeper")
+    file_id = add(conn, "SLEEP", sleep=1.5)
+    first = Dispatcher(runner(locaria_env), db_url=db_url, job_db_url=db_url)
+    pump(first, lambda: len(runs()) == 1)
+    # the first dispatcher dies: its lease runs out
+    conn.execute("UPDATE locaria_core.jobs SET lease_expires = now() - interval '1 second'")
+    second = Dispatcher(runner(locaria_env), db_url=db_url, job_db_url=db_url)
+    pump(second, lambda: job_row(conn, file_id)["state"] == "succeeded")
+    job = job_row(conn, file_id)
+    assert job["lease_owner"] == second.owner and job["attempt"] == 1
+    assert len(runs()) == 1
+    assert file_row(conn, file_id)["status"] == "SLEPT"
+
+
+def test_adoption_finds_a_process_whose_handle_was_never_recorded(conn, db_url, add_docker, runs, locaria_env) -> None:
+    add_docker("sleeper", trigger_statuses=["SLEEP"], success_status="SLEPT", handler="tests.jobs_for_tests:sleeper")
+    file_id = add(conn, "SLEEP", sleep=1)
+    # a dispatcher claims and starts the process, then dies before recording the handle
+    [job] = conn.execute("SELECT * FROM locaria_core.claim_jobs('dead', 1, 30, 'local')").fetchall()
+    docker = conn.execute("SELECT * FROM locaria_core.dockers WHERE name = 'sleeper'").fetchone()
+    runner(locaria_env).launch(LaunchRequest(job["id"], job["attempt"], str(job["attempt_token"]), file_id, docker,
+                                             job_environment(job, db_url)))
+    conn.execute("UPDATE locaria_core.jobs SET lease_expires = now() - interval '1 second'")
+    adopter = Dispatcher(runner(locaria_env), db_url=db_url, job_db_url=db_url)
+    pump(adopter, lambda: job_row(conn, file_id)["state"] == "succeeded")
+    assert len(runs()) == 1, "the job must not be launched a second time"
+    assert job_row(conn, file_id)["handle"]["adopted"] is True
+
+
+def test_a_lost_launch_is_relaunched_without_spending_an_attempt(conn, db_url, add_docker, runs, locaria_env) -> None:
+    add_docker("sleeper", trigger_statuses=["SLEEP"], success_status="SLEPT", handler="tests.jobs_for_tests:sleeper",
+               max_attempts=1)
+    file_id = add(conn, "SLEEP", sleep=0)
+    conn.execute("SELECT * FROM locaria_core.claim_jobs('dead', 1, 30, 'local')")  # claimed, never launched
+    conn.execute("UPDATE locaria_core.jobs SET lease_expires = now() - interval '1 second'")
+    Dispatcher(runner(locaria_env), db_url=db_url, job_db_url=db_url).drain(timeout=30)
+    job = job_row(conn, file_id)
+    assert job["state"] == "succeeded" and job["attempt"] == 1
+    assert len(runs()) == 1
+
+
+def test_each_dockers_concurrency_holds(conn, db_url, add_docker, runs, locaria_env) -> None:
+    add_docker("sleeper", trigger_statuses=["SLEEP"], handler="tests.jobs_for_tests:sleeper", concurrency=2)
+    for _ in range(5):
+        add(conn, "SLEEP", sleep=0.4)
+    peak = 0
+
+    def sample() -> bool:
+        nonlocal peak
+        active = conn.execute("SELECT count(*) AS n FROM locaria_core.jobs WHERE state IN ('launching', 'running')")
+        peak = max(peak, active.fetchone()["n"])
+        return False
+
+    dispatcher = Dispatcher(runner(locaria_env), concurrency=10, db_url=db_url, job_db_url=db_url)
+    deadline = time.monotonic() + 60
+    while dispatcher.has_pending_work():
+        assert time.monotonic() < deadline
+        dispatcher.run_once()
+        sample()
+        time.sleep(0.05)
+    assert peak == 2
+    assert len(runs()) == 5
+
+
+def test_stale_tokens_change_nothing(conn, add_docker) -> None:
+    add(conn, "REGISTERED")
+    [job] = conn.execute("SELECT * FROM locaria_core.claim_jobs('me', 1, 30, 'local')").fetchall()
+    stale = str(uuid.uuid4())
+    call = conn.execute
+    assert call("SELECT locaria_core.job_start(%s, %s) AS r", [job["id"], stale]).fetchone()["r"] is None
+    assert call("SELECT locaria_core.job_heartbeat(%s, %s) AS r", [job["id"], stale]).fetchone()["r"] is False
+    assert call("SELECT locaria_core.job_finish(%s, %s, %s) AS r",
+                [job["id"], stale, Jsonb({"state": "succeeded"})]).fetchone()["r"] is False
+    assert call("SELECT locaria_core.job_attempt_failed(%s, %s, 1, 'x') AS r", [job["id"], stale]).fetchone()["r"] is None
+    assert job_row(conn, 1)["state"] == "launching"
+
+
+def test_a_job_whose_file_was_deleted_outright_is_cancelled(conn, db_url, locaria_env) -> None:
+    file_id = add(conn, "REGISTERED")
+    conn.execute("DELETE FROM locaria_core.files WHERE id = %s", [file_id])
+    Dispatcher(runner(locaria_env), db_url=db_url, job_db_url=db_url).drain(timeout=30)
+    job = job_row(conn, file_id)
+    assert job["state"] == "cancelled" and "was deleted" in job["error"]
