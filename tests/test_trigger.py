@@ -73,6 +73,7 @@ def test_notifications_after_commit(db_url: str) -> None:
     assert ("locaria_file_status", {"id": file_id, "status": "FARGATE_PROCESSED"}) in received
     job_hints = [payload for channel, payload in received if channel == "locaria_jobs"]
     assert job_hints and job_hints[0]["file_id"] == file_id and job_hints[0]["docker"] == "file_loader"
+    assert job_hints[0]["state"] == "queued"
     assert len([c for c, _ in received if c == "locaria_file_status"]) == 2  # same status twice: one notify
 
 

@@ -28,7 +28,6 @@ from psycopg.types.json import Jsonb
 from locaria_batch.db import connect
 from locaria_batch.storage import Storage, open_storage
 
-HEARTBEAT_SECONDS = float(os.environ.get("LOCARIA_HEARTBEAT_SECONDS", "5"))
 PROGRESS_MIN_INTERVAL = 1.0  # progress reaches the row at most once a second
 
 
@@ -133,10 +132,11 @@ class _Heartbeat(threading.Thread):
         except psycopg.Error as exc:
             print(f"heartbeat: cannot connect: {exc}", file=sys.stderr)
             return
+        heartbeat_seconds = float(os.environ.get("LOCARIA_HEARTBEAT_SECONDS", "5"))
         with conn:
             while not self.stopping.is_set():
                 self.beat(conn)
-                ctx._wake.wait(HEARTBEAT_SECONDS)
+                ctx._wake.wait(heartbeat_seconds)
                 ctx._wake.clear()
                 # honour the once-a-second rule for progress bursts
                 wait = PROGRESS_MIN_INTERVAL - (time.monotonic() - ctx._progress_sent_at)

@@ -13,7 +13,7 @@ DROP TRIGGER IF EXISTS job_events_append_only ON locaria_core.job_events;
 CREATE TRIGGER job_events_append_only BEFORE UPDATE OR DELETE ON locaria_core.job_events
     FOR EACH ROW EXECUTE FUNCTION locaria_core.job_events_append_only();
 
--- Every state change of a job is recorded in job_events; a (re)queued job wakes the dispatchers.
+-- Every state change of a job is recorded in job_events and wakes the dispatchers.
 CREATE OR REPLACE FUNCTION locaria_core.jobs_audit() RETURNS TRIGGER
 LANGUAGE plpgsql AS $$
 BEGIN
@@ -23,9 +23,11 @@ BEGIN
             'from', CASE WHEN TG_OP = 'UPDATE' THEN OLD.state END,
             'file_id', NEW.file_id, 'docker', NEW.docker, 'owner', NEW.lease_owner,
             'exit_code', NEW.exit_code, 'error', NEW.error, 'handle', NEW.handle)));
-        IF NEW.state = 'queued' THEN
+        -- a queued job wants a dispatcher; a finished one frees a slot of its docker's concurrency
+        IF NEW.state IN ('queued', 'succeeded', 'failed', 'cancelled') THEN
             PERFORM pg_notify('locaria_jobs', jsonb_build_object(
-                'job_id', NEW.id, 'docker', NEW.docker, 'file_id', NEW.file_id, 'run_after', NEW.run_after)::text);
+                'job_id', NEW.id, 'docker', NEW.docker, 'file_id', NEW.file_id, 'state', NEW.state,
+                'run_after', NEW.run_after)::text);
         END IF;
     END IF;
     RETURN NULL;
