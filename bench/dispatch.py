@@ -42,7 +42,8 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=200, help="jobs per phase (default 200)")
     parser.add_argument("--concurrency", type=int, default=8, help="worker concurrency (default 8)")
     args = parser.parse_args()
-    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO / "src"), str(REPO), os.environ.get("PYTHONPATH")]))
+    paths = [str(REPO / "src"), str(REPO), os.environ.get("PYTHONPATH")]
+    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, paths))
     home = Path(tempfile.mkdtemp(prefix="locaria-bench-home-"))
     os.environ["LOCARIA_HOME"] = str(home)
     config.reset()

@@ -58,8 +58,8 @@ def pump(dispatcher: Dispatcher, until: Any, timeout: float = 30) -> None:
 
 
 def test_two_workers_never_run_one_job_twice(conn, db_url, add_docker, runs, locaria_env) -> None:
-    add_docker("recorder", trigger_statuses=["RECORD"], success_status="RECORDED", handler="tests.jobs_for_tests:record",
-               concurrency=40)
+    add_docker("recorder", trigger_statuses=["RECORD"], success_status="RECORDED",
+               handler="tests.jobs_for_tests:record", concurrency=40)
     ids = [add(conn, "RECORD") for _ in range(24)]
     workers = [Dispatcher(runner(locaria_env), concurrency=6, db_url=db_url, job_db_url=db_url) for _ in range(2)]
     threads = [threading.Thread(target=w.drain, kwargs={"timeout": 90, "poll": 0.05}) for w in workers]
@@ -216,7 +216,8 @@ def test_stale_tokens_change_nothing(conn, add_docker) -> None:
     assert call("SELECT locaria_core.job_heartbeat(%s, %s) AS r", [job["id"], stale]).fetchone()["r"] is False
     assert call("SELECT locaria_core.job_finish(%s, %s, %s) AS r",
                 [job["id"], stale, Jsonb({"state": "succeeded"})]).fetchone()["r"] is False
-    assert call("SELECT locaria_core.job_attempt_failed(%s, %s, 1, 'x') AS r", [job["id"], stale]).fetchone()["r"] is None
+    failed = call("SELECT locaria_core.job_attempt_failed(%s, %s, 1, 'x') AS r", [job["id"], stale])
+    assert failed.fetchone()["r"] is None
     assert job_row(conn, 1)["state"] == "launching"
 
 

@@ -37,8 +37,8 @@ def test_request_download_data_stores_the_status(conn) -> None:
 
 def test_update_file_merges_shallowly_and_appends_log(conn) -> None:
     call(conn, "add_file", {"file_attributes": {"name": "x", "nested": {"a": 1, "b": 2}}})
-    result = call(conn, "update_file", {"id": 1, "status": "S", "message": "m", "attributes": {"k": "v", "nested": {"a": 9},
-                                                                                               "log_messages": []}})
+    forged = {"k": "v", "nested": {"a": 9}, "log_messages": []}
+    result = call(conn, "update_file", {"id": 1, "status": "S", "message": "m", "attributes": forged})
     assert result["id"] == 1 and result["status"] == "S"
     assert result["k"] == "v" and result["nested"] == {"a": 9}  # shallow: the whole key is replaced
     assert [e.get("message") for e in result["log_messages"]] == ["File created", "m"]  # append-only

@@ -41,7 +41,8 @@ def print_file(console: Console, row: dict[str, Any], jobs: list[dict[str, Any]]
     log = attrs.pop("log_messages", [])
     console.print(f"[bold]file {row['id']}[/bold]  {styled_status(row['status'])}  {attrs.get('name', '')}")
     if attrs.get("url"):
-        console.print(f"link: {attrs['url']}" + (f"  (expires {attrs['expires_at']})" if attrs.get("expires_at") else ""))
+        expiry = f"  (expires {attrs['expires_at']})" if attrs.get("expires_at") else ""
+        console.print(f"link: {attrs['url']}{expiry}")
     if attrs.get("error"):
         console.print(f"[red]error:[/red] {attrs['error']}", highlight=False)
     console.print("attributes:")

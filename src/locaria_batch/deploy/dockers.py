@@ -62,7 +62,8 @@ class DockerSpec:
 
     def to_entry(self) -> dict[str, Any]:
         defaults = DockerSpec(name=self.name)
-        return {k: v for k, v in asdict(self).items() if k != "name" and (k == "description" or v != getattr(defaults, k))}
+        return {k: v for k, v in asdict(self).items()
+                if k != "name" and (k == "description" or v != getattr(defaults, k))}
 
 
 def load(path: Path) -> dict[str, DockerSpec]:

@@ -6,6 +6,7 @@ atomic and fenced by the attempt token, so any number of dispatchers may run at 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import socket
@@ -169,8 +170,9 @@ class Dispatcher:
                 self._call("SELECT locaria_core.job_requeue(%s, %s, %s, 0)",
                            [job["id"], job["attempt_token"], "launch lost: its dispatcher stopped before starting it"])
             elif job["state"] == "running":
+                reason = "the job's process could not be found after its dispatcher stopped"
                 self._call("SELECT locaria_core.job_attempt_failed(%s, %s, NULL, %s)",
-                           [job["id"], job["attempt_token"], "the job's process could not be found after its dispatcher stopped"])
+                           [job["id"], job["attempt_token"], reason])
 
     def reconcile(self, report: PassReport) -> None:
         jobs = self.conn.execute(
@@ -207,7 +209,8 @@ class Dispatcher:
         log.warning("job %s %s: stopping it", job["id"], reason)
         self.runner.stop(job["handle"], reason)
         self.runner.cleanup(job["handle"])
-        self._call("SELECT locaria_core.job_attempt_failed(%s, %s, NULL, %s)", [job["id"], job["attempt_token"], reason])
+        self._call("SELECT locaria_core.job_attempt_failed(%s, %s, NULL, %s)",
+                   [job["id"], job["attempt_token"], reason])
         report.timed_out.append(job["id"])
 
     def _ended_without_report(self, job: dict[str, Any], status: RunStatus, report: PassReport) -> None:
@@ -236,7 +239,8 @@ class Dispatcher:
     def next_due_in(self) -> float | None:
         """Seconds until the next queued job becomes due (retries wait for their backoff)."""
         value = self._call(
-            "SELECT EXTRACT(EPOCH FROM min(run_after) - clock_timestamp()) FROM locaria_core.jobs WHERE state = 'queued'",
+            "SELECT EXTRACT(EPOCH FROM min(run_after) - clock_timestamp()) AS due "
+            "FROM locaria_core.jobs WHERE state = 'queued'",
             [],
         )
         return None if value is None else max(0.0, float(value))
@@ -275,12 +279,10 @@ class Dispatcher:
                     pass
         finally:
             # hand our in-flight jobs over at once instead of making others wait out the lease
-            try:
+            with contextlib.suppress(psycopg.Error):
                 self._call("UPDATE locaria_core.jobs SET lease_expires = clock_timestamp() "
                            "WHERE lease_owner = %s AND (state IN ('launching', 'running') OR stop_requested) "
                            "RETURNING 1", [self.owner])
-            except psycopg.Error:
-                pass
             listener.close()
             self.close()
 

@@ -80,7 +80,8 @@ def retry_file(conn: Conn, file_id: int) -> dict[str, Any]:
 
 def cancel_file(conn: Conn, file_id: int, reason: str = "cancelled by user") -> dict[str, Any]:
     get_file(conn, file_id)
-    return conn.execute("SELECT locaria_core.cancel_file_jobs(%s, %s) AS result", [file_id, reason]).fetchone()["result"]
+    query = "SELECT locaria_core.cancel_file_jobs(%s, %s) AS result"
+    return conn.execute(query, [file_id, reason]).fetchone()["result"]
 
 
 def upload_attributes(name: str, extra: dict[str, Any] | None = None) -> dict[str, Any]:
