@@ -380,6 +380,7 @@ BEGIN
         -- entering the same status fires nothing; step out of it first so the trigger sees an entry
         UPDATE locaria_core.files SET status = 'RETRY_REQUESTED' WHERE id = p_file;
     END IF;
-    RETURN locaria_core.update_file(jsonb_build_object('id', p_file, 'status', target, 'message', 'Retry requested'));
+    PERFORM locaria_core.update_file(jsonb_build_object('id', p_file, 'status', target, 'message', 'Retry requested'));
+    RETURN jsonb_build_object('id', p_file, 'status', target);
 END;
 $$;
