@@ -57,8 +57,10 @@ extras=""
 stamp=".venv/.installed$extras"
 if [[ ! -f $stamp || pyproject.toml -nt $stamp ]]; then
   say "installing locaria-batch$extras into .venv"
-  .venv/bin/python -m pip install -q --upgrade pip >/dev/null
-  .venv/bin/python -m pip install -q -e ".$extras"
+  # pip warns about every index location it cannot use; only real errors are worth showing
+  quiet() { grep -vE "is ignored: it is neither|BuildBackendWarning" >&2 || true; }
+  .venv/bin/python -m pip install -q --upgrade pip 2> >(quiet)
+  .venv/bin/python -m pip install -q -e ".$extras" 2> >(quiet)
   touch "$stamp"
 fi
 
