@@ -274,9 +274,7 @@ class Dispatcher:
                     stop.wait(poll)
                     continue
                 due = self.next_due_in()
-                wait = poll if due is None else min(poll, max(due, 0.01))
-                for _ in listener.notifies(timeout=wait, stop_after=1):
-                    pass
+                self._wait_for_notice(listener, stop, poll if due is None else min(poll, max(due, 0.01)))
         finally:
             # hand our in-flight jobs over at once instead of making others wait out the lease
             with contextlib.suppress(psycopg.Error):
@@ -285,6 +283,19 @@ class Dispatcher:
                            "RETURNING 1", [self.owner])
             listener.close()
             self.close()
+
+
+    @staticmethod
+    def _wait_for_notice(listener: psycopg.Connection[Any], stop: threading.Event, seconds: float) -> None:
+        """Until a notification, the timeout, or `stop` (checked twice a second: a signal handler
+        cannot interrupt the wait itself)."""
+        deadline = time.monotonic() + seconds
+        while not stop.is_set():
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return
+            if list(listener.notifies(timeout=min(remaining, 0.5), stop_after=1)):
+                return
 
 
 def make_runner(name: str) -> Runner:
