@@ -227,3 +227,20 @@ def test_a_job_whose_file_was_deleted_outright_is_cancelled(conn, db_url, locari
     Dispatcher(runner(locaria_env), db_url=db_url, job_db_url=db_url).drain(timeout=30)
     job = job_row(conn, file_id)
     assert job["state"] == "cancelled" and "was deleted" in job["error"]
+
+
+def test_deleting_a_file_stops_its_job_and_it_stays_deleted(conn, db_url, add_docker, runs, locaria_env) -> None:
+    add_docker("sleeper", trigger_statuses=["SLEEP"], handler="tests.jobs_for_tests:sleeper")
+    file_id = add(conn, "SLEEP", sleep=60)
+    dispatcher = Dispatcher(runner(locaria_env), db_url=db_url, job_db_url=db_url)
+    pump(dispatcher, lambda: len(runs()) == 1)
+    result = conn.execute("SELECT locaria_core.delete_file(%s) AS r", [Jsonb({"id": file_id})]).fetchone()["r"]
+    assert result["message"] == "file marked as deleted"
+    pump(dispatcher, lambda: not job_row(conn, file_id)["stop_requested"])
+    assert job_row(conn, file_id)["state"] == "cancelled"
+    assert file_row(conn, file_id)["status"] == "DELETED"
+    # a late verdict from the cancelled attempt changes nothing
+    job = job_row(conn, file_id)
+    late = conn.execute("SELECT locaria_core.job_finish(%s, %s, %s) AS r",
+                        [job["id"], job["attempt_token"], Jsonb({"state": "succeeded"})]).fetchone()["r"]
+    assert late is False and file_row(conn, file_id)["status"] == "DELETED"

@@ -77,6 +77,10 @@ LANGUAGE plpgsql AS $$
 DECLARE
     n INTEGER;
 BEGIN
+    IF to_regprocedure('locaria_core.cancel_file_jobs(bigint,text)') IS NOT NULL THEN
+        -- a deleted file's job has nothing left to do
+        PERFORM locaria_core.cancel_file_jobs((parameters->>'id')::BIGINT, 'the file was deleted');
+    END IF;
     UPDATE locaria_core.files SET status = 'DELETED', last_update = now()
      WHERE id = (parameters->>'id')::BIGINT AND status <> 'DELETED';
     GET DIAGNOSTICS n = ROW_COUNT;

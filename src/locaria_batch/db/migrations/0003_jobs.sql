@@ -166,13 +166,16 @@ LANGUAGE sql AS $$
     SELECT * FROM adopted
 $$;
 
--- Write the file's status with a log entry, unless the file row has gone.
+-- Write the file's status with a log entry.  A file row that has gone stays gone, and a
+-- DELETED one stays DELETED (a job finishing late must not bring it back).
 CREATE OR REPLACE FUNCTION locaria_core.job_file_update(p_file BIGINT, p_status TEXT, p_log JSONB,
                                                         p_attributes JSONB DEFAULT NULL) RETURNS VOID
 LANGUAGE sql AS $$
     SELECT locaria_core.update_file(COALESCE(p_log, '{}'::jsonb)
-                                    || jsonb_strip_nulls(jsonb_build_object('id', p_file, 'status', p_status,
-                                                                            'attributes', p_attributes)))
+                                    || jsonb_strip_nulls(jsonb_build_object(
+                                           'id', p_file, 'attributes', p_attributes,
+                                           'status', CASE WHEN f.status = 'DELETED' THEN NULL ELSE p_status END)))
+      FROM locaria_core.files f WHERE f.id = p_file
 $$;
 
 -- The job process claims its attempt.  Returns NULL for a stale, cancelled or orphaned attempt
