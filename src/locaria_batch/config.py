@@ -7,7 +7,7 @@ comes from here; there is no other global state.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 
@@ -39,7 +39,6 @@ class Settings:
     storage_url: str  # a directory path or s3://bucket/prefix
     runner: str  # default runner for dockers that do not name one
     download_url_expiry: int = 7 * 24 * 3600
-    extra: dict[str, str] = field(default_factory=dict)
 
     @property
     def dockers_file(self) -> Path:
