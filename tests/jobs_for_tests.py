@@ -44,3 +44,7 @@ def explode(ctx: JobContext) -> JobResult:
 
 def noop(ctx: JobContext) -> JobResult:
     return JobResult()
+
+
+def report_environment(ctx: JobContext) -> JobResult:
+    return JobResult(attributes={"marker": os.environ.get("LOCARIA_TEST_MARKER")})

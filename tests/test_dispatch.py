@@ -244,3 +244,15 @@ def test_deleting_a_file_stops_its_job_and_it_stays_deleted(conn, db_url, add_do
     late = conn.execute("SELECT locaria_core.job_finish(%s, %s, %s) AS r",
                         [job["id"], job["attempt_token"], Jsonb({"state": "succeeded"})]).fetchone()["r"]
     assert late is False and file_row(conn, file_id)["status"] == "DELETED"
+
+
+def test_forked_jobs_see_the_dispatchers_current_environment(conn, db_url, add_docker, locaria_env,
+                                                             monkeypatch) -> None:
+    add_docker("env_reporter", trigger_statuses=["ENV"], success_status="ENV_DONE",
+               handler="tests.jobs_for_tests:report_environment")
+    dispatcher = Dispatcher(runner(locaria_env), db_url=db_url, job_db_url=db_url)
+    for value in ("first", "second"):  # the fork server outlives the first launch
+        monkeypatch.setenv("LOCARIA_TEST_MARKER", value)
+        file_id = add(conn, "ENV")
+        dispatcher.drain(timeout=30)
+        assert file_row(conn, file_id)["attributes"]["marker"] == value

@@ -48,6 +48,8 @@ def _forked_job(docker: str, env: dict[str, str], log_path: str) -> None:
     os.dup2(null_fd, 0)
     os.dup2(log_fd, 1)
     os.dup2(log_fd, 2)
+    # the fork server started with the environment of its first launch: use this launch's instead
+    os.environ.clear()
     os.environ.update(env)
     from locaria_batch import config
     from locaria_batch.job import main
@@ -95,7 +97,8 @@ class LocalRunner:
             if request.docker.get("command"):
                 pid = self._spawn(request, log_path)
             else:
-                process = fork_server().Process(target=_forked_job, args=(request.docker_name, request.env,
+                environment = {**os.environ, **request.env}
+                process = fork_server().Process(target=_forked_job, args=(request.docker_name, environment,
                                                                            str(log_path)), daemon=False)
                 process.start()
                 pid = int(process.pid or 0)
