@@ -15,6 +15,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
 from locaria_batch import __version__
+from locaria_batch.cli import aws as aws_cli
 from locaria_batch.cli.output import fail, print_file, print_file_list
 from locaria_batch.config import settings
 
@@ -28,6 +29,7 @@ app.add_typer(db_app, name="db")
 app.add_typer(files_app, name="files")
 app.add_typer(download_app, name="download")
 app.add_typer(docker_app, name="docker")
+aws_cli.register(files_app)
 
 console = Console()
 JsonOption = Annotated[bool, typer.Option("--json", help="Print the file row (id, status, attributes) as JSON.")]
