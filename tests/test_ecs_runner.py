@@ -21,7 +21,7 @@ from locaria_batch.dispatch.ecs import (
 from locaria_batch.dispatch.runner import LaunchRequest
 from locaria_batch.files import cancel_file, get_file, register_upload
 from locaria_batch.storage import open_storage
-from tests.aws_fixtures import REGION, FaultInjector, FargateStack
+from tests.aws_fixtures import REGION, FargateStack, FaultInjector
 
 SAMPLES = Path(__file__).resolve().parent.parent / "samples"
 CAPACITY = "Capacity is unavailable at this time. Please try again later or in a different availability zone"
