@@ -8,7 +8,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from typer.testing import CliRunner
 
+from locaria_batch.cli.main import app
 from locaria_batch.dispatch.dispatcher import Dispatcher
 from locaria_batch.dispatch.ecs import (
     JOB_IDENTITY,
@@ -59,6 +61,9 @@ def test_file_runs_as_a_fargate_task_to_completion(conn, fargate: FargateStack) 
     assert env["LOCARIA_JOB_TOKEN"] == str(job["attempt_token"]) and env["LOCARIA_FILE_ID"] == str(file_id)
     assert handle["log_group"] == "/locaria/test/file_loader"
     assert handle["log_stream"] == f"locaria/file_loader/{handle['task_arn'].rsplit('/', 1)[1]}"
+
+    shown = CliRunner().invoke(app, ["files", "show", str(file_id)], env={"COLUMNS": "250"})
+    assert handle["log_stream"] in shown.output
 
     # while the task runs, passes (ours or another dispatcher's) launch nothing more
     assert dispatcher.run_once().in_flight == 1
