@@ -117,6 +117,27 @@ class FargateStack:
         self.container_exited(task_arn, done.returncode)
         return done
 
+    def run_file(self, file_id: int) -> dict[str, Any]:
+        """Dispatch the file's queued job with the ecs runner, run its task, reconcile; the file row."""
+        from locaria_batch.db import connect
+        from locaria_batch.dispatch.dispatcher import Dispatcher
+        from locaria_batch.dispatch.ecs import EcsRunner
+        from locaria_batch.files import get_file
+
+        dispatcher = Dispatcher(EcsRunner.from_database())
+        try:
+            dispatcher.run_once()
+            with connect(self.db_url, autocommit=True) as conn:
+                job = conn.execute("SELECT handle FROM locaria_core.jobs WHERE file_id = %s AND state = 'launching'",
+                                   [file_id]).fetchone()
+                assert job is not None, f"no job of file {file_id} was launched"
+                done = self.run_container(job["handle"]["task_arn"])
+                assert done.returncode == 0, done.stdout + done.stderr
+                dispatcher.run_once()
+                return get_file(conn, file_id)
+        finally:
+            dispatcher.close()
+
     def container_exited(self, task_arn: str, exit_code: int | None, *,
                          stop_code: str = "EssentialContainerExited",
                          stopped_reason: str = "Essential container in task exited",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,21 @@ SAMPLES = Path(__file__).resolve().parent.parent / "samples"
 CAPACITY = "Capacity is unavailable at this time. Please try again later or in a different availability zone"
 
 
+@pytest.fixture
+def dispatch() -> Iterator[Callable[..., Dispatcher]]:
+    """Dispatchers with the ecs runner (or the one given), closed after the test: an open one
+    counts as a running worker to everything that looks."""
+    made: list[Dispatcher] = []
+
+    def make(runner: Any = None, **options: Any) -> Dispatcher:
+        made.append(Dispatcher(runner or EcsRunner.from_database(), **options))
+        return made[-1]
+
+    yield make
+    for dispatcher in made:
+        dispatcher.close()
+
+
 def _jobs(conn: Any, file_id: int) -> list[dict[str, Any]]:
     return conn.execute("SELECT * FROM locaria_core.jobs WHERE file_id = %s ORDER BY id", [file_id]).fetchall()
 
@@ -41,9 +57,9 @@ def _fast_retries(conn: Any, max_attempts: int = 2) -> None:
     conn.execute("UPDATE locaria_core.dockers SET max_attempts = %s, retry_base_seconds = 0", [max_attempts])
 
 
-def test_file_runs_as_a_fargate_task_to_completion(conn, fargate: FargateStack) -> None:
+def test_file_runs_as_a_fargate_task_to_completion(dispatch, conn, fargate: FargateStack) -> None:
     file_id = _upload(conn)
-    dispatcher = Dispatcher(EcsRunner.from_database(), concurrency=2)
+    dispatcher = dispatch(concurrency=2)
     report = dispatcher.run_once()
     [job] = _jobs(conn, file_id)
     assert report.launched == [job["id"]] and job["state"] == "launching"
@@ -67,7 +83,7 @@ def test_file_runs_as_a_fargate_task_to_completion(conn, fargate: FargateStack) 
 
     # while the task runs, passes (ours or another dispatcher's) launch nothing more
     assert dispatcher.run_once().in_flight == 1
-    Dispatcher(EcsRunner.from_database()).run_once()
+    dispatch().run_once()
     assert fargate.task_arns() == [handle["task_arn"]]
 
     done = fargate.run_container(handle["task_arn"])
@@ -85,10 +101,10 @@ def test_file_runs_as_a_fargate_task_to_completion(conn, fargate: FargateStack) 
     assert conn.execute("SELECT count(*) AS n FROM locaria_uploads.upload_file_1").fetchone()["n"] == 20
 
 
-def test_killed_container_is_retried_then_fails_with_the_reason(conn, fargate: FargateStack) -> None:
+def test_killed_container_is_retried_then_fails_with_the_reason(dispatch, conn, fargate: FargateStack) -> None:
     _fast_retries(conn)
     file_id = _upload(conn)
-    dispatcher = Dispatcher(EcsRunner.from_database())
+    dispatcher = dispatch()
     dispatcher.run_once()
     first = _jobs(conn, file_id)[0]["handle"]["task_arn"]
     fargate.container_exited(first, 137, container_reason="OutOfMemoryError: Container killed due to memory usage")
@@ -115,14 +131,14 @@ def test_killed_container_is_retried_then_fails_with_the_reason(conn, fargate: F
     assert ecs_entries[-1]["task_arn"] == second
 
 
-def test_capacity_failure_relaunches_without_spending_an_attempt(conn, fargate: FargateStack) -> None:
+def test_capacity_failure_relaunches_without_spending_an_attempt(dispatch, conn, fargate: FargateStack) -> None:
     file_id = _upload(conn)
     runner = EcsRunner.from_database()
     # moto always places Fargate tasks: the failures[] answer is canned, the relaunch is real
     faults = FaultInjector(runner.client(REGION), "RunTask").respond(
         {"tasks": [], "failures": [{"arn": "arn:aws:ecs:eu-west-2:123456789012:container-instance/x",
                                     "reason": CAPACITY}]})
-    dispatcher = Dispatcher(runner)
+    dispatcher = dispatch(runner)
     assert dispatcher.run_once().launched == []
     [job] = _jobs(conn, file_id)
     assert job["state"] == "queued" and job["attempt"] == 0 and CAPACITY in job["error"]
@@ -138,12 +154,12 @@ def test_capacity_failure_relaunches_without_spending_an_attempt(conn, fargate: 
     assert fargate.task_arns() == [job["handle"]["task_arn"]]
 
 
-def test_throttling_backs_off_with_jitter_then_launches(conn, fargate: FargateStack) -> None:
+def test_throttling_backs_off_with_jitter_then_launches(dispatch, conn, fargate: FargateStack) -> None:
     file_id = _upload(conn)
     pauses: list[float] = []
     runner = EcsRunner(lambda: load_fargate_config(conn), sleep=pauses.append)
     faults = FaultInjector(runner.client(REGION), "RunTask").error("ThrottlingException", "Rate exceeded", times=3)
-    report = Dispatcher(runner).run_once()
+    report = dispatch(runner).run_once()
     [job] = _jobs(conn, file_id)
     assert report.launched == [job["id"]] and job["attempt"] == 1
     assert len(faults.calls) == 4 and fargate.task_arns() == [job["handle"]["task_arn"]]
@@ -153,11 +169,12 @@ def test_throttling_backs_off_with_jitter_then_launches(conn, fargate: FargateSt
         assert ceiling / 2 <= pause <= ceiling
 
 
-def test_throttling_that_does_not_end_requeues_without_spending_an_attempt(conn, fargate: FargateStack) -> None:
+def test_throttling_that_does_not_end_requeues_without_spending_an_attempt(dispatch, conn,
+                                                                            fargate: FargateStack) -> None:
     file_id = _upload(conn)
     runner = EcsRunner(lambda: load_fargate_config(conn), sleep=lambda _: None, max_retries=2)
     FaultInjector(runner.client(REGION), "RunTask").error("ThrottlingException", "Rate exceeded", times=3)
-    assert Dispatcher(runner).run_once().launched == []
+    assert dispatch(runner).run_once().launched == []
     [job] = _jobs(conn, file_id)
     assert job["state"] == "queued" and job["attempt"] == 0 and "ECS is busy (ThrottlingException" in job["error"]
     assert fargate.task_arns() == []
@@ -177,7 +194,7 @@ def test_token_bucket_holds_run_task_to_twenty_a_second() -> None:
     assert all(0.1 <= backoff_delay(1) <= 0.4 for _ in range(50))
 
 
-def test_dispatcher_killed_after_run_task_is_followed_by_adoption(conn, fargate: FargateStack) -> None:
+def test_dispatcher_killed_after_run_task_is_followed_by_adoption(dispatch, conn, fargate: FargateStack) -> None:
     file_id = _upload(conn)
 
     class DiesAfterRunTask:
@@ -191,7 +208,7 @@ def test_dispatcher_killed_after_run_task_is_followed_by_adoption(conn, fargate:
             self.inner.launch(request)
             raise KeyboardInterrupt("dispatcher killed")
 
-    doomed = Dispatcher(DiesAfterRunTask(EcsRunner.from_database()))  # type: ignore[arg-type]
+    doomed = dispatch(DiesAfterRunTask(EcsRunner.from_database()))
     with pytest.raises(KeyboardInterrupt):
         doomed.run_once()
     doomed.close()
@@ -200,7 +217,7 @@ def test_dispatcher_killed_after_run_task_is_followed_by_adoption(conn, fargate:
     [task_arn] = fargate.task_arns()
     conn.execute("UPDATE locaria_core.jobs SET lease_expires = clock_timestamp() - interval '1 second'")
 
-    successor = Dispatcher(EcsRunner.from_database())
+    successor = dispatch()
     report = successor.run_once()
     [job] = _jobs(conn, file_id)
     assert report.adopted == [job["id"]] and report.launched == []
@@ -214,9 +231,9 @@ def test_dispatcher_killed_after_run_task_is_followed_by_adoption(conn, fargate:
     assert fargate.task_arns() == [task_arn]
 
 
-def test_two_dispatchers_never_launch_a_job_twice(conn, fargate: FargateStack) -> None:
+def test_two_dispatchers_never_launch_a_job_twice(dispatch, conn, fargate: FargateStack) -> None:
     files = [_upload(conn) for _ in range(4)]
-    dispatchers = [Dispatcher(EcsRunner.from_database(), concurrency=4) for _ in range(2)]
+    dispatchers = [dispatch(concurrency=4) for _ in range(2)]
     start = threading.Barrier(2)
 
     def work(dispatcher: Dispatcher) -> None:
@@ -236,9 +253,9 @@ def test_two_dispatchers_never_launch_a_job_twice(conn, fargate: FargateStack) -
     assert len(fargate.task_arns()) == 4
 
 
-def test_cancel_stops_the_task(conn, fargate: FargateStack) -> None:
+def test_cancel_stops_the_task(dispatch, conn, fargate: FargateStack) -> None:
     file_id = _upload(conn)
-    dispatcher = Dispatcher(EcsRunner.from_database())
+    dispatcher = dispatch()
     dispatcher.run_once()
     arn = _jobs(conn, file_id)[0]["handle"]["task_arn"]
     cancel_file(conn, file_id)
@@ -248,10 +265,10 @@ def test_cancel_stops_the_task(conn, fargate: FargateStack) -> None:
     assert get_file(conn, file_id)["status"] == "CANCELLED"
 
 
-def test_timeout_stops_the_task_and_fails_the_attempt(conn, fargate: FargateStack) -> None:
+def test_timeout_stops_the_task_and_fails_the_attempt(dispatch, conn, fargate: FargateStack) -> None:
     conn.execute("UPDATE locaria_core.dockers SET timeout_seconds = 1, max_attempts = 1")
     file_id = _upload(conn)
-    dispatcher = Dispatcher(EcsRunner.from_database())
+    dispatcher = dispatch()
     dispatcher.run_once()
     arn = _jobs(conn, file_id)[0]["handle"]["task_arn"]
     time.sleep(1.2)
@@ -261,12 +278,12 @@ def test_timeout_stops_the_task_and_fails_the_attempt(conn, fargate: FargateStac
     assert row["status"] == "ERROR" and "timed out after 1 s" in row["attributes"]["error"]
 
 
-def test_docker_without_fargate_config_fails_with_a_clear_message(conn, fargate: FargateStack) -> None:
+def test_docker_without_fargate_config_fails_with_a_clear_message(dispatch, conn, fargate: FargateStack) -> None:
     _fast_retries(conn, max_attempts=1)
     conn.execute("UPDATE locaria_core.parameters SET parameter = parameter - 'file_loader' "
                  "WHERE parameter_name = 'fargate_config'")
     file_id = _upload(conn)
-    Dispatcher(EcsRunner.from_database()).run_once()
+    dispatch().run_once()
     row = get_file(conn, file_id)
     assert row["status"] == "ERROR"
     assert "fargate_config has no entry for docker 'file_loader'" in row["attributes"]["error"]
@@ -279,12 +296,12 @@ def test_incomplete_fargate_entry_names_the_missing_keys() -> None:
         runner.target("file_loader")
 
 
-def test_refused_run_task_spends_the_attempt_with_ecs_words(conn, fargate: FargateStack) -> None:
+def test_refused_run_task_spends_the_attempt_with_ecs_words(dispatch, conn, fargate: FargateStack) -> None:
     _fast_retries(conn, max_attempts=1)
     conn.execute("UPDATE locaria_core.parameters SET parameter = jsonb_set(parameter, '{file_loader,task}', "
                  "'\"locaria-no-such-family\"') WHERE parameter_name = 'fargate_config'")
     file_id = _upload(conn)
-    Dispatcher(EcsRunner.from_database()).run_once()
+    dispatch().run_once()
     row = get_file(conn, file_id)
     assert row["status"] == "ERROR"
     assert "ECS refused to run locaria-no-such-family" in row["attributes"]["error"]

@@ -15,13 +15,12 @@ import requests
 from typer.testing import CliRunner
 
 from locaria_batch.cli.main import app
-from locaria_batch.dispatch.wait import wait_for_file
 from locaria_batch.files import get_file, request_download
 from locaria_batch.files.uploads import UploadNotReady, complete_upload, request_upload
 from locaria_batch.storage import ObjectNotFound, StorageError, open_storage
 from locaria_batch.storage.local import LocalStorage
 from locaria_batch.storage.s3 import MULTIPART_THRESHOLD, S3Storage
-from tests.aws_fixtures import BUCKET
+from tests.aws_fixtures import BUCKET, FargateStack
 
 SAMPLES = Path(__file__).resolve().parent.parent / "samples"
 
@@ -77,7 +76,7 @@ def test_presigned_get_fetches_the_object(s3_storage: str) -> None:
     assert response.content == (SAMPLES / "parks.csv").read_bytes()
 
 
-def test_upload_url_put_complete_then_loaded(conn, s3_storage: str) -> None:
+def test_upload_url_put_complete_then_loaded(conn, fargate: FargateStack) -> None:
     cli = CliRunner()
     created = cli.invoke(app, ["files", "upload-url", "parks.geojson", "--json"])
     assert created.exit_code == 0, created.output
@@ -94,15 +93,15 @@ def test_upload_url_put_complete_then_loaded(conn, s3_storage: str) -> None:
     assert f"file {file_id} has no object at incoming/{file_id}.geojson yet" in early.output
     assert get_file(conn, file_id)["status"] == "UPLOADING"
 
-    with (SAMPLES / "parks.geojson").open("rb") as data:
+    with (SAMPLES / "parks.geojson").open("rb") as data:  # a plain HTTP PUT, no AWS credentials
         assert requests.put(ticket["url"], data=data, timeout=30).status_code == 200
 
-    done = cli.invoke(app, ["files", "complete", str(file_id), "--wait", "--json"])
-    assert done.exit_code == 0, done.output
-    result = json.loads(done.stdout.strip().splitlines()[-1])
-    assert result["status"] == "FARGATE_PROCESSED", result["attributes"]["log_messages"]
-    assert result["attributes"]["record_count"] == 20
-    assert result["attributes"]["size_bytes"] == (SAMPLES / "parks.geojson").stat().st_size
+    done = cli.invoke(app, ["files", "complete", str(file_id)])
+    assert done.exit_code == 0 and "registered: the loader is queued" in done.output
+    row = fargate.run_file(file_id)
+    assert row["status"] == "FARGATE_PROCESSED", row["attributes"]["log_messages"]
+    assert row["attributes"]["record_count"] == 20
+    assert row["attributes"]["size_bytes"] == (SAMPLES / "parks.geojson").stat().st_size
     assert conn.execute(f"SELECT count(*) AS n FROM locaria_uploads.upload_file_{file_id}").fetchone()["n"] == 20
 
     again = cli.invoke(app, ["files", "complete", str(file_id)])
@@ -157,15 +156,15 @@ def test_complete_upload_python_api(conn, s3_storage: str) -> None:
     assert complete_upload(conn, storage, ticket.file_id)["completed"] is False
 
 
-def test_s3_download_link_fetches_the_export(conn, s3_storage: str) -> None:
+def test_s3_download_link_fetches_the_export(conn, fargate: FargateStack) -> None:
     storage = open_storage()
     ticket = request_upload(conn, storage, "parks.geojson")
     storage.put(ticket.key, SAMPLES / "parks.geojson")
     complete_upload(conn, storage, ticket.file_id)
-    assert wait_for_file(ticket.file_id, timeout=60)["status"] == "FARGATE_PROCESSED"
+    assert fargate.run_file(ticket.file_id)["status"] == "FARGATE_PROCESSED"
     download_id = request_download(conn, {"format": "csv", "table": f"upload_file_{ticket.file_id}",
                                           "name": "parks"})
-    done = wait_for_file(download_id, timeout=60)
+    done = fargate.run_file(download_id)
     assert done["status"] == "DOWNLOAD_COMPLETED", done["attributes"].get("log_messages")
     url = done["attributes"]["url"]
     assert url.startswith(os.environ["AWS_ENDPOINT_URL"]) and "Signature" in url
