@@ -19,7 +19,9 @@ import pytest
 
 from locaria_batch import config
 from locaria_batch.db.migrate import available_migrations
+from locaria_batch.dispatch.ecs import EcsRunner
 from locaria_batch.dispatch.lambdas import launcher_handler, task_state_handler, upload_handler
+from locaria_batch.dispatch.runner import LaunchRequest
 from locaria_batch.files import add_file, get_file
 from locaria_batch.files.uploads import request_upload
 from locaria_batch.storage import open_storage
@@ -97,6 +99,30 @@ def test_scheduled_launcher_runs_the_whole_cycle(conn, lambda_env: FargateStack)
     assert launcher_handler({})["in_flight"] == 0
     assert get_file(conn, ticket.file_id)["status"] == "FARGATE_PROCESSED"
     assert len(lambda_env.task_arns()) == 1
+
+
+def test_launcher_invocation_that_died_after_run_task_is_followed_by_adoption(conn, lambda_env: FargateStack) -> None:
+    file_id = int(add_file(conn, {"name": "parks.geojson", "ext": "geojson", "upload": True})["id"])
+
+    class DiesAfterRunTask(EcsRunner):
+        def launch(self, request: LaunchRequest) -> Any:
+            super().launch(request)
+            raise TimeoutError("Task timed out after 60.00 seconds")
+
+    with pytest.raises(TimeoutError):
+        launcher_handler({}, runner=DiesAfterRunTask.from_database())
+    [task_arn] = lambda_env.task_arns()
+    job = _job(conn, file_id)
+    assert job["state"] == "launching" and job["handle"] is None
+
+    # a later invocation within the grace period leaves it alone: its launcher may still be at work
+    assert launcher_handler({})["adopted"] == []
+    conn.execute("UPDATE locaria_core.jobs SET launched_at = launched_at - interval '3 minutes'")
+    result = launcher_handler({})
+    job = _job(conn, file_id)
+    assert result["adopted"] == [job["id"]] and result["launched"] == []
+    assert job["handle"]["task_arn"] == task_arn and job["lease_owner"] == "aws-launcher"
+    assert lambda_env.task_arns() == [task_arn]
 
 
 def test_task_state_handler_finalises_a_container_that_died(conn, lambda_env: FargateStack) -> None:

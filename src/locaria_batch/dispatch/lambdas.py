@@ -31,6 +31,7 @@ log = logging.getLogger("locaria_batch.lambdas")
 
 LAUNCHER_OWNER = "aws-launcher"  # every invocation reconciles what earlier ones launched
 LAUNCHER_LEASE_SECONDS = 180  # three schedule periods; then an `ecs` worker may adopt the jobs
+LOST_LAUNCH_GRACE_SECONDS = 120  # longer than any invocation lives (the Lambda timeout is 60 s)
 INCOMING = re.compile(r"^incoming/(\d+)(?:\.[^/]*)?$")
 
 
@@ -68,6 +69,11 @@ def launcher_handler(event: dict[str, Any] | None, context: Any = None, *, runne
     deadline = time.monotonic() + settle
     waited = 0
     try:
+        lost = dispatcher.conn.execute("SELECT locaria_core.release_lost_launches(%s, %s) AS id",
+                                       [LAUNCHER_OWNER, LOST_LAUNCH_GRACE_SECONDS]).fetchall()
+        if lost:
+            log.warning("jobs %s: an invocation died before recording their tasks; adopting them",
+                        [row["id"] for row in lost])
         while True:
             visible = wanted is None or _job_visible(dispatcher, wanted)
             _merge(report, dispatcher.run_once())
