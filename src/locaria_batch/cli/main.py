@@ -29,7 +29,6 @@ app.add_typer(db_app, name="db")
 app.add_typer(files_app, name="files")
 app.add_typer(download_app, name="download")
 app.add_typer(docker_app, name="docker")
-aws_cli.register(files_app)
 
 console = Console()
 JsonOption = Annotated[bool, typer.Option("--json", help="Print the file row (id, status, attributes) as JSON.")]
@@ -419,6 +418,8 @@ def demo(sample: Annotated[Path | None, typer.Option(help="File to load (default
             for _, line in zip(range(4), exported, strict=False):
                 console.print(f"      {line.rstrip()[:150]}", markup=False, highlight=False)
 
+
+aws_cli.register(files_app)  # files upload-url / complete, after the commands above in --help
 
 if __name__ == "__main__":
     app()
