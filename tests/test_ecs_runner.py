@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import boto3
 import pytest
+from botocore.exceptions import ReadTimeoutError
 from typer.testing import CliRunner
 
 from locaria_batch.cli.main import app
@@ -24,7 +27,7 @@ from locaria_batch.dispatch.ecs import (
 from locaria_batch.dispatch.runner import LaunchRequest
 from locaria_batch.files import cancel_file, get_file, register_upload
 from locaria_batch.storage import open_storage
-from tests.aws_fixtures import REGION, FargateStack, FaultInjector
+from tests.aws_fixtures import CLUSTER, REGION, FargateStack, FaultInjector
 
 SAMPLES = Path(__file__).resolve().parent.parent / "samples"
 CAPACITY = "Capacity is unavailable at this time. Please try again later or in a different availability zone"
@@ -151,6 +154,8 @@ def test_capacity_failure_relaunches_without_spending_an_attempt(dispatch, conn,
     [job] = _jobs(conn, file_id)
     assert job["attempt"] == 1 and job["state"] == "launching"
     assert [call["startedBy"] for call in faults.calls] == [f"locaria/{job['id']}/1"] * 2
+    # each claim has its own token: a replayed clientToken would replay the failed answer
+    assert faults.calls[1]["clientToken"] == str(job["attempt_token"]) != faults.calls[0]["clientToken"]
     assert fargate.task_arns() == [job["handle"]["task_arn"]]
 
 
@@ -305,3 +310,37 @@ def test_refused_run_task_spends_the_attempt_with_ecs_words(dispatch, conn, farg
     row = get_file(conn, file_id)
     assert row["status"] == "ERROR"
     assert "ECS refused to run locaria-no-such-family" in row["attributes"]["error"]
+
+
+def test_lost_run_task_answer_finds_the_task_instead_of_starting_another(dispatch, conn,
+                                                                         fargate: FargateStack) -> None:
+    file_id = _upload(conn)
+    runner = EcsRunner.from_database()
+    client = runner.client(REGION)
+
+    def reached_ecs_but_answer_lost(params: dict[str, Any], **_: Any) -> None:
+        # the request is carried out (by another client), then the connection drops
+        boto3.client("ecs", region_name=REGION).run_task(**params)
+        raise ReadTimeoutError(endpoint_url=os.environ["AWS_ENDPOINT_URL"])
+
+    client.meta.events.register("before-parameter-build.ecs.RunTask", reached_ecs_but_answer_lost)
+    report = dispatch(runner).run_once()
+    [job] = _jobs(conn, file_id)
+    assert report.launched == [job["id"]] and job["handle"]["adopted"] is True
+    assert fargate.task_arns() == [job["handle"]["task_arn"]]
+
+
+def test_reconciliation_describes_a_hundred_tasks_at_a_time(conn, fargate: FargateStack) -> None:
+    runner = EcsRunner.from_database()
+    described = FaultInjector(runner.client(REGION), "DescribeTasks")  # records, answers nothing itself
+    real = fargate.ecs.run_task(
+        cluster=CLUSTER, taskDefinition=fargate.config["file_loader"]["task"], launchType="FARGATE", count=3,
+        networkConfiguration={"awsvpcConfiguration": {"subnets": fargate.subnets,
+                                                      "securityGroups": [fargate.security_group]}})["tasks"]
+    arns = [t["taskArn"] for t in real] + [f"arn:aws:ecs:{REGION}:123456789012:task/{CLUSTER}/gone-{n}"
+                                           for n in range(147)]
+    statuses = runner.status([{"task_arn": arn, "cluster": CLUSTER, "region": REGION} for arn in arns])
+    assert [len(call["tasks"]) for call in described.calls] == [100, 50]
+    assert [s.state for s in statuses[:3]] == ["running"] * 3
+    assert {s.state for s in statuses[3:]} == {"missing"}
+    assert "ECS no longer knows task" in statuses[-1].reason
