@@ -20,6 +20,8 @@ from locaria_batch.deploy import dockers
 
 REPO = Path(__file__).resolve().parent.parent
 
+pytest_plugins = ["tests.aws_fixtures"]  # moto server and Fargate fixtures
+
 
 @pytest.fixture(scope="session")
 def pg_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:

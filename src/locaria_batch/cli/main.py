@@ -15,6 +15,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
 from locaria_batch import __version__
+from locaria_batch.cli import aws as aws_cli
 from locaria_batch.cli.output import fail, print_file, print_file_list
 from locaria_batch.config import settings
 
@@ -417,6 +418,8 @@ def demo(sample: Annotated[Path | None, typer.Option(help="File to load (default
             for _, line in zip(range(4), exported, strict=False):
                 console.print(f"      {line.rstrip()[:150]}", markup=False, highlight=False)
 
+
+aws_cli.register(files_app)  # files upload-url / complete, after the commands above in --help
 
 if __name__ == "__main__":
     app()

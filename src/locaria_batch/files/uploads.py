@@ -1,0 +1,65 @@
+"""Uploads through a presigned PUT, without the original's race: the row is UPLOADING while the
+client sends the object and becomes REGISTERED (queueing the loader) only once the object exists.
+The SQL functions request_upload / complete_upload own the row; this module owns the storage side."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from psycopg.types.json import Jsonb
+
+from locaria_batch.files.api import Conn, get_file, upload_attributes
+from locaria_batch.storage import ObjectNotFound, Storage, incoming_key
+
+
+class UploadNotReady(RuntimeError):
+    """complete_upload was asked for before the object reached storage."""
+
+
+@dataclass(frozen=True)
+class UploadTicket:
+    file_id: int
+    key: str
+    url: str  # presigned PUT
+    expires_in: int | None
+
+
+def request_upload(conn: Conn, storage: Storage, name: str, *, attributes: dict[str, Any] | None = None,
+                   expires_in: int | None = None) -> UploadTicket:
+    """Create the row as UPLOADING and return where to PUT the data."""
+    presign = getattr(storage, "upload_url", None)
+    if presign is None:
+        raise ValueError("upload URLs need S3 storage: set LOCARIA_STORAGE=s3://bucket/prefix, "
+                         "or upload a local file with `locaria-batch files add PATH`")
+    attrs = upload_attributes(name, attributes)
+    if not attrs["ext"]:
+        raise ValueError(f"{name!r} has no extension: name the file as it is, e.g. parks.geojson or roads.csv")
+    with conn.transaction():
+        result = conn.execute("SELECT locaria_core.request_upload(%s) AS result",
+                              [Jsonb({"file_attributes": attrs})]).fetchone()["result"]
+    if "error" in result:
+        raise ValueError(result["error"])
+    file_id = int(result["id"])
+    key = incoming_key(file_id, attrs["ext"])
+    return UploadTicket(file_id, key, presign(key, expires_in), expires_in)
+
+
+def complete_upload(conn: Conn, storage: Storage, file_id: int) -> dict[str, Any]:
+    """REGISTER an UPLOADING file once its object is in storage.  Returns the row with
+    `completed` true, or false when the file was not waiting (completed already, say)."""
+    row = get_file(conn, file_id)
+    if row["status"] != "UPLOADING":
+        return {"id": file_id, "status": row["status"], "completed": False}
+    key = incoming_key(file_id, str((row["attributes"] or {}).get("ext") or ""))
+    try:
+        size = storage.size(key)
+    except ObjectNotFound as exc:
+        raise UploadNotReady(f"file {file_id} has no object at {key} yet: PUT the data to its upload URL, "
+                             f"then complete it again") from exc
+    with conn.transaction():
+        result = conn.execute("SELECT locaria_core.complete_upload(%s, %s) AS result",
+                              [file_id, Jsonb({"size_bytes": size})]).fetchone()["result"]
+    if "error" in result:
+        raise ValueError(result["error"])
+    return dict(result)
