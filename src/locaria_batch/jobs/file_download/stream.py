@@ -1,0 +1,150 @@
+"""Rows out of PostgreSQL over COPY: raw bytes for the text formats, Arrow record batches for
+the rest.  For Arrow, PostgreSQL writes CSV (geometry as hex WKB) and Arrow's C++ CSV reader
+parses it a block at a time, so no Python code touches a single row and memory stays flat."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import numpy as np
+import psycopg
+import pyarrow as pa
+import pyarrow.csv as pacsv
+from psycopg import sql
+
+from locaria_batch.jobs.file_download.selection import Column, Layer, Selection
+
+Progress = Callable[[int], None]  # rows written so far
+GEOMETRY = "geometry"  # the geometry's name in Arrow batches
+BLOCK_SIZE = 8 << 20
+ARROW_TYPES = {
+    "integer": pa.int64(), "number": pa.float64(), "boolean": pa.bool_(), "text": pa.string(), "json": pa.string(),
+    "date": pa.date32(), "datetime": pa.timestamp("us"), "timestamp": pa.timestamp("us", tz="UTC"),
+}
+ARROW_CASTS = {"integer": "::bigint", "number": "::float8", "json": "::text"}
+# One text column per row, passed through untouched: CSV with quote and delimiter that never occur
+RAW_ROWS = sql.SQL("(FORMAT csv, QUOTE e'\\x01', DELIMITER e'\\x02')")
+
+
+def prepare_session(conn: psycopg.Connection[Any]) -> None:
+    """Timestamps leave the database in UTC and ISO form, whatever the server's defaults."""
+    conn.execute("SET TIME ZONE 'UTC'")
+    conn.execute("SET DateStyle = 'ISO, YMD'")
+    conn.execute("SET extra_float_digits = 1")
+
+
+def copy_out(conn: psycopg.Connection[Any], query: sql.Composable, params: dict[str, Any],
+             options: sql.Composable) -> Iterator[memoryview]:
+    """COPY (query) TO STDOUT: one message per row.  Values are bound client-side by psycopg,
+    because COPY takes no server-side parameters."""
+    statement = sql.SQL("COPY ({}) TO STDOUT {}").format(query, options)
+    with conn.cursor() as cur, cur.copy(statement, params) as copy:
+        yield from copy
+
+
+class CopyReader(io.RawIOBase):
+    """A readable stream over COPY messages, for Arrow's CSV reader."""
+
+    def __init__(self, messages: Iterator[memoryview], on_rows: Callable[[int], None] | None = None) -> None:
+        self.messages = messages
+        self.pending = memoryview(b"")
+        self.rows = 0
+        self.on_rows = on_rows
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        target = memoryview(buffer).cast("B")
+        filled = 0
+        while filled < len(target):
+            if not self.pending:
+                message = next(self.messages, None)
+                if message is None:
+                    break
+                self.pending = memoryview(message)
+                self.rows += 1
+            n = min(len(self.pending), len(target) - filled)
+            target[filled:filled + n] = self.pending[:n]
+            self.pending = self.pending[n:]
+            filled += n
+        return filled
+
+
+def arrow_columns(columns: list[Column]) -> list[sql.Composable]:
+    return [sql.SQL("{}{}").format(c.expression, sql.SQL(ARROW_CASTS.get(c.kind, ""))) for c in columns]
+
+
+def arrow_schema(columns: list[Column], names: list[str] | None = None, with_geometry: bool = True) -> pa.Schema:
+    names = names or [c.name for c in columns]
+    fields = [pa.field(n, ARROW_TYPES[c.kind]) for n, c in zip(names, columns, strict=True)]
+    if with_geometry:
+        fields.append(pa.field(GEOMETRY, pa.binary()))
+    return pa.schema(fields)
+
+
+def arrow_batches(conn: psycopg.Connection[Any], selection: Selection, layer: Layer | None, schema: pa.Schema,
+                  progress: Progress, done: int = 0, condition: sql.Composable | None = None,
+                  extra_params: dict[str, Any] | None = None) -> Iterator[pa.RecordBatch]:
+    """The selection's rows (or one layer's) as record batches of `schema`, whose last field is
+    the WKB geometry when the selection has one."""
+    with_geometry = schema.names[-1] == GEOMETRY
+    select = arrow_columns(selection.columns)
+    if with_geometry:
+        select.append(sql.SQL("encode(ST_AsBinary({}), 'hex')").format(selection.geometry))
+    query, params = selection.query(sql.SQL(", ").join(select or [sql.SQL("NULL")]), layer, condition=condition)
+    params.update(extra_params or {})
+    text_schema = schema
+    if with_geometry:
+        text_schema = schema.set(len(schema) - 1, pa.field(GEOMETRY, pa.string()))
+    if not select:  # no columns at all: one placeholder column keeps the CSV well formed
+        text_schema = pa.schema([pa.field("_", pa.null())])
+    rows = CopyReader(copy_out(conn, query, params, sql.SQL("(FORMAT csv)")))
+    try:
+        reader = pacsv.open_csv(
+            rows,
+            read_options=pacsv.ReadOptions(column_names=text_schema.names, block_size=BLOCK_SIZE),
+            parse_options=pacsv.ParseOptions(newlines_in_values=True),
+            convert_options=pacsv.ConvertOptions(
+                column_types={f.name: f.type for f in text_schema}, strings_can_be_null=True,
+                quoted_strings_can_be_null=False, true_values=["t"], false_values=["f"]),
+        )
+    except pa.ArrowInvalid:
+        if rows.rows == 0:  # Arrow refuses an empty CSV; no rows is no batches
+            return
+        raise
+    for batch in reader:
+        arrays = list(batch.columns)
+        if with_geometry:
+            arrays[-1] = hex_to_binary(arrays[-1])
+        if not select:
+            arrays = []
+        done += batch.num_rows
+        progress(done)
+        yield pa.RecordBatch.from_arrays(arrays, schema=schema) if arrays else \
+            pa.RecordBatch.from_pylist([{}] * batch.num_rows, schema=schema)
+
+
+HEX_VALUES = np.zeros(256, dtype=np.uint8)
+for _digit in b"0123456789":
+    HEX_VALUES[_digit] = _digit - ord("0")
+for _digit in b"abcdef":
+    HEX_VALUES[_digit] = _digit - ord("a") + 10
+    HEX_VALUES[_digit - 32] = _digit - ord("a") + 10
+
+
+def hex_to_binary(column: pa.Array) -> pa.Array:
+    """Decode a hex string column into binary in a few vectorised passes."""
+    if column.offset:
+        column = pa.concat_arrays([column])
+    validity, offsets, data = column.buffers()
+    offset_values = np.frombuffer(offsets, dtype=np.int32)[: len(column) + 1]
+    raw = np.frombuffer(data, dtype=np.uint8) if data is not None else np.zeros(0, dtype=np.uint8)
+    nibbles = HEX_VALUES[raw[offset_values[0]: offset_values[-1]]]
+    decoded = (nibbles[0::2] << 4) | nibbles[1::2]
+    new_offsets = ((offset_values - offset_values[0]) // 2).astype(np.int32)
+    return pa.Array.from_buffers(pa.binary(), len(column),
+                                 [validity, pa.py_buffer(new_offsets.tobytes()), pa.py_buffer(decoded.tobytes())],
+                                 column.null_count)
