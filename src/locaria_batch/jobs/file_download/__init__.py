@@ -10,18 +10,21 @@ from __future__ import annotations
 import hashlib
 import os
 import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import psycopg
 from psycopg import IsolationLevel
 
 from locaria_batch.config import settings
 from locaria_batch.job import JobContext, JobError, JobResult
-from locaria_batch.jobs.file_download.formats import FORMATS, find_format
-from locaria_batch.jobs.file_download.request import parse_request
+from locaria_batch.jobs.file_download.copyout import prepare_session
+from locaria_batch.jobs.file_download.formats import FORMATS, Format, find_format
+from locaria_batch.jobs.file_download.request import DownloadRequest, parse_request
 from locaria_batch.jobs.file_download.selection import build_selection
-from locaria_batch.jobs.file_download.stream import prepare_session
 from locaria_batch.storage import download_key
 
 DEFAULT_MAX_ROWS = 10_000_000
@@ -36,40 +39,52 @@ def max_rows() -> int:
     return int(os.environ.get("LOCARIA_DOWNLOAD_MAX_ROWS") or DEFAULT_MAX_ROWS)
 
 
-def run(ctx: JobContext) -> JobResult:
-    request = parse_request(ctx.attributes, ctx.file_id)
+@dataclass(frozen=True)
+class Export:
+    path: Path
+    format: Format
+    record_count: int
+
+
+def export(conn: psycopg.Connection[Any], request: DownloadRequest, folder: Path, stem: str,
+           progress: Callable[[int, int], None]) -> Export:
+    """Write the requested selection to folder/{stem}.{extension}: the job's work, minus storage."""
     fmt = find_format(request.format)
     if fmt is None:
         names = ", ".join(f.name for f in FORMATS)
         raise JobError(f"unknown download format {request.format or '(none)'!r}: choose one of {names}")
-    conn = ctx.conn
     # one snapshot for the counts and the rows, so the record count is the rows written
     conn.isolation_level = IsolationLevel.REPEATABLE_READ
     try:
         prepare_session(conn)
         selection = build_selection(conn, request, allowed_schemas(), max_rows())
         total = selection.total
-        ctx.progress(0, total)
-        file_name = f"{ctx.file_id}.{fmt.extension}"
-        with tempfile.TemporaryDirectory(prefix="locaria-download-") as tmp:
-            path = Path(tmp) / file_name
-            count = fmt.writer(conn, selection, request, path, lambda done: ctx.progress(done, total))
-            ctx.check_cancelled()
-            with path.open("rb") as stream:
-                digest = hashlib.file_digest(stream, "sha256").hexdigest()
-            size = path.stat().st_size
-            key = download_key(file_name)
-            ctx.storage.put(key, path, content_type=fmt.content_type)
+        progress(0, total)
+        path = folder / f"{stem}.{fmt.extension}"
+        count = fmt.writer(conn, selection, request, path, lambda done: progress(done, total))
     finally:
         conn.rollback()
         conn.isolation_level = None
+    return Export(path, fmt, count)
+
+
+def run(ctx: JobContext) -> JobResult:
+    request = parse_request(ctx.attributes, ctx.file_id)
+    with tempfile.TemporaryDirectory(prefix="locaria-download-") as tmp:
+        result = export(ctx.conn, request, Path(tmp), str(ctx.file_id), ctx.progress)
+        ctx.check_cancelled()
+        with result.path.open("rb") as stream:
+            digest = hashlib.file_digest(stream, "sha256").hexdigest()
+        size = result.path.stat().st_size
+        key = download_key(result.path.name)
+        ctx.storage.put(key, result.path, content_type=result.format.content_type)
     expiry = settings().download_url_expiry
     now = datetime.now(UTC)
     attributes: dict[str, Any] = {
-        "name": request.name, "fileName": file_name, "format": fmt.name, "size_bytes": size,
-        "record_count": count, "sha256": digest, "url": ctx.storage.url(key, expiry),
+        "name": request.name, "fileName": result.path.name, "format": result.format.name, "size_bytes": size,
+        "record_count": result.record_count, "sha256": digest, "url": ctx.storage.url(key, expiry),
         "completed_at": now.isoformat(timespec="seconds"),
         "expires_at": (now + timedelta(seconds=expiry)).isoformat(timespec="seconds"),
     }
-    message = "Download Completed" if count else "Download Completed: the selection matched no rows, the file is empty"
-    return JobResult(attributes=attributes, log={"message": message})
+    empty = "" if result.record_count else ": the selection matched no rows, the file is empty"
+    return JobResult(attributes=attributes, log={"message": f"Download Completed{empty}"})

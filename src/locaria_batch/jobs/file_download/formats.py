@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -9,10 +10,9 @@ from typing import Any
 
 import psycopg
 
-from locaria_batch.jobs.file_download import ogr, parquet, textual, xlsx
+from locaria_batch.jobs.file_download.copyout import Progress
 from locaria_batch.jobs.file_download.request import DownloadRequest
 from locaria_batch.jobs.file_download.selection import Selection
-from locaria_batch.jobs.file_download.stream import Progress
 
 Writer = Callable[[psycopg.Connection[Any], Selection, DownloadRequest, Path, Progress], int]
 
@@ -22,22 +22,27 @@ class Format:
     name: str
     extension: str
     content_type: str
-    writer: Writer
+    writer_name: str  # module:function in this package, imported on use (GDAL, openpyxl, pyproj load slowly)
     aliases: tuple[str, ...] = ()
+
+    @property
+    def writer(self) -> Writer:
+        module, _, function = self.writer_name.partition(":")
+        return getattr(importlib.import_module(f"{__package__}.{module}"), function)  # type: ignore[no-any-return]
 
 
 FORMATS = [
-    Format("csv", "csv", "text/csv", textual.write_csv),
-    Format("xlsx", "xlsx", "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet", xlsx.write_xlsx,
+    Format("csv", "csv", "text/csv", "textual:write_csv"),
+    Format("xlsx", "xlsx", "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet", "xlsx:write_xlsx",
            ("excel",)),
-    Format("geojson", "geojson", "application/geo+json", textual.write_geojson, ("json",)),
-    Format("geojsonseq", "geojsonl", "application/geo+json-seq", textual.write_geojsonseq,
+    Format("geojson", "geojson", "application/geo+json", "textual:write_geojson", ("json",)),
+    Format("geojsonseq", "geojsonl", "application/geo+json-seq", "textual:write_geojsonseq",
            ("geojsonl", "geojsons", "ndjson")),
-    Format("gpkg", "gpkg", "application/geopackage+sqlite3", ogr.write_gpkg, ("geopackage",)),
-    Format("shapefile", "shp.zip", "application/zip", ogr.write_shapefile_zip, ("shp", "esri shapefile")),
-    Format("flatgeobuf", "fgb", "application/flatgeobuf", ogr.write_flatgeobuf, ("fgb",)),
-    Format("kml", "kml", "application/vnd.google-earth.kml+xml", ogr.write_kml),
-    Format("geoparquet", "parquet", "application/vnd.apache.parquet", parquet.write_geoparquet, ("parquet",)),
+    Format("gpkg", "gpkg", "application/geopackage+sqlite3", "ogr:write_gpkg", ("geopackage",)),
+    Format("shapefile", "shp.zip", "application/zip", "ogr:write_shapefile_zip", ("shp", "esri shapefile")),
+    Format("flatgeobuf", "fgb", "application/flatgeobuf", "ogr:write_flatgeobuf", ("fgb",)),
+    Format("kml", "kml", "application/vnd.google-earth.kml+xml", "ogr:write_kml"),
+    Format("geoparquet", "parquet", "application/vnd.apache.parquet", "parquet:write_geoparquet", ("parquet",)),
 ]
 BY_NAME = {name: f for f in FORMATS for name in (f.name, *f.aliases)}
 

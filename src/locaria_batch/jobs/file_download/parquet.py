@@ -10,9 +10,10 @@ import psycopg
 import pyarrow.parquet as pq
 from pyproj import CRS
 
+from locaria_batch.jobs.file_download.arrow import GEOMETRY, arrow_batches, arrow_schema
+from locaria_batch.jobs.file_download.copyout import Progress
 from locaria_batch.jobs.file_download.request import DownloadRequest
 from locaria_batch.jobs.file_download.selection import Selection
-from locaria_batch.jobs.file_download.stream import GEOMETRY, Progress, arrow_batches, arrow_schema
 
 GEOPARQUET_TYPES = {"POINT": "Point", "LINESTRING": "LineString", "POLYGON": "Polygon", "MULTIPOINT": "MultiPoint",
                     "MULTILINESTRING": "MultiLineString", "MULTIPOLYGON": "MultiPolygon",

@@ -10,9 +10,9 @@ import psycopg
 from psycopg import sql
 
 from locaria_batch.job import JobError
+from locaria_batch.jobs.file_download.copyout import RAW_ROWS, Progress, copy_out
 from locaria_batch.jobs.file_download.request import DownloadRequest
 from locaria_batch.jobs.file_download.selection import Selection, unique_name
-from locaria_batch.jobs.file_download.stream import RAW_ROWS, Progress, copy_out
 
 PROGRESS_EVERY = 50_000
 GEOJSON_GEOMETRY = "__locaria_geometry"

@@ -15,9 +15,9 @@ from psycopg import sql
 from psycopg.rows import tuple_row
 
 from locaria_batch.job import JobError
+from locaria_batch.jobs.file_download.copyout import Progress
 from locaria_batch.jobs.file_download.request import DownloadRequest
 from locaria_batch.jobs.file_download.selection import Column, Selection, unique_name
-from locaria_batch.jobs.file_download.stream import Progress
 
 SHEET_NAME_LIMIT = 31
 SHEET_FORBIDDEN = re.compile(r"[\[\]:*?/\\]")

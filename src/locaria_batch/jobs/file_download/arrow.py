@@ -1,11 +1,11 @@
-"""Rows out of PostgreSQL over COPY: raw bytes for the text formats, Arrow record batches for
-the rest.  For Arrow, PostgreSQL writes CSV (geometry as hex WKB) and Arrow's C++ CSV reader
-parses it a block at a time, so no Python code touches a single row and memory stays flat."""
+"""Rows out of PostgreSQL as Arrow record batches: PostgreSQL writes CSV over COPY (geometry as
+hex WKB) and Arrow's C++ CSV reader parses it a block at a time, so no Python code touches a
+single row and memory stays flat."""
 
 from __future__ import annotations
 
 import io
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -14,44 +14,25 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 from psycopg import sql
 
+from locaria_batch.jobs.file_download.copyout import Progress, copy_out
 from locaria_batch.jobs.file_download.selection import Column, Layer, Selection
 
-Progress = Callable[[int], None]  # rows written so far
 GEOMETRY = "geometry"  # the geometry's name in Arrow batches
-BLOCK_SIZE = 8 << 20
+BLOCK_SIZE = 4 << 20
 ARROW_TYPES = {
     "integer": pa.int64(), "number": pa.float64(), "boolean": pa.bool_(), "text": pa.string(), "json": pa.string(),
     "date": pa.date32(), "datetime": pa.timestamp("us"), "timestamp": pa.timestamp("us", tz="UTC"),
 }
 ARROW_CASTS = {"integer": "::bigint", "number": "::float8", "json": "::text"}
-# One text column per row, passed through untouched: CSV with quote and delimiter that never occur
-RAW_ROWS = sql.SQL("(FORMAT csv, QUOTE e'\\x01', DELIMITER e'\\x02')")
-
-
-def prepare_session(conn: psycopg.Connection[Any]) -> None:
-    """Timestamps leave the database in UTC and ISO form, whatever the server's defaults."""
-    conn.execute("SET TIME ZONE 'UTC'")
-    conn.execute("SET DateStyle = 'ISO, YMD'")
-    conn.execute("SET extra_float_digits = 1")
-
-
-def copy_out(conn: psycopg.Connection[Any], query: sql.Composable, params: dict[str, Any],
-             options: sql.Composable) -> Iterator[memoryview]:
-    """COPY (query) TO STDOUT: one message per row.  Values are bound client-side by psycopg,
-    because COPY takes no server-side parameters."""
-    statement = sql.SQL("COPY ({}) TO STDOUT {}").format(query, options)
-    with conn.cursor() as cur, cur.copy(statement, params) as copy:
-        yield from copy
 
 
 class CopyReader(io.RawIOBase):
     """A readable stream over COPY messages, for Arrow's CSV reader."""
 
-    def __init__(self, messages: Iterator[memoryview], on_rows: Callable[[int], None] | None = None) -> None:
+    def __init__(self, messages: Iterator[memoryview]) -> None:
         self.messages = messages
         self.pending = memoryview(b"")
         self.rows = 0
-        self.on_rows = on_rows
 
     def readable(self) -> bool:
         return True
