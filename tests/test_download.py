@@ -252,3 +252,20 @@ def test_two_downloads_of_the_same_data_at_once(conn: Any) -> None:
     assert paths[0] != paths[1]
     assert [r["attributes"]["record_count"] for r in rows] == [5, 5]
     assert read_layers(paths[0]).keys() == read_layers(paths[1]).keys()
+
+
+def test_rows_without_geometry(conn: Any) -> None:
+    seed(conn)
+    conn.execute("INSERT INTO locaria_data.items (category_id, title, attributes) "
+                 "SELECT id, 'Somewhere', '{\"kind\": \"unknown\"}' FROM locaria_core.categories "
+                 "WHERE category = 'Parks'")
+    attrs, path = completed(conn, format="shapefile", categories=["Parks"])
+    assert attrs["record_count"] == 3
+    with zipfile.ZipFile(path) as archive:
+        assert {"export_points.shp", "export_table.dbf"} <= set(archive.namelist())
+        archive.extractall(path.parent / "unzipped")
+    assert pyogrio.read_info(path.parent / "unzipped" / "export_table.dbf")["features"] == 1
+    assert pyogrio.read_info(path.parent / "unzipped" / "export_points.shp")["features"] == 2
+    _, path = completed(conn, format="geojson", categories=["Parks"])
+    features = json.loads(path.read_text())["features"]
+    assert [f["geometry"] for f in features if f["properties"]["title"] == "Somewhere"] == [None]

@@ -71,7 +71,7 @@ def arrow_batches(conn: psycopg.Connection[Any], selection: Selection, layer: La
                   extra_params: dict[str, Any] | None = None) -> Iterator[pa.RecordBatch]:
     """The selection's rows (or one layer's) as record batches of `schema`, whose last field is
     the WKB geometry when the selection has one."""
-    with_geometry = schema.names[-1] == GEOMETRY
+    with_geometry = bool(schema.names) and schema.names[-1] == GEOMETRY
     select = arrow_columns(selection.columns)
     if with_geometry:
         select.append(sql.SQL("encode(ST_AsBinary({}), 'hex')").format(selection.geometry))

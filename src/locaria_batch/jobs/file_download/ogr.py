@@ -48,9 +48,10 @@ def geometry_type(types: tuple[str, ...]) -> str:
 def _write_layer(conn: psycopg.Connection[Any], selection: Selection, layer: Layer | None, path: Path, driver: str,
                  layer_name: str, geometry_types: tuple[str, ...], progress: Progress, done: int,
                  names: list[str] | None = None, layer_options: dict[str, str] | None = None,
-                 condition: Any = None, extra_params: dict[str, Any] | None = None) -> int:
+                 condition: Any = None, extra_params: dict[str, Any] | None = None,
+                 with_geometry: bool = True) -> int:
     """Stream one layer into GDAL; returns the rows written so far (done + this layer's)."""
-    has_geometry = selection.geometry is not None
+    has_geometry = with_geometry and selection.geometry is not None
     schema = arrow_schema(selection.columns, names, with_geometry=has_geometry)
     counter = {"done": done}
 
@@ -127,17 +128,20 @@ def write_shapefile_zip(conn: psycopg.Connection[Any], selection: Selection, req
     stem = re.sub(r"[^A-Za-z0-9_-]+", "_", request.name).strip("_") or "download"
     done = 0
     groups: list[tuple[str, tuple[str, ...]]] = [(k, v) for k, v in SHAPE_GROUPS.items() if present & set(v)]
-    if selection.geometry is None or not groups:
-        groups = [("table", ())]
+    if selection.geometry is None or selection.null_geometries or not groups:
+        groups.append(("table", ()))  # rows without geometry: a .dbf of their own
     for group, types in groups:
-        condition = extra = None
-        if types:
+        if selection.geometry is None:
+            condition, extra = None, None
+        elif types:
             condition = sql.SQL("GeometryType({}) = ANY (%(shape_types)s)").format(selection.geometry)
             extra = {"shape_types": list(types)}
+        else:
+            condition, extra = sql.SQL("{} IS NULL").format(selection.geometry), None
         target = folder / f"{stem}_{group}.shp"
         done = _write_layer(conn, selection, None, target, "ESRI Shapefile", target.stem,
                             tuple(t for t in present if t in types), progress, done, names,
-                            condition=condition, extra_params=extra)
+                            condition=condition, extra_params=extra, with_geometry=bool(types))
     with (folder / f"{stem}_fields.csv").open("w", newline="", encoding="utf-8") as mapping:
         writer = csv.writer(mapping)
         writer.writerow(["shapefile_field", "column"])

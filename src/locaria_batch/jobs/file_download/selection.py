@@ -41,6 +41,7 @@ class Layer:
     params: dict[str, Any]
     count: int  # rows this layer holds (after the limit)
     geometry_types: tuple[str, ...]  # GeometryType() values present, e.g. ('POINT', 'MULTIPOINT')
+    null_geometries: bool = False  # some rows have no geometry
 
 
 @dataclass
@@ -63,6 +64,10 @@ class Selection:
         if self.stored_geometry is None or self.stored_srid == self.srid:
             return self.stored_geometry
         return sql.SQL("ST_Transform({}, {})").format(self.stored_geometry, sql.Literal(self.srid))
+
+    @property
+    def null_geometries(self) -> bool:
+        return any(layer.null_geometries for layer in self.layers)
 
     @property
     def total(self) -> int:
@@ -304,8 +309,9 @@ def count_layers(conn: psycopg.Connection[Any], selection: Selection, group: sql
     geometry_type = sql.SQL("GeometryType({})").format(selection.geometry) if selection.geometry is not None \
         else sql.SQL("NULL::text")
     query, params = selection.query(
-        sql.SQL("{} AS layer, count(*) AS n, array_remove(array_agg(DISTINCT {}), NULL) AS types").format(
-            group, geometry_type), ordered=False, limited=False)
+        sql.SQL("{} AS layer, count(*) AS n, array_remove(array_agg(DISTINCT {}), NULL) AS types, "
+                "bool_or({} IS NULL) AS nulls").format(group, geometry_type, geometry_type),
+        ordered=False, limited=False)
     rows = conn.execute(sql.SQL("{} GROUP BY 1 ORDER BY 1").format(query), params).fetchall()
     budget = selection.limit
     layers = []
@@ -316,8 +322,8 @@ def count_layers(conn: psycopg.Connection[Any], selection: Selection, group: sql
         if count == 0:
             continue
         if request.table:
-            layers.append(Layer(str(row["layer"]), sql.SQL("true"), {}, count, tuple(row["types"])))
+            layers.append(Layer(str(row["layer"]), sql.SQL("true"), {}, count, tuple(row["types"]), row["nulls"]))
         else:
             layers.append(Layer(str(row["layer"]), sql.SQL("c.category = %(layer)s"), {"layer": row["layer"]},
-                                count, tuple(row["types"])))
+                                count, tuple(row["types"]), row["nulls"]))
     return layers

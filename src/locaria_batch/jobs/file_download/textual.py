@@ -68,8 +68,13 @@ def _features(selection: Selection) -> tuple[sql.Composable, dict[str, Any]]:
     geometry = selection.geometry if selection.geometry is not None else sql.SQL("NULL::geometry")
     fields.append(sql.SQL("{} AS {}").format(geometry, sql.Identifier(GEOJSON_GEOMETRY)))
     inner, params = selection.query(sql.SQL(", ").join(fields))
-    query = sql.SQL("SELECT ST_AsGeoJSON(s.*, {}, {}) FROM ({}) s").format(
-        sql.Literal(GEOJSON_GEOMETRY), sql.Literal(GEOJSON_DIGITS), inner)
+    # PostGIS 3.3 writes a missing geometry as {"type": null}; GeoJSON wants null
+    query = sql.SQL(
+        "SELECT CASE WHEN s.{g} IS NULL THEN replace(ST_AsGeoJSON(s.*, {name}, {digits}), "
+        "'\"geometry\": {{\"type\": null}}', '\"geometry\": null') "
+        "ELSE ST_AsGeoJSON(s.*, {name}, {digits}) END FROM ({inner}) s").format(
+        g=sql.Identifier(GEOJSON_GEOMETRY), name=sql.Literal(GEOJSON_GEOMETRY), digits=sql.Literal(GEOJSON_DIGITS),
+        inner=inner)
     return query, params
 
 
