@@ -193,6 +193,8 @@ def main() -> None:
                 if not ogr.ok:
                     notes[fmt] = ogr.note
                 verdict, ratio = check(fmt, ours, ogr)
+                console.print(f"{fmt} {source}: ours {ours.seconds:.2f} s / {ours.rss_mb:.0f} MB, ogr2ogr "
+                              + (f"{ogr.seconds:.2f} s / {ogr.rss_mb:.0f} MB" if ogr.ok else "n/a"), highlight=False)
                 failures += verdict != "ok"
                 table.add_row(fmt, source.removeprefix("bench_"), f"{rows:,}", f"{ours.seconds:.2f}",
                               f"{ogr.seconds:.2f}" if ogr.ok else "n/a",
