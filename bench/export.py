@@ -43,6 +43,7 @@ FORMATS: dict[str, tuple[str, list[str], float | None]] = {
     "geoparquet": ("Parquet", [], None),
     "xlsx": ("XLSX", [], None),
 }
+OGR_EXTENSIONS = {"shapefile": "shp.zip"}  # ogr2ogr zips as it writes, like ours
 XLSX_SECONDS = 20.0
 RSS_LIMIT_MB = 300.0
 FILL = {  # statements creating and filling each table
@@ -186,7 +187,7 @@ def main() -> None:
                 for name, runner in (("ours", run_ours), ("ogr2ogr", run_ogr2ogr)):
                     out = work / f"{name}-{fmt}-{source}"
                     out.mkdir()
-                    target = out if name == "ours" else out / f"export.{fmt}"
+                    target = out if name == "ours" else out / f"export.{OGR_EXTENSIONS.get(fmt, fmt)}"
                     runs.append(runner(url, fmt, source, target, limit))
                     shutil.rmtree(out, ignore_errors=True)
                 ours, ogr = runs

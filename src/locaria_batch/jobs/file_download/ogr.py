@@ -148,5 +148,7 @@ def write_shapefile_zip(conn: psycopg.Connection[Any], selection: Selection, req
         writer.writerows(zip(names, [c.name for c in selection.columns], strict=True))
     with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=1) as archive:
         for member in sorted(folder.iterdir()):
-            archive.write(member, member.name)
+            # coordinates are doubles that deflate cannot shrink: store them, compress the rest
+            stored = member.suffix in (".shp", ".shx")
+            archive.write(member, member.name, compress_type=zipfile.ZIP_STORED if stored else None)
     return done
