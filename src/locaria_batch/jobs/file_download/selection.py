@@ -18,6 +18,7 @@ UPLOADS_SCHEMA = "locaria_uploads"
 LOADER_KEY = "ogc_fid"  # the loader's serial key: an artifact of loading, not data
 
 # Column kinds: integer, number, boolean, text, json, date, datetime (no zone), timestamp (with zone)
+SPECIFIC_TYPES = {"POINT", "LINESTRING", "POLYGON", "MULTIPOINT", "MULTILINESTRING", "MULTIPOLYGON"}
 PG_KINDS = {
     "int2": "integer", "int4": "integer", "int8": "integer",
     "float4": "number", "float8": "number", "numeric": "number",
@@ -56,6 +57,7 @@ class Selection:
     order: sql.Composable
     row_key: sql.Composable  # identifies a row of the relation (its ctid)
     limit: int | None
+    declared_type: str | None = None  # the geometry column's type when declared specific, e.g. POINT
     layers: list[Layer] = field(default_factory=list)
 
     @property
@@ -247,17 +249,20 @@ def table_selection(conn: psycopg.Connection[Any], request: DownloadRequest,
             kind = PG_KINDS.get(row["type"], "text")
             expression = ident if kind != "text" else sql.SQL("{}::text").format(ident)
         columns.append(Column(row["name"], expression, kind, sql.SQL("{}::text").format(ident)))
-    geometry, source_srid = None, request.srid
+    geometry, source_srid, declared_type = None, request.srid, None
     if geometry_row is not None:
         geometry = sql.SQL("t.{}").format(sql.Identifier(geometry_row["name"]))
-        typmod = [geometry_row["typmod"]]
-        source_srid = conn.execute("SELECT postgis_typmod_srid(%s) AS srid", typmod).fetchone()["srid"]
+        declared = conn.execute("SELECT postgis_typmod_srid(%s) AS srid, upper(postgis_typmod_type(%s)) AS type",
+                                [geometry_row["typmod"]] * 2).fetchone()
+        source_srid = declared["srid"]
+        if declared["type"] in SPECIFIC_TYPES:
+            declared_type = declared["type"]
         source_srid = source_srid or _data_srid(conn, geometry, schema, table) or request.srid
     relation = sql.SQL("{}.{} t").format(sql.Identifier(schema), sql.Identifier(table))
     selection = Selection(columns=columns, stored_geometry=geometry, stored_srid=source_srid, srid=request.srid,
                           relation=relation, where=[],
                           params={"table_name": table}, order=sql.SQL(", ").join(keys or [sql.SQL("true")]),
-                          row_key=sql.SQL("t.ctid"), limit=None)
+                          row_key=sql.SQL("t.ctid"), limit=None, declared_type=declared_type)
     return selection, sql.SQL("%(table_name)s")
 
 
@@ -306,11 +311,13 @@ def apply_filters(selection: Selection, request: DownloadRequest) -> None:
 def count_layers(conn: psycopg.Connection[Any], selection: Selection, group: sql.Composable,
                  request: DownloadRequest) -> list[Layer]:
     """Rows and geometry types per layer; a limit is shared out in layer order, as the rows come."""
-    geometry_type = sql.SQL("GeometryType({})").format(selection.geometry) if selection.geometry is not None \
-        else sql.SQL("NULL::text")
+    geometry = selection.stored_geometry if selection.stored_geometry is not None else sql.SQL("NULL::geometry")
+    types = sql.SQL("array_remove(array_agg(DISTINCT GeometryType({})), NULL)").format(geometry)
+    if selection.declared_type is not None:  # no need to look at every row (a sort of them all)
+        types = sql.SQL("ARRAY[{}]::text[]").format(sql.Literal(selection.declared_type))
     query, params = selection.query(
-        sql.SQL("{} AS layer, count(*) AS n, array_remove(array_agg(DISTINCT {}), NULL) AS types, "
-                "bool_or({} IS NULL) AS nulls").format(group, geometry_type, geometry_type),
+        sql.SQL("{} AS layer, count(*) AS n, {} AS types, bool_or({} IS NULL) AS nulls").format(
+            group, types, geometry),
         ordered=False, limited=False)
     rows = conn.execute(sql.SQL("{} GROUP BY 1 ORDER BY 1").format(query), params).fetchall()
     budget = selection.limit
