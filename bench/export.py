@@ -6,7 +6,9 @@
 
 Both tools read the same PostGIS table and write the same format; each run is its own process,
 so wall time includes start-up and peak RSS is that process's own (wait4).  The database is
-LOCARIA_DB_URL, else a throw-away embedded cluster in a temporary folder.
+LOCARIA_DB_URL, else a throw-away embedded cluster in a temporary folder.  At the small size the
+ratios mostly measure start-up (importing Arrow and GDAL takes about a second), not exporting;
+the targets are for the full size.
 """
 
 from __future__ import annotations
