@@ -16,6 +16,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn
 
 from locaria_batch import __version__
 from locaria_batch.cli import aws as aws_cli
+from locaria_batch.cli.downloads import downloads_app
 from locaria_batch.cli.output import fail, print_file, print_file_list
 from locaria_batch.config import settings
 
@@ -29,6 +30,7 @@ app.add_typer(db_app, name="db")
 app.add_typer(files_app, name="files")
 app.add_typer(download_app, name="download")
 app.add_typer(docker_app, name="docker")
+app.add_typer(downloads_app, name="downloads")
 
 console = Console()
 JsonOption = Annotated[bool, typer.Option("--json", help="Print the file row (id, status, attributes) as JSON.")]
@@ -300,16 +302,31 @@ def download_request(
     name: Annotated[str | None, typer.Option(help="Name shown to users.")] = None,
     attr: Annotated[list[str], typer.Option("--attr", help="Extra attribute key=value (JSON values allowed).")]
     = [],  # noqa: B006
+    srid: Annotated[int | None, typer.Option(help="Output coordinate system (EPSG code); default 4326.")] = None,
+    bbox: Annotated[str | None, typer.Option(help="Only rows within minx,miny,maxx,maxy (longitude/latitude).")]
+    = None,
+    where: Annotated[list[str], typer.Option("--where", help="Only rows whose column equals a value: key=value; "
+                                             "repeat a key for any of several values.")] = [],  # noqa: B006
+    created_after: Annotated[str | None, typer.Option(help="Only rows created at or after (ISO date/time).")] = None,
+    created_before: Annotated[str | None, typer.Option(help="Only rows created before (ISO date/time).")] = None,
+    limit: Annotated[int | None, typer.Option(help="At most this many rows.", min=1)] = None,
     wait: WaitOption = False,
     as_json: JsonOption = False,
     runner: RunnerOption = "local",
 ) -> None:
-    """Ask for a download; the file_download job writes it under loaderDownloads/."""
+    """Ask for a download; the file_download job writes it under loaderDownloads/.
+
+    Formats: csv, xlsx, geojson, geojsonseq, gpkg, shapefile, flatgeobuf, kml, geoparquet."""
     from locaria_batch.files import request_download
 
     if table and category:
         fail("give either --table or --category, not both")
     attributes: dict[str, Any] = {"format": fmt, **_parse_attrs(attr)}
+    filters = _download_filters(bbox, where, created_after, created_before, limit)
+    if filters:
+        attributes["filters"] = filters
+    if srid is not None:
+        attributes["srid"] = srid
     if table:
         attributes["table"] = table
     else:
@@ -324,6 +341,19 @@ def download_request(
         _show_result(file_id, as_json)
     elif as_json:
         _show_result(file_id, as_json)
+
+
+def _download_filters(bbox: str | None, where: list[str], created_after: str | None, created_before: str | None,
+                      limit: int | None) -> dict[str, Any]:
+    equals: dict[str, list[str]] = {}
+    for pair in where:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            fail(f"--where takes column=value, got {pair!r}")
+        equals.setdefault(key, []).append(value)
+    filters = {"bbox": bbox, "created_after": created_after, "created_before": created_before, "limit": limit,
+               "attributes": {k: v[0] if len(v) == 1 else v for k, v in equals.items()}}
+    return {k: v for k, v in filters.items() if v}
 
 
 # -- worker ----------------------------------------------------------------------------------

@@ -1,125 +1,90 @@
-"""file_download: search data or a loaded table out to a file under loaderDownloads/.
+"""file_download: search data (by category) or a table out to a file under loaderDownloads/.
 
-First cut: GeoJSON (built by PostGIS, streamed out over COPY) and CSV (geometry as WKT).
+The rows never pass through Python one by one where it can be helped: the text formats are
+built by PostgreSQL and streamed over COPY; the GDAL formats and GeoParquet read Arrow batches
+parsed from COPY by Arrow; XLSX streams a server-side cursor into a write-only workbook.
 """
 
 from __future__ import annotations
 
 import hashlib
-import re
+import os
 import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import psycopg
-from psycopg import sql
+from psycopg import IsolationLevel
 
 from locaria_batch.config import settings
 from locaria_batch.job import JobContext, JobError, JobResult
+from locaria_batch.jobs.file_download.copyout import prepare_session
+from locaria_batch.jobs.file_download.formats import FORMATS, Format, find_format
+from locaria_batch.jobs.file_download.request import DownloadRequest, parse_request
+from locaria_batch.jobs.file_download.selection import build_selection
 from locaria_batch.storage import download_key
 
-FORMATS = {"geojson": "geojson", "json": "geojson", "csv": "csv"}
-TABLE = re.compile(r"^(?:(locaria_uploads)\.)?([a-z_][a-z0-9_]{0,62})$")
-# COPY's csv format with control characters as quote and delimiter passes JSON text through untouched
-RAW_COPY = "(FORMAT csv, QUOTE e'\\x01', DELIMITER e'\\x02')"
+DEFAULT_MAX_ROWS = 10_000_000
 
 
-def selection(conn: psycopg.Connection[Any], attributes: dict[str, Any]) -> sql.Composable:
-    """A SELECT of (properties jsonb, geom) rows for the requested source."""
-    if attributes.get("table"):
-        match = TABLE.match(str(attributes["table"]))
-        if not match:
-            raise JobError(f"table {attributes['table']!r} is not a loaded table name (e.g. upload_file_12)")
-        table = match.group(2)
-        found = conn.execute(
-            "SELECT 1 FROM information_schema.tables WHERE table_schema = 'locaria_uploads' AND table_name = %s",
-            [table],
-        ).fetchone()
-        if not found:
-            raise JobError(f"table locaria_uploads.{table} does not exist")
-        ident = sql.SQL("locaria_uploads.{}").format(sql.Identifier(table))
-        return sql.SQL("SELECT to_jsonb(t) - 'wkb_geometry' AS properties, t.wkb_geometry AS geom "
-                       "FROM {} t ORDER BY t.ogc_fid").format(ident)
-    categories = attributes.get("categories") or []
-    if categories:
-        known = {r["category"] for r in conn.execute(
-            "SELECT category FROM locaria_core.categories WHERE category = ANY (%s)", [categories]).fetchall()}
-        missing = [c for c in categories if c not in known]
-        if missing:
-            raise JobError(f"unknown categor{'y' if len(missing) == 1 else 'ies'}: {', '.join(map(repr, missing))}")
-    return sql.SQL(
-        "SELECT i.attributes || jsonb_build_object('id', i.id, 'title', i.title, 'category', c.category) AS properties,"
-        " i.wkb_geometry AS geom FROM locaria_data.items i JOIN locaria_core.categories c ON c.id = i.category_id"
-        " WHERE (cardinality({cats}::text[]) = 0 OR c.category = ANY ({cats}::text[])) ORDER BY i.id"
-    ).format(cats=sql.Literal(list(categories)))
+def allowed_schemas() -> tuple[str, ...]:
+    """Schemas besides locaria_uploads whose tables may be downloaded (LOCARIA_DOWNLOAD_SCHEMAS)."""
+    return tuple(s.strip() for s in os.environ.get("LOCARIA_DOWNLOAD_SCHEMAS", "").split(",") if s.strip())
 
 
-def write_geojson(conn: psycopg.Connection[Any], query: sql.Composable, out: Any) -> int:
-    feature = sql.SQL(
-        "SELECT json_build_object('type', 'Feature', 'properties', s.properties, "
-        "'geometry', ST_AsGeoJSON(s.geom)::json)::text FROM ({}) s"
-    ).format(query)
-    count = 0
-    out.write(b'{"type": "FeatureCollection", "features": [\n')
-    with conn.cursor() as cur, cur.copy(sql.SQL("COPY ({}) TO STDOUT " + RAW_COPY).format(feature)) as copy:
-        for line in _lines(copy):
-            if count:
-                out.write(b",\n")
-            out.write(line)
-            count += 1
-    out.write(b"\n]}\n")
-    return count
+def max_rows() -> int:
+    return int(os.environ.get("LOCARIA_DOWNLOAD_MAX_ROWS") or DEFAULT_MAX_ROWS)
 
 
-def _lines(copy: Any) -> Any:
-    pending = b""
-    for chunk in copy:
-        pending += bytes(chunk)
-        *complete, pending = pending.split(b"\n")
-        yield from complete
-    if pending:
-        yield pending
+@dataclass(frozen=True)
+class Export:
+    path: Path
+    format: Format
+    record_count: int
 
 
-def write_csv(conn: psycopg.Connection[Any], query: sql.Composable, out: Any) -> int:
-    columns = conn.execute(sql.SQL("SELECT properties FROM ({}) s LIMIT 1").format(query)).fetchone()
-    keys = sorted(columns["properties"]) if columns else []
-    fields = [sql.SQL("s.properties ->> {} AS {}").format(sql.Literal(k), sql.Identifier(k)) for k in keys]
-    fields.append(sql.SQL("ST_AsText(s.geom) AS wkt"))
-    statement = sql.SQL("COPY (SELECT {} FROM ({}) s) TO STDOUT (FORMAT csv, HEADER true)").format(
-        sql.SQL(", ").join(fields), query)
-    with conn.cursor() as cur, cur.copy(statement) as copy:
-        for chunk in copy:
-            out.write(chunk)
-    return int(conn.execute(sql.SQL("SELECT count(*) AS n FROM ({}) s").format(query)).fetchone()["n"])
+def export(conn: psycopg.Connection[Any], request: DownloadRequest, folder: Path, stem: str,
+           progress: Callable[[int, int], None]) -> Export:
+    """Write the requested selection to folder/{stem}.{extension}: the job's work, minus storage."""
+    fmt = find_format(request.format)
+    if fmt is None:
+        names = ", ".join(f.name for f in FORMATS)
+        raise JobError(f"unknown download format {request.format or '(none)'!r}: choose one of {names}")
+    # one snapshot for the counts and the rows, so the record count is the rows written
+    conn.isolation_level = IsolationLevel.REPEATABLE_READ
+    try:
+        prepare_session(conn)
+        selection = build_selection(conn, request, allowed_schemas(), max_rows())
+        total = selection.total
+        progress(0, total)
+        path = folder / f"{stem}.{fmt.extension}"
+        count = fmt.writer(conn, selection, request, path, lambda done: progress(done, total))
+    finally:
+        conn.rollback()
+        conn.isolation_level = None
+    return Export(path, fmt, count)
 
 
 def run(ctx: JobContext) -> JobResult:
-    attributes = ctx.attributes
-    requested = str(attributes.get("format") or "").lower()
-    if requested not in FORMATS:
-        raise JobError(f"unknown download format {requested or '(none)'!r}: choose one of {', '.join(sorted(FORMATS))}")
-    ext = FORMATS[requested]
-    query = selection(ctx.conn, attributes)
-    file_name = f"{ctx.file_id}.{ext}"
+    request = parse_request(ctx.attributes, ctx.file_id)
     with tempfile.TemporaryDirectory(prefix="locaria-download-") as tmp:
-        path = Path(tmp) / file_name
-        with path.open("wb") as out:
-            count = (write_geojson if ext == "geojson" else write_csv)(ctx.conn, query, out)
-        ctx.progress(count, count)
-        with path.open("rb") as stream:
+        result = export(ctx.conn, request, Path(tmp), str(ctx.file_id), ctx.progress)
+        ctx.check_cancelled()
+        with result.path.open("rb") as stream:
             digest = hashlib.file_digest(stream, "sha256").hexdigest()
-        size = path.stat().st_size
-        key = download_key(file_name)
-        ctx.storage.put(key, path, content_type="application/geo+json" if ext == "geojson" else "text/csv")
+        size = result.path.stat().st_size
+        key = download_key(result.path.name)
+        ctx.storage.put(key, result.path, content_type=result.format.content_type)
     expiry = settings().download_url_expiry
-    return JobResult(
-        attributes={
-            "name": attributes.get("name") or file_name, "fileName": file_name, "format": ext,
-            "size_bytes": size, "record_count": count, "sha256": digest,
-            "url": ctx.storage.url(key, expiry),
-            "expires_at": (datetime.now(UTC) + timedelta(seconds=expiry)).isoformat(timespec="seconds"),
-        },
-        log={"message": "Download Completed"},
-    )
+    now = datetime.now(UTC)
+    attributes: dict[str, Any] = {
+        "name": request.name, "fileName": result.path.name, "format": result.format.name, "size_bytes": size,
+        "record_count": result.record_count, "sha256": digest, "url": ctx.storage.url(key, expiry),
+        "completed_at": now.isoformat(timespec="seconds"),
+        "expires_at": (now + timedelta(seconds=expiry)).isoformat(timespec="seconds"),
+    }
+    empty = "" if result.record_count else ": the selection matched no rows, the file is empty"
+    return JobResult(attributes=attributes, log={"message": f"Download Completed{empty}"})

@@ -1,0 +1,154 @@
+"""GeoPackage, FlatGeobuf, KML and zipped Shapefile through GDAL (pyogrio.write_arrow): one
+writer per output layer, fed a stream of Arrow batches, so GDAL keeps its file open throughout."""
+
+from __future__ import annotations
+
+import csv
+import re
+import unicodedata
+import zipfile
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pyarrow as pa
+import pyogrio
+from psycopg import sql
+from pyogrio.raw import write_arrow
+
+from locaria_batch.job import JobError
+from locaria_batch.jobs.file_download.arrow import GEOMETRY, arrow_batches, arrow_schema
+from locaria_batch.jobs.file_download.copyout import Progress
+from locaria_batch.jobs.file_download.request import DownloadRequest
+from locaria_batch.jobs.file_download.selection import Layer, Selection
+
+OGR_NAMES = {"POINT": "Point", "LINESTRING": "LineString", "POLYGON": "Polygon", "MULTIPOINT": "MultiPoint",
+             "MULTILINESTRING": "MultiLineString", "MULTIPOLYGON": "MultiPolygon",
+             "GEOMETRYCOLLECTION": "GeometryCollection"}
+# A shapefile holds one shape type; lines and polygons take their multi forms too
+SHAPE_GROUPS = {"points": ("POINT",), "multipoints": ("MULTIPOINT",), "lines": ("LINESTRING", "MULTILINESTRING"),
+                "polygons": ("POLYGON", "MULTIPOLYGON")}
+FLATGEOBUF_INDEX_MAX_ROWS = 500_000
+# Written to a temporary file that is read once: durability buys nothing here
+pyogrio.set_gdal_config_options({"OGR_SQLITE_SYNCHRONOUS": "OFF", "OGR_SQLITE_JOURNAL": "OFF"})
+
+
+def geometry_type(types: tuple[str, ...]) -> str:
+    names = {OGR_NAMES.get(t.removesuffix("M").removesuffix("Z").strip(), "Unknown") for t in types}
+    if len(names) == 1:
+        return names.pop()
+    if names == {"Polygon", "MultiPolygon"}:
+        return "MultiPolygon"
+    if names == {"LineString", "MultiLineString"}:
+        return "MultiLineString"
+    return "Unknown"
+
+
+def _write_layer(conn: psycopg.Connection[Any], selection: Selection, layer: Layer | None, path: Path, driver: str,
+                 layer_name: str, geometry_types: tuple[str, ...], progress: Progress, done: int,
+                 names: list[str] | None = None, layer_options: dict[str, str] | None = None,
+                 condition: Any = None, extra_params: dict[str, Any] | None = None,
+                 with_geometry: bool = True) -> int:
+    """Stream one layer into GDAL; returns the rows written so far (done + this layer's)."""
+    has_geometry = with_geometry and selection.geometry is not None
+    schema = arrow_schema(selection.columns, names, with_geometry=has_geometry)
+    counter = {"done": done}
+
+    def track(n: int) -> None:
+        counter["done"] = n
+        progress(n)
+
+    batches = arrow_batches(conn, selection, layer, schema, track, done, condition, extra_params)
+    reader = pa.RecordBatchReader.from_batches(schema, batches)
+    write_arrow(reader, str(path), layer=layer_name, driver=driver,
+                geometry_name=GEOMETRY if has_geometry else None,
+                geometry_type=geometry_type(geometry_types) if has_geometry else None,
+                crs=f"EPSG:{selection.srid}" if has_geometry else None, encoding="UTF-8" if driver ==
+                "ESRI Shapefile" else None, layer_options=layer_options)
+    return counter["done"]
+
+
+def write_gpkg(conn: psycopg.Connection[Any], selection: Selection, request: DownloadRequest, path: Path,
+               progress: Progress) -> int:
+    """One layer per category (or the table)."""
+    done = 0
+    for layer in selection.output_layers(request.name):
+        done = _write_layer(conn, selection, layer, path, "GPKG", layer.name, layer.geometry_types, progress, done)
+    return done
+
+
+def write_flatgeobuf(conn: psycopg.Connection[Any], selection: Selection, request: DownloadRequest, path: Path,
+                     progress: Progress) -> int:
+    """GDAL builds a FlatGeobuf's packed R-tree in memory (~150 bytes a feature), so large
+    exports go without one: the file stays valid and streamable, and memory stays bounded."""
+    index = "YES" if selection.total <= FLATGEOBUF_INDEX_MAX_ROWS else "NO"
+    return _write_layer(conn, selection, None, path, "FlatGeobuf", request.name, selection.geometry_types,
+                        progress, 0, layer_options={"SPATIAL_INDEX": index})
+
+
+def write_kml(conn: psycopg.Connection[Any], selection: Selection, request: DownloadRequest, path: Path,
+              progress: Progress) -> int:
+    if selection.srid != 4326:
+        raise JobError("KML is always WGS 84 longitude/latitude: leave srid at 4326 or choose another format")
+    # KML data are text; GDAL would write dates as 2024/05/01, so they go as ISO text instead
+    columns = [replace(c, expression=sql.SQL("{}::text").format(c.expression), kind="text")
+               if c.kind in ("date", "datetime", "timestamp") else c for c in selection.columns]
+    return _write_layer(conn, replace(selection, columns=columns), None, path, "KML", request.name,
+                        selection.geometry_types, progress, 0)
+
+
+def shapefile_field_names(names: list[str]) -> list[str]:
+    """dBASE field names: at most 10 ASCII characters, unique regardless of case."""
+    result: list[str] = []
+    taken: set[str] = set()
+    for name in names:
+        ascii_name = unicodedata.normalize("NFKD", name).encode("ascii", "ignore").decode()
+        base = re.sub(r"[^A-Za-z0-9_]+", "_", ascii_name).strip("_")[:10] or "field"
+        candidate, n = base, 1
+        while candidate.lower() in taken:
+            n += 1
+            suffix = f"_{n}"
+            candidate = base[: 10 - len(suffix)] + suffix
+        taken.add(candidate.lower())
+        result.append(candidate)
+    return result
+
+
+def write_shapefile_zip(conn: psycopg.Connection[Any], selection: Selection, request: DownloadRequest, path: Path,
+                        progress: Progress) -> int:
+    """One shapefile per shape type, zipped with a CSV mapping dBASE field names to the originals."""
+    present = set(selection.geometry_types)
+    unsupported = present - {t for group in SHAPE_GROUPS.values() for t in group}
+    if unsupported:
+        raise JobError(f"a shapefile cannot hold {sorted(unsupported)[0]} geometries; choose GeoPackage instead")
+    names = shapefile_field_names([c.name for c in selection.columns])
+    folder = path.parent / "shapefile"
+    folder.mkdir()
+    stem = re.sub(r"[^A-Za-z0-9_-]+", "_", request.name).strip("_") or "download"
+    done = 0
+    groups: list[tuple[str, tuple[str, ...]]] = [(k, v) for k, v in SHAPE_GROUPS.items() if present & set(v)]
+    if selection.geometry is None or selection.null_geometries or not groups:
+        groups.append(("table", ()))  # rows without geometry: a .dbf of their own
+    for group, types in groups:
+        if selection.geometry is None:
+            condition, extra = None, None
+        elif types:
+            condition = sql.SQL("GeometryType({}) = ANY (%(shape_types)s)").format(selection.geometry)
+            extra = {"shape_types": list(types)}
+        else:
+            condition, extra = sql.SQL("{} IS NULL").format(selection.geometry), None
+        target = folder / f"{stem}_{group}.shp"
+        done = _write_layer(conn, selection, None, target, "ESRI Shapefile", target.stem,
+                            tuple(t for t in present if t in types), progress, done, names,
+                            condition=condition, extra_params=extra, with_geometry=bool(types))
+    with (folder / f"{stem}_fields.csv").open("w", newline="", encoding="utf-8") as mapping:
+        writer = csv.writer(mapping)
+        writer.writerow(["shapefile_field", "column"])
+        writer.writerows(zip(names, [c.name for c in selection.columns], strict=True))
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=1) as archive:
+        for member in sorted(folder.iterdir()):
+            # coordinates are doubles that deflate cannot shrink: store them, compress the rest
+            stored = member.suffix in (".shp", ".shx")
+            archive.write(member, member.name, compress_type=zipfile.ZIP_STORED if stored else None)
+    return done

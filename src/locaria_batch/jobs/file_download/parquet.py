@@ -1,0 +1,44 @@
+"""GeoParquet 1.1 written by Arrow's own Parquet writer (one writer, one row group per batch)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pyarrow.parquet as pq
+from pyproj import CRS
+
+from locaria_batch.jobs.file_download.arrow import GEOMETRY, arrow_batches, arrow_schema
+from locaria_batch.jobs.file_download.copyout import Progress
+from locaria_batch.jobs.file_download.request import DownloadRequest
+from locaria_batch.jobs.file_download.selection import Selection
+
+GEOPARQUET_TYPES = {"POINT": "Point", "LINESTRING": "LineString", "POLYGON": "Polygon", "MULTIPOINT": "MultiPoint",
+                    "MULTILINESTRING": "MultiLineString", "MULTIPOLYGON": "MultiPolygon",
+                    "GEOMETRYCOLLECTION": "GeometryCollection"}
+
+
+def geo_metadata(selection: Selection) -> dict[str, Any]:
+    column: dict[str, Any] = {
+        "encoding": "WKB",
+        "geometry_types": sorted({GEOPARQUET_TYPES[t] for t in selection.geometry_types if t in GEOPARQUET_TYPES}),
+    }
+    if selection.srid != 4326:  # absent means OGC:CRS84, PostGIS's 4326 axis order
+        column["crs"] = CRS.from_epsg(selection.srid).to_json_dict()
+    return {"version": "1.1.0", "primary_column": GEOMETRY, "columns": {GEOMETRY: column}}
+
+
+def write_geoparquet(conn: psycopg.Connection[Any], selection: Selection, request: DownloadRequest, path: Path,
+                     progress: Progress) -> int:
+    has_geometry = selection.geometry is not None
+    schema = arrow_schema(selection.columns, with_geometry=has_geometry)
+    if has_geometry:
+        schema = schema.with_metadata({b"geo": json.dumps(geo_metadata(selection)).encode()})
+    done = 0
+    with pq.ParquetWriter(path, schema, compression="snappy") as writer:
+        for batch in arrow_batches(conn, selection, None, schema, progress):
+            writer.write_batch(batch)
+            done += batch.num_rows
+    return done

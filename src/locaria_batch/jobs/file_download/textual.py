@@ -1,0 +1,101 @@
+"""CSV, GeoJSON and GeoJSONSeq: PostgreSQL writes the text, COPY streams it into the file."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import psycopg
+from psycopg import sql
+
+from locaria_batch.job import JobError
+from locaria_batch.jobs.file_download.copyout import RAW_ROWS, Progress, copy_out
+from locaria_batch.jobs.file_download.request import DownloadRequest
+from locaria_batch.jobs.file_download.selection import Selection, unique_name
+
+PROGRESS_EVERY = 50_000
+GEOJSON_GEOMETRY = "__locaria_geometry"
+GEOJSON_DIGITS = 15  # full double precision: coordinates come back as they went in
+TEXT_CASTS = {"boolean": "::text", "json": "::text"}
+
+
+def _copy_to(out: BinaryIO, conn: psycopg.Connection[Any], query: sql.Composable, params: dict[str, Any],
+             options: sql.Composable, progress: Progress, separator: bytes | None = None) -> int:
+    """Copy rows into `out`; with a separator, rows are joined by it instead of ending in newlines."""
+    count = 0
+    pending: list[bytes | memoryview] = []
+    for message in copy_out(conn, query, params, options):
+        if separator is not None:
+            if count:
+                pending.append(separator)
+            pending.append(message[:-1])  # without its newline
+        else:
+            pending.append(message)
+        count += 1
+        if count % PROGRESS_EVERY == 0:
+            out.write(b"".join(pending))
+            pending.clear()
+            progress(count)
+    out.write(b"".join(pending))
+    progress(count)
+    return count
+
+
+def write_csv(conn: psycopg.Connection[Any], selection: Selection, request: DownloadRequest, path: Path,
+              progress: Progress) -> int:
+    taken = {c.name for c in selection.columns}
+    fields = [sql.SQL("{}{} AS {}").format(c.expression, sql.SQL(TEXT_CASTS.get(c.kind, "")), sql.Identifier(c.name))
+              for c in selection.columns]
+    geometry = selection.geometry
+    if geometry is not None and request.csv_geometry == "lonlat":
+        if set(selection.geometry_types) - {"POINT"}:
+            raise JobError("lon/lat columns need point geometries only; ask for csv_geometry wkt instead")
+        x_name, y_name = ("lon", "lat") if selection.srid == 4326 else ("x", "y")
+        fields.append(sql.SQL("ST_X({}) AS {}").format(geometry, sql.Identifier(unique_name(x_name, taken))))
+        fields.append(sql.SQL("ST_Y({}) AS {}").format(geometry, sql.Identifier(unique_name(y_name, taken))))
+    elif geometry is not None:
+        fields.append(sql.SQL("ST_AsText({}) AS {}").format(geometry, sql.Identifier(unique_name("wkt", taken))))
+    query, params = selection.query(sql.SQL(", ").join(fields))
+    with path.open("wb", buffering=1 << 20) as out:
+        lines = _copy_to(out, conn, query, params, sql.SQL("(FORMAT csv, HEADER true)"), progress)
+    return lines - 1  # the header
+
+
+def _features(selection: Selection) -> tuple[sql.Composable, dict[str, Any]]:
+    """One GeoJSON Feature per row, built by PostGIS from the row's columns."""
+    fields = [sql.SQL("{} AS {}").format(c.expression, sql.Identifier(c.name)) for c in selection.columns]
+    geometry = selection.geometry if selection.geometry is not None else sql.SQL("NULL::geometry")
+    fields.append(sql.SQL("{} AS {}").format(geometry, sql.Identifier(GEOJSON_GEOMETRY)))
+    inner, params = selection.query(sql.SQL(", ").join(fields))
+    # PostGIS 3.3 writes a missing geometry as {"type": null}; GeoJSON wants null
+    query = sql.SQL(
+        "SELECT CASE WHEN s.{g} IS NULL THEN replace(ST_AsGeoJSON(s.*, {name}, {digits}), "
+        "'\"geometry\": {{\"type\": null}}', '\"geometry\": null') "
+        "ELSE ST_AsGeoJSON(s.*, {name}, {digits}) END FROM ({inner}) s").format(
+        g=sql.Identifier(GEOJSON_GEOMETRY), name=sql.Literal(GEOJSON_GEOMETRY), digits=sql.Literal(GEOJSON_DIGITS),
+        inner=inner)
+    return query, params
+
+
+def write_geojson(conn: psycopg.Connection[Any], selection: Selection, request: DownloadRequest, path: Path,
+                  progress: Progress) -> int:
+    query, params = _features(selection)
+    header: dict[str, Any] = {"type": "FeatureCollection", "name": request.name}
+    if selection.srid != 4326:  # RFC 7946 has no crs member; GDAL and QGIS still honour the 2008 one
+        header["crs"] = {"type": "name", "properties": {"name": f"urn:ogc:def:crs:EPSG::{selection.srid}"}}
+    opening = json.dumps(header)[:-1] + ', "features": [\n'
+    with path.open("wb", buffering=1 << 20) as out:
+        out.write(opening.encode())
+        count = _copy_to(out, conn, query, params, RAW_ROWS, progress, separator=b",\n")
+        out.write(b"\n]}\n")
+    return count
+
+
+def write_geojsonseq(conn: psycopg.Connection[Any], selection: Selection, request: DownloadRequest, path: Path,
+                     progress: Progress) -> int:
+    if selection.srid != 4326:
+        raise JobError("GeoJSONSeq is always WGS 84 longitude/latitude: leave srid at 4326 or choose GeoJSON")
+    query, params = _features(selection)
+    with path.open("wb", buffering=1 << 20) as out:
+        return _copy_to(out, conn, query, params, RAW_ROWS, progress)
