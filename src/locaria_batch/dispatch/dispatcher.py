@@ -103,8 +103,21 @@ class Dispatcher:
         self._call("SELECT locaria_core.renew_leases(%s, %s)", [self.owner, self.lease_seconds])
         self.adopt(report)
         self.reconcile(report)
+        self.release_finished()
         self.claim_and_launch(report)
         return report
+
+    def release_finished(self) -> None:
+        """Attempts that reported their own verdict: let the runner remove what they left behind
+        (a stopped container), then drop the lease so they are not visited again."""
+        done = self.conn.execute(
+            "SELECT id, handle FROM locaria_core.jobs WHERE lease_owner = %s AND handle IS NOT NULL "
+            "AND state IN ('succeeded', 'failed', 'cancelled') AND NOT stop_requested", [self.owner],
+        ).fetchall()
+        for job in done:
+            self.runner.cleanup(job["handle"])
+            self._call("UPDATE locaria_core.jobs SET lease_owner = NULL, lease_expires = NULL WHERE id = %s "
+                       "RETURNING id", [job["id"]])
 
     def in_flight(self) -> int:
         return int(self._call(
