@@ -15,7 +15,6 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 CONTAINERS_CONF = REPO / "scripts" / "containers.conf"
-WHEEL_CACHE = Path(os.environ.get("LOCARIA_CACHE") or Path.home() / ".cache" / "locaria-batch") / "wheels"
 
 
 def podman_env() -> dict[str, str]:
@@ -70,10 +69,10 @@ def base_image(engine_url: str) -> str:
 
 @pytest.fixture(scope="session")
 def file_loader_image(engine: docker.DockerClient, base_image: str) -> str:
-    from locaria_batch.deploy.images import build
+    from locaria_batch.deploy.images import build, wheel_cache
 
     lines: list[str] = []
-    built = build(engine, REPO, "file_loader", wheel_cache=WHEEL_CACHE, base_image=base_image,
+    built = build(engine, REPO, "file_loader", wheel_cache=wheel_cache(), base_image=base_image,
                   progress=lambda line, step, total: lines.append(line))
     assert any("STEP" in line.upper() for line in lines), lines
     return built.tag

@@ -418,5 +418,10 @@ def demo(sample: Annotated[Path | None, typer.Option(help="File to load (default
                 console.print(f"      {line.rstrip()[:150]}", markup=False, highlight=False)
 
 
+# -- deployment (cli/deploy.py) -----------------------------------------------------------------
+from locaria_batch.cli import deploy as deploy_commands  # noqa: E402
+
+deploy_commands.register(app, docker_app)
+
 if __name__ == "__main__":
     app()

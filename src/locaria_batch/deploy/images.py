@@ -8,6 +8,7 @@ inside the container and no registry but PyPI on the host).
 from __future__ import annotations
 
 import base64
+import os
 import re
 import shutil
 import subprocess
@@ -35,6 +36,29 @@ Progress = Callable[[str, int | None, int | None], None]  # (line, step, of step
 
 class ImageError(RuntimeError):
     pass
+
+
+class DockerUnavailable(RuntimeError):
+    pass
+
+
+def connect_engine(timeout: int = 900) -> docker.DockerClient:
+    """A client for DOCKER_HOST (else the default socket), checked with a ping."""
+    try:
+        client = docker.from_env(timeout=timeout)
+        client.ping()
+    except DockerException as exc:
+        where = os.environ.get("DOCKER_HOST") or "the default socket (/var/run/docker.sock)"
+        raise DockerUnavailable(
+            f"no Docker daemon answers at {where}: start Docker, or run `podman system service --time=0 "
+            f"unix:///run/podman/podman.sock` and set DOCKER_HOST=unix:///run/podman/podman.sock"
+        ) from exc
+    return client
+
+
+def wheel_cache() -> Path:
+    """Where dependency wheels are kept between builds: $LOCARIA_CACHE/wheels (~/.cache/locaria-batch)."""
+    return Path(os.environ.get("LOCARIA_CACHE") or Path.home() / ".cache" / "locaria-batch") / "wheels"
 
 
 def _quiet(line: str, step: int | None, total: int | None) -> None:

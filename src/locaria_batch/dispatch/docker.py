@@ -19,6 +19,7 @@ from docker.errors import APIError, DockerException, ImageNotFound, NotFound
 
 from locaria_batch.config import settings
 from locaria_batch.deploy.dockers import local_image
+from locaria_batch.deploy.images import connect_engine
 from locaria_batch.dispatch.runner import Handle, LaunchError, LaunchRequest, RunStatus
 
 LABEL = "io.locaria.batch"
@@ -31,24 +32,6 @@ HOST_GATEWAY = "host.docker.internal"
 RUNNING_STATES = {"created", "running", "restarting", "paused", "configured", "initialized", "stopping"}
 # host paths that mean nothing inside a container
 HOST_ONLY_ENV = ("LOCARIA_HOME", "LOCARIA_PROJECT_DIR")
-
-
-class DockerUnavailable(RuntimeError):
-    pass
-
-
-def connect_engine(timeout: int = 60) -> docker.DockerClient:
-    """A client for DOCKER_HOST (else the default socket), checked with a ping."""
-    try:
-        client = docker.from_env(timeout=timeout)
-        client.ping()
-    except DockerException as exc:
-        where = os.environ.get("DOCKER_HOST") or "the default socket (/var/run/docker.sock)"
-        raise DockerUnavailable(
-            f"no Docker daemon answers at {where}: start Docker, or run `podman system service --time=0 "
-            f"unix:///run/podman/podman.sock` and set DOCKER_HOST=unix:///run/podman/podman.sock ({exc})"
-        ) from exc
-    return client
 
 
 def container_db_url(url: str, network_mode: str) -> str:
