@@ -18,8 +18,8 @@ from locaria_batch.config import settings
 
 deploy_app = typer.Typer(help="The AWS stack: render serverless.yml / CloudFormation and apply it.",
                          no_args_is_help=True)
-console = Console()
-err = Console(stderr=True)
+console = Console(soft_wrap=True)
+err = Console(stderr=True, soft_wrap=True)
 
 Name = Annotated[str, typer.Argument(help="The docker's name (its folder under docker/ and key in dockers.json).")]
 Stage = Annotated[str, typer.Option("--stage", "-s", help="Stage name in the configuration file.")]

@@ -1,5 +1,5 @@
 """The Lambda package: this project's source plus the one dependency the Lambdas need beyond the
-runtime's boto3 (psycopg with its bundled libpq), for CPython 3.11 on x86_64.  The zip is
+runtime's boto3 (psycopg with its bundled libpq), for the Lambda runtime's CPython on x86_64.  The zip is
 byte-for-byte reproducible, so an unchanged project keeps the same S3 key and the stack's
 functions are not updated for nothing."""
 
@@ -13,9 +13,11 @@ from pathlib import Path
 
 from locaria_batch.config import PACKAGE_DIR
 from locaria_batch.deploy.images import ImageError, requirements, wheel_cache
+from locaria_batch.deploy.render import LAMBDA_RUNTIME
 
 LAMBDA_DEPENDENCIES = ("psycopg",)
 FIXED_TIME = (2020, 1, 1, 0, 0, 0)
+PYTHON_VERSION = LAMBDA_RUNTIME.removeprefix("python")
 
 
 def lambda_requirements(project_dir: Path) -> list[str]:
@@ -25,13 +27,14 @@ def lambda_requirements(project_dir: Path) -> list[str]:
 def dependencies(project_dir: Path) -> Path:
     """pip-installed once per requirement set into the cache."""
     wanted = lambda_requirements(project_dir)
-    folder = wheel_cache().parent / "lambda" / hashlib.sha256("\n".join(wanted).encode()).hexdigest()[:16]
+    key = "\n".join([PYTHON_VERSION, *wanted])
+    folder = wheel_cache().parent / "lambda" / hashlib.sha256(key.encode()).hexdigest()[:16]
     if (folder / ".complete").exists():
         return folder
     done = subprocess.run(
         [sys.executable, "-m", "pip", "install", "--quiet", "--target", str(folder), "--only-binary=:all:",
-         "--platform", "manylinux2014_x86_64", "--platform", "manylinux_2_28_x86_64", "--python-version", "3.11",
-         "--implementation", "cp", "--upgrade", *wanted],
+         "--platform", "manylinux2014_x86_64", "--platform", "manylinux_2_28_x86_64",
+         "--python-version", PYTHON_VERSION, "--implementation", "cp", "--upgrade", *wanted],
         capture_output=True, text=True,
     )
     if done.returncode != 0:

@@ -20,7 +20,8 @@ from locaria_batch.deploy.stages import Target
 
 LAUNCHER_HANDLER = "locaria_batch.dispatch.lambdas.launcher"
 TASK_STATE_HANDLER = "locaria_batch.dispatch.lambdas.task_state"
-LAMBDA_RUNTIME = "python3.11"
+# AWS disabled creating python3.11 functions on 2026-07-31; the code runs unchanged on 3.13
+LAMBDA_RUNTIME = "python3.13"
 JOB_PREFIXES = ("incoming/", "loaderDownloads/")  # what jobs read (uploads) and write (downloads)
 LAMBDA_ZIP = "lambda.zip"
 LOG_RETENTION_DAYS = 30
