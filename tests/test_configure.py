@@ -98,3 +98,9 @@ def test_configure_command_quits(stage_config: Path) -> None:
     result = CliRunner().invoke(app, ["configure"], input="h\nq\n")
     assert result.exit_code == 0, result.output
     assert "Stages configured: [dev] [prod]" in result.output and "q  quit" in result.output
+
+
+def test_menu_without_a_database(stage_config: Path) -> None:
+    ask, transcript = scripted(["e", "dev", "", "", "docker", "file_loader", "q", "q"])
+    assert Menu(stage_config, REPO, ask=ask, say=transcript.append).run() == 0
+    assert "error: no database to record fargate_config in: set LOCARIA_DB_URL" in transcript

@@ -109,16 +109,17 @@ def docker_push(name: Name, stage: Stage, theme: Theme = None, environment: Envi
 def docker_deploy(name: Name, stage: Stage, theme: Theme = None, environment: Environment = None,
                   config: ConfigFile = None, base: BaseImage = None) -> None:
     """Build and push docker NAME, then record its fargate_config entry in the database."""
+    import psycopg
+
     from locaria_batch.db import connect
-    from locaria_batch.db.connect import DatabaseNotConfigured
     from locaria_batch.deploy import workflow
 
     chosen = _target(stage, theme, environment, config)
     try:
         with connect(autocommit=True) as conn, build_progress(f"deploying {name}") as progress:
             entry = workflow.deploy(chosen, name, conn, base_image=_base(base), progress=progress)
-    except DatabaseNotConfigured as exc:
-        fail(str(exc))
+    except psycopg.OperationalError as exc:
+        fail(f"cannot reach the database to record fargate_config: {str(exc).strip().splitlines()[0]}")
     except _errors() as exc:
         fail(str(exc))
     console.print(f"[green]deployed[/green] {name}: {entry['image']}; fargate_config.{name} recorded")

@@ -14,6 +14,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import psycopg
+
+from locaria_batch.db.connect import DatabaseNotConfigured
 from locaria_batch.deploy import workflow
 from locaria_batch.deploy.dockers import DockerRegistryError
 from locaria_batch.deploy.images import DEFAULT_BASE_IMAGE, DockerUnavailable, ImageError
@@ -30,7 +33,7 @@ DEPLOY_HELP = """\
   h       this help
   q       back to the main menu"""
 STEP_ERRORS = (DeployError, DockerRegistryError, DockerUnavailable, ImageError, StageConfigError,
-               workflow.ParameterError)
+               workflow.ParameterError, DatabaseNotConfigured)
 
 
 @dataclass
@@ -126,6 +129,8 @@ class Menu:
             action()
         except STEP_ERRORS as exc:
             self.say(f"error: {exc}")
+        except psycopg.OperationalError as exc:
+            self.say(f"error: cannot reach the database to record fargate_config: {str(exc).strip().splitlines()[0]}")
 
     def deploy_docker(self, chosen: Target) -> None:
         specs = workflow.specs(self.project_dir)

@@ -114,7 +114,9 @@ def apply(target: Target, specs: dict[str, DockerSpec], *, report: Report = _sil
     parameters = [database_parameter(target, existing is not None),
                   {"ParameterKey": "CodeBucket", "ParameterValue": bucket},
                   {"ParameterKey": "CodeKey", "ParameterValue": key}]
-    started = datetime.now(UTC)
+    # events already there belong to earlier deployments (matched by id: clocks may differ)
+    earlier = {e["EventId"] for e in cfn.describe_stack_events(StackName=target.stack_name)["StackEvents"]} \
+        if existing else set()
     call = cfn.update_stack if existing else cfn.create_stack
     report(("updating" if existing else "creating") + f" stack {target.stack_name} in {target.region}")
     try:
@@ -126,17 +128,17 @@ def apply(target: Target, specs: dict[str, DockerSpec], *, report: Report = _sil
                               f"{exc.response.get('Error', {}).get('Message')}") from exc
         report("no changes")
     else:
-        wait(cfn, target.stack_name, started, report, poll)
+        wait(cfn, target.stack_name, earlier, report, poll)
     return record_outputs(target, cfn)
 
 
-def wait(cfn: Any, name: str, since: datetime, report: Report, poll: float) -> None:
-    seen: set[str] = set()
+def wait(cfn: Any, name: str, earlier: set[str], report: Report, poll: float) -> None:
+    seen = set(earlier)
     failures: list[str] = []
     while True:
         events = aws_call("reading stack events", cfn.describe_stack_events, StackName=name)["StackEvents"]
         for event in reversed(events):
-            if event["EventId"] in seen or event["Timestamp"] < since:
+            if event["EventId"] in seen:
                 continue
             seen.add(event["EventId"])
             reason = event.get("ResourceStatusReason") or ""
