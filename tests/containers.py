@@ -47,11 +47,14 @@ def engine_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 
 @pytest.fixture(scope="session")
-def engine(engine_url: str) -> Iterator[docker.DockerClient]:
+def engine(engine_url: str, pg_url: str) -> Iterator[docker.DockerClient]:
+    from locaria_batch.dispatch.docker import LABEL_DATABASE, database_scope
+
     client = docker.DockerClient(base_url=engine_url, timeout=900)
     client.ping()
     yield client
-    for container in client.containers.list(all=True, filters={"label": "io.locaria.batch"}):
+    # whatever this session's jobs left behind (other sessions on the engine keep theirs)
+    for container in client.containers.list(all=True, filters={"label": f"{LABEL_DATABASE}={database_scope(pg_url)}"}):
         container.remove(force=True)
     client.close()
 

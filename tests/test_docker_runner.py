@@ -16,7 +16,7 @@ from docker.errors import NotFound
 from locaria_batch import config
 from locaria_batch.deploy import dockers
 from locaria_batch.dispatch.dispatcher import Dispatcher, make_runner
-from locaria_batch.dispatch.docker import LABEL_ATTEMPT, LABEL_JOB, DockerRunner, container_db_url
+from locaria_batch.dispatch.docker import LABEL_ATTEMPT, LABEL_DATABASE, LABEL_JOB, DockerRunner, container_db_url
 from locaria_batch.files import cancel_file, get_file, register_upload
 from locaria_batch.storage import open_storage
 from tests.containers import REPO
@@ -78,7 +78,7 @@ def runner(docker_host: str, db_url: str, engine: docker.DockerClient) -> Iterat
     made = DockerRunner.from_environment()
     made.stop_grace = 2
     yield made
-    for container in engine.containers.list(all=True, filters={"label": "io.locaria.batch"}):
+    for container in engine.containers.list(all=True, filters={"label": f"{LABEL_DATABASE}={made.scope}"}):
         container.remove(force=True)
 
 
@@ -171,3 +171,5 @@ def test_database_url_for_a_bridge_network() -> None:
     assert container_db_url("postgresql://u:p@localhost:5432/db", "bridge") == \
         "postgresql://u:p@host.docker.internal:5432/db"
     assert container_db_url("postgresql://u:p@db.example.org/db", "bridge") == "postgresql://u:p@db.example.org/db"
+    assert container_db_url("postgresql://localhost:localhost@localhost/db", "bridge") == \
+        "postgresql://localhost:localhost@host.docker.internal/db"

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -42,8 +42,9 @@ def container_db_url(url: str, network_mode: str) -> str:
     host = parts.hostname or ""
     if host not in {"localhost", "127.0.0.1", "::1"}:
         return url
-    netloc = parts.netloc.replace(f"[{host}]" if ":" in host else host, HOST_GATEWAY, 1)
-    return urlunsplit(parts._replace(netloc=netloc))
+    userinfo, at, hostport = parts.netloc.rpartition("@")
+    hostport = hostport.replace(f"[{host}]" if ":" in host else host, HOST_GATEWAY, 1)
+    return urlunsplit(parts._replace(netloc=f"{userinfo}{at}{hostport}"))
 
 
 def database_scope(url: str) -> str:
@@ -61,7 +62,6 @@ class DockerRunner:
     logs_dir: Path
     network_mode: str = "host"
     stop_grace: int = 10
-    extra_env: dict[str, str] = field(default_factory=dict)
     name: str = "docker"
 
     @classmethod
@@ -92,7 +92,6 @@ class DockerRunner:
 
     def environment(self, request: LaunchRequest) -> dict[str, str]:
         env = {k: v for k, v in request.env.items() if k not in HOST_ONLY_ENV}
-        env.update(self.extra_env)
         env["LOCARIA_DB_URL"] = self.db_url
         env["LOCARIA_STORAGE"] = self.storage_url
         env["LOCARIA_HOME"] = "/tmp/locaria"
