@@ -73,6 +73,8 @@ def test_deploy_a_docker_through_the_menu(stage_config: Path, dev: Any, db_url: 
     assert fargate_config(conn)["file_loader"]["containerName"] == "file_loader"
     assert [call["tag"] for call in recorder.calls][1] == "latest"
     assert dev.outputs_file.exists()
+    for call in recorder.calls:
+        engine.images.remove(f"{call['repository']}:{call['tag']}", noprune=True)
 
 
 def test_menu_reports_a_missing_daemon(stage_config: Path, dev: Any, db_url: str,

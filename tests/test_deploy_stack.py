@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import json
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -100,10 +101,12 @@ def test_no_credentials(stage_config: Path, monkeypatch: pytest.MonkeyPatch, tmp
 
 # -- push and deploy, with the real image on Podman --------------------------------------------
 @pytest.fixture
-def recording(engine: docker.DockerClient, monkeypatch: pytest.MonkeyPatch) -> RecordedPush:
+def recording(engine: docker.DockerClient, monkeypatch: pytest.MonkeyPatch) -> Iterator[RecordedPush]:
     recorder = RecordedPush()
     monkeypatch.setattr(engine.api, "push", recorder)
-    return recorder
+    yield recorder
+    for call in recorder.calls:  # the registry tags the push made on the engine
+        engine.images.remove(f"{call['repository']}:{call['tag']}", noprune=True)
 
 
 @pytest.mark.container
