@@ -373,6 +373,12 @@ def docker_sync() -> None:
     console.print(f"synced {len(names)} docker(s): {', '.join(names)}")
 
 
+# docker build/push/deploy/new, deploy render/apply and configure live in cli/deploy.py
+from locaria_batch.cli import deploy as deploy_commands  # noqa: E402
+
+deploy_commands.register(app, docker_app)
+
+
 # -- demo ------------------------------------------------------------------------------------
 @app.command("demo")
 def demo(sample: Annotated[Path | None, typer.Option(help="File to load (default: the shipped sample).")] = None,
@@ -417,11 +423,6 @@ def demo(sample: Annotated[Path | None, typer.Option(help="File to load (default
             for _, line in zip(range(4), exported, strict=False):
                 console.print(f"      {line.rstrip()[:150]}", markup=False, highlight=False)
 
-
-# -- deployment (cli/deploy.py) -----------------------------------------------------------------
-from locaria_batch.cli import deploy as deploy_commands  # noqa: E402
-
-deploy_commands.register(app, docker_app)
 
 if __name__ == "__main__":
     app()
