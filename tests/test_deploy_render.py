@@ -100,10 +100,12 @@ def test_roles_are_least_privilege(rendered: Path) -> None:
 def test_lambdas_and_their_triggers(rendered: Path) -> None:
     resources = template(rendered)["Resources"]
     launcher = resources["LauncherLambdaFunction"]["Properties"]
-    assert (launcher["Handler"], launcher["Runtime"]) == ("locaria_batch.dispatch.lambdas.launcher", "python3.13")
+    assert launcher["Handler"] == "locaria_batch.dispatch.lambdas.launcher_handler"
+    assert launcher["Runtime"] == "python3.13"
     assert launcher["Environment"]["Variables"]["LOCARIA_DB_SECRET"] == {"Ref": "DatabaseUrlSecret"}
     assert launcher["VpcConfig"]["SubnetIds"] == ["subnet-0a1b2c3d4e5f60001", "subnet-0a1b2c3d4e5f60002"]
-    assert resources["TaskStateLambdaFunction"]["Properties"]["Handler"] == "locaria_batch.dispatch.lambdas.task_state"
+    task_state = resources["TaskStateLambdaFunction"]["Properties"]
+    assert task_state["Handler"] == "locaria_batch.dispatch.lambdas.task_state_handler"
     assert resources["LauncherSchedule"]["Properties"]["ScheduleExpression"] == "rate(1 minute)"
     pattern = resources["TaskStateRule"]["Properties"]["EventPattern"]
     assert pattern["detail-type"] == ["ECS Task State Change"]
@@ -115,7 +117,7 @@ def test_serverless_yml_holds_the_same_resources(rendered: Path) -> None:
     cfn = template(rendered)
     generated_by_serverless = set(render.lambda_resources(target_of("dev")))
     assert set(sls["resources"]["Resources"]) == set(cfn["Resources"]) - generated_by_serverless
-    assert sls["functions"]["launcher"]["handler"] == "locaria_batch/dispatch/lambdas.launcher"
+    assert sls["functions"]["launcher"]["handler"] == "locaria_batch/dispatch/lambdas.launcher_handler"
     assert sls["functions"]["launcher"]["events"] == [
         {"schedule": {"rate": "rate(1 minute)", "description": "run the launcher every minute"}}]
     assert sls["functions"]["taskState"]["events"][0]["eventBridge"]["pattern"]["detail-type"] == [
@@ -144,7 +146,7 @@ def test_serverless_package_succeeds(rendered: Path) -> None:
     assert done.returncode == 0, done.stdout + done.stderr
     packaged = json.loads((rendered / ".serverless" / "cloudformation-template-update-stack.json").read_text())
     assert packaged["Resources"]["LauncherLambdaFunction"]["Properties"]["Handler"] == \
-        "locaria_batch/dispatch/lambdas.launcher"
+        "locaria_batch/dispatch/lambdas.launcher_handler"
     assert packaged["Resources"]["LauncherLambdaFunction"]["Properties"]["Runtime"] == "python3.13"
     assert "FileLoaderTaskDefinition" in packaged["Resources"]
     assert "TaskStateFunctionArn" in packaged["Outputs"]

@@ -48,7 +48,7 @@ def test_apply_creates_the_stack_and_records_outputs(dev: Target) -> None:
         "/locaria-batch/dev-maindev/file_loader", "/locaria-batch/dev-maindev/file_download"}
     function = boto3.client("lambda", region_name="eu-west-2").get_function_configuration(
         FunctionName=outputs["LauncherFunctionArn"])
-    assert function["Handler"] == "locaria_batch.dispatch.lambdas.launcher"
+    assert function["Handler"] == "locaria_batch.dispatch.lambdas.launcher_handler"
     rule = boto3.client("events", region_name="eu-west-2").describe_rule(Name=outputs["LauncherScheduleArn"]
                                                                        .rsplit("/", 1)[1])
     assert rule["ScheduleExpression"] == "rate(1 minute)"

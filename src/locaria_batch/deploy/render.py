@@ -18,8 +18,8 @@ import yaml
 from locaria_batch.deploy.dockers import DockerSpec
 from locaria_batch.deploy.stages import Target
 
-LAUNCHER_HANDLER = "locaria_batch.dispatch.lambdas.launcher"
-TASK_STATE_HANDLER = "locaria_batch.dispatch.lambdas.task_state"
+LAUNCHER_HANDLER = "locaria_batch.dispatch.lambdas.launcher_handler"
+TASK_STATE_HANDLER = "locaria_batch.dispatch.lambdas.task_state_handler"
 # AWS disabled creating python3.11 functions on 2026-07-31; the code runs unchanged on 3.13
 LAMBDA_RUNTIME = "python3.13"
 JOB_PREFIXES = ("incoming/", "loaderDownloads/")  # what jobs read (uploads) and write (downloads)
