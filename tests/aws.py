@@ -19,7 +19,7 @@ JOB_DB_URL = "postgresql://locaria_jobs:secret@db.internal:5432/locaria"
 
 
 @pytest.fixture(scope="session")
-def moto_url() -> Iterator[str]:
+def deploy_moto_url() -> Iterator[str]:
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
     host, port = server.get_host_and_port()
@@ -28,17 +28,18 @@ def moto_url() -> Iterator[str]:
 
 
 @pytest.fixture
-def aws(moto_url: str, monkeypatch: pytest.MonkeyPatch) -> str:
+def deploy_aws(deploy_moto_url: str, monkeypatch: pytest.MonkeyPatch) -> str:
     """Every boto3 client talks to moto, with throw-away credentials; moto starts empty."""
     import requests
 
-    requests.post(f"{moto_url}/moto-api/reset", timeout=10)
-    monkeypatch.setenv("AWS_ENDPOINT_URL", moto_url)
+    requests.post(f"{deploy_moto_url}/moto-api/reset", timeout=10).raise_for_status()
+    monkeypatch.setenv("AWS_ENDPOINT_URL", deploy_moto_url)
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "eu-west-2")
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
     monkeypatch.delenv("AWS_PROFILE", raising=False)
     monkeypatch.setenv("LOCARIA_DEV_JOB_DB_URL", JOB_DB_URL)
-    return moto_url
+    return deploy_moto_url
 
 
 @pytest.fixture
@@ -51,7 +52,7 @@ def stage_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 @pytest.fixture
-def dev(stage_config: Path, aws: str) -> Target:
+def dev(stage_config: Path, deploy_aws: str) -> Target:
     chosen = target(load_stages(stage_config), "dev", None, None, REPO)
     boto3.client("s3", region_name=chosen.region).create_bucket(
         Bucket=chosen.bucket, CreateBucketConfiguration={"LocationConstraint": chosen.region})
