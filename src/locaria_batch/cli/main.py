@@ -404,6 +404,12 @@ def docker_sync() -> None:
     console.print(f"synced {len(names)} docker(s): {', '.join(names)}")
 
 
+# docker build/push/deploy/new, deploy render/apply and configure live in cli/deploy.py
+from locaria_batch.cli import deploy as deploy_commands  # noqa: E402
+
+deploy_commands.register(app, docker_app)
+
+
 # -- demo ------------------------------------------------------------------------------------
 @app.command("demo")
 def demo(sample: Annotated[Path | None, typer.Option(help="File to load (default: the shipped sample).")] = None,

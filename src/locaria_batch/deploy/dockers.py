@@ -23,6 +23,11 @@ class DockerRegistryError(ValueError):
     pass
 
 
+def local_image(name: str) -> str:
+    """The tag `docker build NAME` gives its image and the docker runner starts by default."""
+    return f"localhost/locaria-batch/{name}:latest"
+
+
 @dataclass
 class DockerSpec:
     name: str

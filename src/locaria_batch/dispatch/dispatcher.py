@@ -104,8 +104,22 @@ class Dispatcher:
         self._call("SELECT locaria_core.renew_leases(%s, %s)", [self.owner, self.lease_seconds])
         self.adopt(report)
         self.reconcile(report)
+        self.release_finished()
         self.claim_and_launch(report)
         return report
+
+    def release_finished(self) -> None:
+        """Attempts that reported their own verdict: let the runner remove what they left behind
+        (a stopped container) once, then mark the handle released (the lease owner stays as a record)."""
+        done = self.conn.execute(
+            "SELECT id, handle FROM locaria_core.jobs WHERE lease_owner = %s AND handle IS NOT NULL "
+            "AND state IN ('succeeded', 'failed', 'cancelled') AND NOT stop_requested "
+            "AND NOT (handle ? 'released')", [self.owner],
+        ).fetchall()
+        for job in done:
+            self.runner.cleanup(job["handle"])
+            self._call("UPDATE locaria_core.jobs SET handle = handle || '{\"released\": true}' WHERE id = %s "
+                       "RETURNING id", [job["id"]])
 
     def in_flight(self) -> int:
         return int(self._call(

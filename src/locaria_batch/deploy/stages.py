@@ -1,0 +1,123 @@
+"""The stage configuration file (locaria.json): one entry per stage, each with its themes and
+environments.  A deployment target is one (stage, theme, environment)."""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from locaria_batch.config import settings
+
+REQUIRED = ("region", "vpcPrivateSubnetA", "vpcPrivateSubnetB", "securityGroup", "themes")
+NAME = re.compile(r"^[a-z][a-z0-9]{0,15}$")
+
+
+class StageConfigError(ValueError):
+    pass
+
+
+def load_stages(path: Path) -> dict[str, dict[str, Any]]:
+    try:
+        raw = json.loads(path.read_text())
+    except FileNotFoundError as exc:
+        raise StageConfigError(f"{path} not found: copy locaria.example.json to locaria.json and fill it in") from exc
+    except json.JSONDecodeError as exc:
+        raise StageConfigError(f"{path} is not valid JSON: {exc}") from exc
+    if not isinstance(raw, dict) or not raw:
+        raise StageConfigError(f"{path} must hold a JSON object keyed by stage name")
+    return raw
+
+
+@dataclass(frozen=True)
+class Target:
+    stage: str
+    theme: str
+    environment: str
+    config: dict[str, Any]  # the stage's entry
+    project_dir: Path
+
+    @property
+    def settings(self) -> dict[str, Any]:
+        """The theme/environment entry (bucket, databaseUrlEnv, storagePrefix)."""
+        return dict(self.config["themes"][self.theme][self.environment] or {})
+
+    @property
+    def suffix(self) -> str:
+        return f"{self.stage}-{self.theme}{self.environment}"
+
+    @property
+    def stack_name(self) -> str:
+        return f"locaria-batch-{self.suffix}"
+
+    @property
+    def service(self) -> str:
+        """The serverless service name (serverless adds `-{stage}` itself)."""
+        return f"locaria-batch-{self.theme}{self.environment}"
+
+    @property
+    def region(self) -> str:
+        return str(self.config["region"])
+
+    @property
+    def profile(self) -> str | None:
+        return self.config.get("profile")
+
+    @property
+    def bucket(self) -> str:
+        return str(self.settings.get("bucket") or f"locaria-{self.stage}-{self.theme}{self.environment}")
+
+    @property
+    def storage_prefix(self) -> str:
+        prefix = str(self.settings.get("storagePrefix") or "").strip("/")
+        return f"{prefix}/" if prefix else ""
+
+    @property
+    def storage_url(self) -> str:
+        return f"s3://{self.bucket}/{self.storage_prefix}".rstrip("/")
+
+    @property
+    def database_url_env(self) -> str:
+        return str(self.settings.get("databaseUrlEnv") or "LOCARIA_DEPLOY_DB_URL")
+
+    @property
+    def outputs_file(self) -> Path:
+        """Where `deploy apply` keeps the stack's outputs (under LOCARIA_HOME, default .locaria)."""
+        return settings().home / "outputs" / f"{self.suffix}.json"
+
+    @property
+    def work_dir(self) -> Path:
+        return settings().home / "build" / self.suffix
+
+
+def themes(stages: dict[str, dict[str, Any]], stage: str) -> dict[str, Any]:
+    return dict(stages.get(stage, {}).get("themes") or {})
+
+
+def target(stages: dict[str, dict[str, Any]], stage: str, theme: str | None, environment: str | None,
+           project_dir: Path) -> Target:
+    """Stage, theme and environment checked against the file; theme/environment default to the first."""
+    if stage not in stages:
+        raise StageConfigError(f"unknown stage {stage!r}: the configuration has {', '.join(sorted(stages))}")
+    config = stages[stage]
+    missing = [key for key in REQUIRED if not config.get(key)]
+    if missing:
+        raise StageConfigError(f"stage {stage!r} lacks {', '.join(missing)}: see locaria.example.json")
+    available = themes(stages, stage)
+    theme = theme or next(iter(available))
+    if theme not in available:
+        raise StageConfigError(f"stage {stage!r} has no theme {theme!r}: it has {', '.join(available)}")
+    environments = available[theme] or {}
+    if not isinstance(environments, dict) or not environments:
+        raise StageConfigError(
+            f"theme {theme!r} of stage {stage!r} needs at least one environment, e.g. {{\"dev\": {{}}}}")
+    environment = environment or next(iter(environments))
+    if environment not in environments:
+        raise StageConfigError(f"theme {theme!r} has no environment {environment!r}: it has {', '.join(environments)}")
+    for label, value in (("stage", stage), ("theme", theme), ("environment", environment)):
+        if not NAME.match(value):
+            raise StageConfigError(
+                f"{label} {value!r} must be 1-16 lower-case letters or digits, starting with a letter")
+    return Target(stage, theme, environment, config, project_dir)
