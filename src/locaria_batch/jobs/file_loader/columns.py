@@ -23,9 +23,14 @@ MAX_TABLE_COLUMNS = 1600  # PostgreSQL's hard limit per table
 ROW_WIDTH_BUDGET = 6000  # bytes of fixed-width values per row; a heap row must fit an 8 kB page
 
 
+LETTERS_WITHOUT_DECOMPOSITION = str.maketrans({"ß": "ss", "æ": "ae", "Æ": "AE", "ø": "o", "Ø": "O", "œ": "oe",
+                                               "Œ": "OE", "ł": "l", "Ł": "L", "đ": "d", "Đ": "D", "þ": "th"})
+
+
 def safe_identifier(name: str, fallback: str = "column") -> str:
     """Lower-case ASCII letters, digits and underscores, at most 63 bytes, not starting with a digit."""
-    ascii_name = unicodedata.normalize("NFKD", name).encode("ascii", "ignore").decode("ascii")
+    ascii_name = unicodedata.normalize("NFKD", name.translate(LETTERS_WITHOUT_DECOMPOSITION))
+    ascii_name = ascii_name.encode("ascii", "ignore").decode("ascii")
     cleaned = re.sub(r"[^a-z0-9_]+", "_", ascii_name.strip().lower()).strip("_") or fallback
     if cleaned[0].isdigit():
         cleaned = f"_{cleaned}"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
+import numpy as np
 import psycopg
 
 from locaria_batch.job import JobError
@@ -43,10 +44,13 @@ def srid_from_crs(conn: psycopg.Connection[Any], crs: str, label: str) -> int:
                    "source_crs attribute to its EPSG code (for example EPSG:27700) and load it again")
 
 
-def infer_srid(xmin: float, ymin: float, xmax: float, ymax: float) -> int | None:
-    """Longitude/latitude when the values fit, British National Grid when they fit that; else unknown."""
-    if -180 <= xmin <= xmax <= 180 and -90 <= ymin <= ymax <= 90:
+def infer_srid(x: np.ndarray, y: np.ndarray) -> int | None:
+    """Longitude/latitude when (nearly) all values fit, British National Grid when they fit that; else
+    unknown.  A stray value or two is left to the per-row range check."""
+    enough = 0.9 * len(x)
+    if np.count_nonzero((np.abs(x) <= 180) & (np.abs(y) <= 90)) >= enough:
         return WGS84
-    if -10_000 <= xmin <= xmax <= 700_000 and -10_000 <= ymin <= ymax <= 1_300_000 and xmax > 1000:
+    in_grid = (x >= -10_000) & (x <= 700_000) & (y >= -10_000) & (y <= 1_300_000) & (np.abs(x) + np.abs(y) > 1000)
+    if np.count_nonzero(in_grid) >= enough:
         return BRITISH_NATIONAL_GRID
     return None

@@ -164,8 +164,7 @@ class LayerLoader:
         if not finite.any():
             raise JobError(f"{self.raw.label}: the coordinate columns {xy.x if xy else 'x'}/{xy.y if xy else 'y'} "
                            "hold no numbers in the first rows; fill them in or remove them")
-        srid = infer_srid(float(x[finite].min()), float(y[finite].min()), float(x[finite].max()),
-                          float(y[finite].max()))
+        srid = infer_srid(x[finite], y[finite])
         if srid is None:
             names = f"{xy.x}/{xy.y}" if xy else "coordinates"
             raise JobError(f"{self.raw.label}: cannot tell the coordinate system of {names} (values such as "

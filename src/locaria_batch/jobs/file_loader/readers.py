@@ -87,8 +87,9 @@ def open_gdal(data: DataFile, layer: str, batch_size: int) -> Iterator[RawLayer]
     label = f"{data.label}, layer {layer}"
     try:
         info = pyogrio.read_info(data.path, layer=layer, **data.options)
+        encoding = dbf_encoding(data) if data.driver == "ESRI Shapefile" else None
         stream = open_arrow(data.path, layer=layer, batch_size=batch_size, use_pyarrow=True,
-                            return_fids=False, **data.options)
+                            return_fids=False, encoding=encoding, **data.options)
         meta, reader = stream.__enter__()
     except Exception as exc:
         raise JobError(f"{label} cannot be read ({_gdal_message(exc)}); the file may be damaged or truncated, "
@@ -111,6 +112,26 @@ def open_gdal(data: DataFile, layer: str, batch_size: int) -> Iterator[RawLayer]
                        crs=meta.get("crs"), declared_type=meta.get("geometry_type"), total=total)
     finally:
         stream.__exit__(None, None, None)
+
+
+def dbf_encoding(data: DataFile) -> str | None:
+    """GDAL recodes a shapefile's text when a .cpg or the DBF's language byte names its encoding, but not
+    in its Arrow stream when neither does: then it is UTF-8 if the bytes decode as such, else Windows-1252."""
+    if any(data.path.with_suffix(s).exists() for s in (".cpg", ".CPG")):
+        return None
+    dbf = next((p for p in (data.path.with_suffix(".dbf"), data.path.with_suffix(".DBF")) if p.exists()), None)
+    if dbf is None:
+        return None
+    with dbf.open("rb") as handle:
+        head = handle.read(SAMPLE_BYTES)
+    if len(head) > 29 and head[29] != 0:
+        return None  # the language driver byte is set: GDAL honours it
+    cut = head[: len(head) - 4]  # a multi-byte character may straddle the sample's end
+    try:
+        cut.decode("utf-8")
+        return "UTF-8"
+    except UnicodeDecodeError:
+        return "CP1252"
 
 
 def open_parquet(data: DataFile, batch_size: int) -> RawLayer:
