@@ -31,7 +31,7 @@ SELECT %(category_id)s, {title},
            'description', jsonb_strip_nulls(jsonb_build_object('title', {title}, 'text', {text}, 'url', {url})),
            'tags', {tags},
            'data', to_jsonb(t) - 'wkb_geometry' - 'ogc_fid',
-           'source', jsonb_build_object('file_id', %(file_id)s, 'table', %(table)s, 'fid', t.ogc_fid)),
+           'source', jsonb_build_object('file_id', %(file_id)s::bigint, 'table', %(table)s::text, 'fid', t.ogc_fid)),
        {geometry}, %(file_id)s, %(table)s, t.ogc_fid
   FROM {source} t
  WHERE t.ogc_fid > %(low)s AND t.ogc_fid <= %(high)s

@@ -17,7 +17,7 @@ from locaria_batch.job import JobError
 from locaria_batch.jobs.file_loader.columns import MAX_IDENTIFIER_BYTES, safe_identifier
 from locaria_batch.jobs.file_loader.layer import SCHEMA, LayerLoader, LayerResult
 from locaria_batch.jobs.file_loader.limits import Limits
-from locaria_batch.jobs.file_loader.readers import layer_names, open_layer
+from locaria_batch.jobs.file_loader.readers import display_name, layer_names, open_layer
 from locaria_batch.jobs.file_loader.sources import DataFile, find_data_files
 
 BATCH_ROWS = 65_536
@@ -79,8 +79,9 @@ def load_file(conn: psycopg.Connection[Any], path: Path, name: str, options: Loa
         if len(sources) > limits.max_layers:
             raise JobError(f"{name} holds {len(sources)} layers, over the limit of {limits.max_layers}; "
                            "choose some with the layers attribute")
-        labels = [layer if len(files) == 1 else f"{Path(d.label).stem}_{layer}" if layer != Path(d.path).stem
-                  else layer for d, layer in sources]
+        shown = [display_name(d, layer) for d, layer in sources]
+        labels = [name_ if len(files) == 1 or name_ == Path(d.label).stem else f"{Path(d.label).stem}_{name_}"
+                  for (d, _layer), name_ in zip(sources, shown, strict=True)]
         finals = table_names(options.base_table, labels)
         token = secrets.token_hex(4)
         loaded: list[LoadedLayer] = []
@@ -106,7 +107,7 @@ def load_file(conn: psycopg.Connection[Any], path: Path, name: str, options: Loa
             if result.record_count == 0:
                 raise JobError(f"{raw.label} has no rows or features; nothing to load. Check the export and upload "
                                "the file again")
-            loaded.append(LoadedLayer(layer, final, result))
+            loaded.append(LoadedLayer(result.layer, final, result))
         if not loaded:
             raise JobError(f"{name}: every layer is empty ({', '.join(skipped)}); nothing to load")
         for label in skipped:

@@ -14,6 +14,7 @@ import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import PurePosixPath
 from typing import Any
 
 import pyarrow as pa
@@ -53,6 +54,11 @@ class RawLayer:
     skipped_count: list[int] = field(default_factory=lambda: [0])
 
 
+def display_name(data: DataFile, layer: str) -> str:
+    """A layer named after the stored file (incoming/12.geojson) takes the name the user gave the file."""
+    return PurePosixPath(data.label).stem if layer == data.path.stem else layer
+
+
 def layer_names(data: DataFile) -> list[str]:
     if data.kind != "gdal":
         return [data.path.stem]
@@ -70,11 +76,16 @@ def layer_names(data: DataFile) -> list[str]:
 @contextmanager
 def open_layer(data: DataFile, layer: str, batch_size: int) -> Iterator[RawLayer]:
     if data.kind == "text":
-        yield open_text(data, batch_size)
+        raw = open_text(data, batch_size)
+        raw.name = display_name(data, raw.name)
+        yield raw
     elif data.kind == "parquet":
-        yield open_parquet(data, batch_size)
+        raw = open_parquet(data, batch_size)
+        raw.name = display_name(data, raw.name)
+        yield raw
     else:
         with open_gdal(data, layer, batch_size) as raw:
+            raw.name = display_name(data, raw.name)
             yield raw
 
 
