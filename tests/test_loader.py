@@ -157,13 +157,18 @@ def test_out_of_range_coordinates(db_url: str, conn: psycopg.Connection[Any], tm
 def test_bad_value_reported_by_row_without_aborting(db_url: str, conn: psycopg.Connection[Any], tmp_path: Path,
                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(readers, "CSV_BLOCK_BYTES", 4096)  # types come from the first block only
-    body = "".join(f"{i},{i * 10},-0.1,51.5\n" for i in range(1, 3001))
-    body = body.replace("\n2500,25000,", "\n2500,lots,")
-    result = load(db_url, fx.write_text(tmp_path / "counts.csv", "id,count,lon,lat\n" + body), batch_rows=1000)
+    body = "".join(f"{i},{i * 10},n{i},-0.1,51.5\n" for i in range(1, 3001))
+    body = body.replace("\n2500,25000,", "\n2500,lots,")  # caught while typing the column
+    body = body.replace(",n2700,", ",n\x002700,")  # a NUL the database itself refuses in text
+    result = load(db_url, fx.write_text(tmp_path / "counts.csv", "id,count,name,lon,lat\n" + body),
+                  batch_rows=1000)
     assert result["record_count"] == 3000
     assert any(w.startswith("row 2500, column 'count'") for w in result["warnings"]), result["warnings"]
+    assert any(w.startswith("row 2700, column 'name'") for w in result["warnings"]), result["warnings"]
     assert rows(conn, "SELECT count FROM {t} WHERE id = 2500")[0]["count"] is None
     assert rows(conn, "SELECT count FROM {t} WHERE id = 2501")[0]["count"] == 25010
+    assert rows(conn, "SELECT name FROM {t} WHERE id IN (2700, 2701) ORDER BY id") == [{"name": None},
+                                                                                      {"name": "n2701"}]
 
 
 def test_gzipped_csv(db_url: str, conn: psycopg.Connection[Any], tmp_path: Path) -> None:

@@ -161,20 +161,19 @@ def to_float(column: pa.Array | pa.ChunkedArray, decimal_comma: bool = False) ->
 _POINT = np.dtype([("order", "u1"), ("kind", "<u4"), ("x", "<f8"), ("y", "<f8")])  # packed: 21 bytes
 
 
-def point_wkb_hex(x: np.ndarray, y: np.ndarray) -> pa.Array:
-    """Hex WKB points from coordinate arrays; a NaN coordinate gives a null geometry."""
+def point_wkb(x: np.ndarray, y: np.ndarray) -> pa.Array:
+    """WKB points from coordinate arrays; a NaN coordinate gives a null geometry."""
     n = len(x)
     points = np.empty(n, dtype=_POINT)
     points["order"] = 1
     points["kind"] = 1
     points["x"] = x
     points["y"] = y
-    width = 2 * _POINT.itemsize
-    data = pa.py_buffer(points.tobytes().hex().encode("ascii"))
-    offsets = pa.py_buffer((np.arange(n + 1, dtype=np.int32) * width).tobytes())
+    offsets = pa.py_buffer((np.arange(n + 1, dtype=np.int32) * _POINT.itemsize).tobytes())
     valid = ~(np.isnan(x) | np.isnan(y))
     validity = None if valid.all() else pa.array(valid).buffers()[1]
-    return pa.StringArray.from_buffers(n, offsets, data, validity, int(n - valid.sum()))
+    return pa.Array.from_buffers(pa.binary(), n, [validity, offsets, pa.py_buffer(points.tobytes())],
+                                 null_count=int(n - valid.sum()))
 
 
 def coordinate_array(column: pa.Array, decimal_comma: bool) -> np.ndarray:
@@ -220,24 +219,30 @@ def wkb_kinds(column: pa.Array) -> tuple[np.ndarray, np.ndarray]:
 
 
 def promote_to_multi(column: pa.Array, kinds: np.ndarray, dimension: int) -> pa.Array:
-    """Wrap single Point/LineString/Polygon values as one-part Multi* (hex in, hex out)."""
-    prefixes = [None] * 8
+    """Wrap single Point/LineString/Polygon WKB values as one-part Multi* values."""
+    prefixes: list[bytes | None] = [None] * 8
     for single in (1, 2, 3):
         code = single + 3 + 1000 * dimension
-        prefixes[single] = "01" + code.to_bytes(4, "little").hex() + (1).to_bytes(4, "little").hex()
-    prefix = pc.take(pa.array(prefixes, pa.string()), pa.array(kinds.astype(np.int32)))
-    promoted = pc.binary_join_element_wise(prefix, column, "")
+        prefixes[single] = b"\x01" + code.to_bytes(4, "little") + (1).to_bytes(4, "little")
+    prefix = pc.take(pa.array(prefixes, pa.binary()), pa.array(kinds.astype(np.int32)))
+    promoted = pc.binary_join_element_wise(prefix, column, b"")
     return pc.if_else(pc.is_valid(prefix), promoted, column)
 
 
-def wkb_to_hex(column: pa.Array | pa.ChunkedArray) -> pa.Array:
-    """Hex-encode a binary column in one pass over its data buffer."""
+def plain_binary(column: pa.Array | pa.ChunkedArray) -> pa.Array:
+    """A binary column as one plain `binary` array (not chunked, not an extension type, not large)."""
     if isinstance(column, pa.ChunkedArray):
         column = column.combine_chunks()
     if isinstance(column.type, pa.BaseExtensionType):
         column = column.storage
     if not pat.is_binary(column.type):
         column = column.cast(pa.binary())
+    return column
+
+
+def wkb_to_hex(column: pa.Array | pa.ChunkedArray) -> pa.Array:
+    """Hex-encode a binary column in one pass over its data buffer."""
+    column = plain_binary(column)
     offsets, raw = wkb_offsets(column)
     base = int(offsets[0])
     hex_data = pa.py_buffer(raw[base: int(offsets[-1])].tobytes().hex().encode("ascii"))
@@ -246,3 +251,50 @@ def wkb_to_hex(column: pa.Array | pa.ChunkedArray) -> pa.Array:
     if validity is not None and column.offset:
         validity = pa.array(column.is_valid()).buffers()[1]
     return pa.StringArray.from_buffers(len(column), hex_offsets, hex_data, validity, column.null_count)
+
+
+# -- text values as typed values (delimited text arrives as strings) -----------------------------
+
+TEXT_PATTERNS = {
+    "integer": r"^[-+]?\d+$",
+    "bigint": r"^[-+]?\d+$",
+    "double precision": r"(?i)^([-+]?(\d+\.?\d*|\.\d+)(e[-+]?\d+)?|[-+]?(nan|inf|infinity))$",
+    "boolean": r"(?i)^(true|false|1|0)$",
+    "date": r"^\d{4}-\d{2}-\d{2}$",
+    "timestamp": r"^\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}(:\d{2}(\.\d+)?)?$",
+    "timestamptz": r"^\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}(:\d{2}(\.\d+)?)?(Z|[-+]\d{2}(:?\d{2})?)$",
+    "time": r"^\d{2}:\d{2}(:\d{2}(\.\d+)?)?$",
+}
+
+
+def coerce_text(column: pa.Array, pg_type: str, decimal_comma: bool = False) -> tuple[pa.Array, list[int]]:
+    """Strings as values of the column's type.  A value that is not one becomes null, and its position
+    is returned; the vectorised cast is the normal path, the checks below only run for a batch that
+    holds such a value."""
+    from locaria_batch.jobs.file_loader.pgbinary import ARROW_TYPE
+
+    if pg_type not in TEXT_PATTERNS:
+        return column, []
+    target = ARROW_TYPE[pg_type]
+    text = pc.utf8_trim_whitespace(column)
+    if decimal_comma and pg_type == "double precision":
+        text = pc.replace_substring(text, ",", ".")
+    try:
+        return pc.cast(text, target), []
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        pass
+    fits = pc.fill_null(pc.match_substring_regex(text, TEXT_PATTERNS[pg_type]), True)
+    values = pc.if_else(fits, text, pa.scalar(None, pa.string()))
+    bad = np.nonzero(~np.asarray(fits))[0].tolist()
+    try:
+        return pc.cast(values, target), bad
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        pass
+    typed: list[object] = []
+    for index, value in enumerate(values.to_pylist()):  # out-of-range numbers, impossible dates
+        try:
+            typed.append(None if value is None else pc.cast(pa.scalar(value), target).as_py())
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+            typed.append(None)
+            bad.append(index)
+    return pa.array(typed, target), sorted(bad)

@@ -18,7 +18,6 @@ from typing import Any
 import psycopg
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.csv as pacsv
 from psycopg import sql
 
 from locaria_batch.job import JobError
@@ -35,7 +34,7 @@ class Prepared:
     batch: pa.RecordBatch
     first_row: int
     before: list[sql.Composable] = field(default_factory=list)
-    csv: bytes | None = None
+    data: bytes | None = None  # the encoded COPY stream
 
 
 @dataclass
@@ -45,13 +44,10 @@ class BadRow:
     problem: str
 
 
-def to_csv(batch: pa.RecordBatch) -> bytes:
-    sink = pa.BufferOutputStream()
-    pacsv.write_csv(batch, sink, pacsv.WriteOptions(include_header=False))
-    return sink.getvalue().to_pybytes()
+Encoder = Callable[[pa.RecordBatch], bytes]
 
 
-def produce(items: Iterator[Prepared], depth: int = QUEUE_DEPTH) -> Iterator[Prepared]:
+def produce(items: Iterator[Prepared], encode: Encoder, depth: int = QUEUE_DEPTH) -> Iterator[Prepared]:
     """Run the preparation (reading, converting, CSV writing) on a worker thread, a few batches ahead."""
     handoff: queue.Queue[Prepared | BaseException | None] = queue.Queue(maxsize=depth)
     stop = threading.Event()
@@ -59,7 +55,7 @@ def produce(items: Iterator[Prepared], depth: int = QUEUE_DEPTH) -> Iterator[Pre
     def work() -> None:
         try:
             for item in items:
-                item.csv = to_csv(item.batch)
+                item.data = encode(item.batch)
                 while not stop.is_set():
                     try:
                         handoff.put(item, timeout=0.2)
@@ -92,10 +88,10 @@ def produce(items: Iterator[Prepared], depth: int = QUEUE_DEPTH) -> Iterator[Pre
 
 
 def copy_prepared(conn: psycopg.Connection[Any], table: sql.Composable, names: list[str],
-                  items: Iterator[Prepared], label: str, max_bad_rows: int,
+                  items: Iterator[Prepared], encode: Encoder, label: str, max_bad_rows: int,
                   on_batch: Callable[[int], None] | None = None) -> tuple[int, list[BadRow]]:
     """COPY every prepared batch; returns (rows loaded, rows with a rejected value)."""
-    statement = sql.SQL("COPY {} ({}) FROM STDIN (FORMAT csv)").format(
+    statement = sql.SQL("COPY {} ({}) FROM STDIN (FORMAT binary)").format(
         table, sql.SQL(", ").join(map(sql.Identifier, names)))
     total = 0
     bad: list[BadRow] = []
@@ -103,7 +99,7 @@ def copy_prepared(conn: psycopg.Connection[Any], table: sql.Composable, names: l
         for item in items:
             for before in item.before:
                 cur.execute(before)
-            batch, data = item.batch, item.csv if item.csv is not None else to_csv(item.batch)
+            batch, data = item.batch, item.data if item.data is not None else encode(item.batch)
             while True:
                 cur.execute("SAVEPOINT locaria_batch")
                 try:
@@ -119,7 +115,7 @@ def copy_prepared(conn: psycopg.Connection[Any], table: sql.Composable, names: l
                         raise JobError(f"{label}: more than {max_bad_rows} rows hold values that cannot be loaded "
                                        f"(first: row {bad[0].row}, {bad[0].problem}); fix the file and upload it "
                                        "again") from exc
-                    data = to_csv(batch)
+                    data = encode(batch)
             total += batch.num_rows
             if on_batch is not None:
                 on_batch(total)

@@ -21,6 +21,7 @@ from locaria_batch.jobs.file_loader import columns as col
 from locaria_batch.jobs.file_loader.copy import BadRow, Prepared, copy_prepared, produce
 from locaria_batch.jobs.file_loader.crs import infer_srid, srid_from_crs
 from locaria_batch.jobs.file_loader.limits import Limits
+from locaria_batch.jobs.file_loader.pgbinary import encode
 from locaria_batch.jobs.file_loader.readers import LEADING_ZERO, RawLayer
 
 SCHEMA = "locaria_uploads"
@@ -89,6 +90,7 @@ class LayerLoader:
         self.warnings: list[str] = []
         self.out_of_range: list[int] = []
         self.out_of_range_count = 0
+        self.bad_values: list[BadRow] = []  # text values that are not of their column's type
 
     # -- planning ---------------------------------------------------------------------------
     def plan_types(self, first: pa.RecordBatch | None) -> list[str]:
@@ -191,10 +193,16 @@ class LayerLoader:
         self._create(names[:plain], types[:plain], bool(spilled), geometry)
         table_names = [col.FID_COLUMN, *names[:plain]] + ([col.SPILL_COLUMN] if spilled else []) \
             + ([col.GEOMETRY_COLUMN] if geometry else [])
+        table_types = ["integer", *types[:plain]] + (["jsonb"] if spilled else []) \
+            + ([("text" if geometry.source == "text" else "geometry")] if geometry else [])
+
+        def encoder(batch: pa.RecordBatch) -> bytes:
+            return encode(batch.columns, table_types)
+
         prepared = self._prepare(batches, types, plain, geometry, originals, table_names)
-        count, bad = copy_prepared(self.conn, self.table, table_names, produce(prepared), raw.label,
-                                   self.limits.max_bad_rows, self.on_rows)
-        self._report_bad_rows(bad, dict(zip(names, originals, strict=True)))
+        count, bad = copy_prepared(self.conn, self.table, table_names, produce(prepared, encoder), encoder,
+                                   raw.label, self.limits.max_bad_rows, self.on_rows)
+        self._report_bad_rows(self.bad_values + bad, dict(zip(names, originals, strict=True)))
         if raw.skipped_count[0]:
             rows = ", ".join(map(str, raw.skipped_rows[:MAX_REPORTED_ROWS]))
             self.warnings.append(f"{raw.skipped_count[0]:,} rows have the wrong number of fields and were left out "
@@ -214,7 +222,8 @@ class LayerLoader:
         if spill:
             parts.append(sql.SQL("{} jsonb").format(sql.Identifier(col.SPILL_COLUMN)))
         if geometry is not None:
-            parts.append(sql.SQL("{} {}").format(sql.Identifier(col.GEOMETRY_COLUMN), geometry.column_type))
+            kind = sql.SQL("text") if geometry.source == "text" else geometry.column_type
+            parts.append(sql.SQL("{} {}").format(sql.Identifier(col.GEOMETRY_COLUMN), kind))
         self.conn.execute(sql.SQL("CREATE TABLE {} ({})").format(self.table, sql.SQL(", ").join(parts)))
 
     def _prepare(self, batches: Iterator[pa.RecordBatch], types: list[str], plain: int,
@@ -228,7 +237,7 @@ class LayerLoader:
             fids = pa.array(np.arange(done + 1, done + 1 + batch.num_rows, dtype=np.int32))
             arrays: list[pa.Array] = [fids]
             for i in range(plain):
-                arrays.append(self._attribute(batch.column(i), types[i]))
+                arrays.append(self._attribute(batch.column(i), types[i], table_names[i + 1], fids))
             if plain < len(originals):
                 arrays.append(_spill(batch, range(plain, len(originals)), originals))
             before: list[sql.Composable] = []
@@ -238,12 +247,21 @@ class LayerLoader:
             yield Prepared(out, done + 1, before)
             done += batch.num_rows
 
-    def _attribute(self, column: pa.Array, kind: str) -> pa.Array:
+    def _attribute(self, column: pa.Array, kind: str, name: str, fids: pa.Array) -> pa.Array:
+        """A source column as the Arrow type binary COPY encodes for its PostgreSQL type."""
+        if isinstance(column, pa.ChunkedArray):
+            column = column.combine_chunks()
         kind_in = column.type
+        if self.raw.types is not None:  # delimited text: strings, typed here
+            typed, bad = col.coerce_text(column, kind, self.raw.decimal_comma)
+            for index in bad:
+                self.bad_values.append(BadRow(int(fids[index].as_py()), name,
+                                              f"{str(column[index].as_py())[:40]!r} is not a {kind}; loaded as empty"))
+            return typed
         if isinstance(kind_in, pa.BaseExtensionType):
-            return column.storage if isinstance(column, pa.Array) else column.combine_chunks().storage
-        if self.raw.decimal_comma and kind == "double precision" and pat.is_string(kind_in):
-            return pc.replace_substring(column, ",", ".")
+            return column.storage
+        if pat.is_dictionary(kind_in):
+            return column.dictionary_decode()
         if pat.is_binary(kind_in) or pat.is_large_binary(kind_in):
             return col.wkb_to_hex(column)
         if pat.is_nested(kind_in):
@@ -265,21 +283,16 @@ class LayerLoader:
                     self.out_of_range_count += int(bad.sum())
                     self.out_of_range.extend(rows[: MAX_REPORTED_ROWS].tolist())
                     x = np.where(bad, np.nan, x)
-            return col.point_wkb_hex(x, y)
+            return col.point_wkb(x, y)
         names = [f.name for f in self.raw.fields]
         if plan.source == "text":
             return pc.cast(batch.column(names.index(plan.column)), pa.string())
-        wkb = batch.column(batch.num_columns - 1)
-        if isinstance(wkb, pa.ChunkedArray):
-            wkb = wkb.combine_chunks()
-        if isinstance(wkb.type, pa.BaseExtensionType):
-            wkb = wkb.storage
+        wkb = col.plain_binary(batch.column(batch.num_columns - 1))
         kinds, _dims = col.wkb_kinds(wkb)
         seen = set(np.unique(kinds[kinds > 0]).tolist())
-        hexed = col.wkb_to_hex(wkb)
         if plan.kind == "Geometry" or not seen:
             plan.kinds_seen |= seen
-            return hexed
+            return wkb
         family = kind_code(plan.kind) if kind_code(plan.kind) <= 3 else kind_code(plan.kind) - 3
         fits = {family, family + 3}
         if not seen <= fits:
@@ -287,7 +300,7 @@ class LayerLoader:
             before.append(sql.SQL("ALTER TABLE {} ALTER COLUMN {} TYPE {}").format(
                 self.table, sql.Identifier(col.GEOMETRY_COLUMN), plan.column_type))
             plan.kinds_seen |= seen
-            return hexed
+            return wkb
         if family + 3 in seen and plan.kind == col.KIND_NAMES[family]:
             plan.kind = col.KIND_NAMES[family + 3]
             before.append(sql.SQL("ALTER TABLE {} ALTER COLUMN {} TYPE {} USING ST_Multi({})").format(
@@ -295,8 +308,8 @@ class LayerLoader:
                 sql.Identifier(col.GEOMETRY_COLUMN)))
         plan.kinds_seen |= seen
         if plan.kind == col.KIND_NAMES[family + 3] and family in seen:
-            return col.promote_to_multi(hexed, kinds, plan.dimension)
-        return hexed
+            return col.promote_to_multi(wkb, kinds, plan.dimension)
+        return wkb
 
     def _report_bad_rows(self, bad: list[BadRow], originals: dict[str, str]) -> None:
         for problem in bad[:MAX_REPORTED_ROWS]:
@@ -313,6 +326,8 @@ class LayerLoader:
         invalid: dict[str, Any] = {"count": 0, "repaired": False, "rows": []}
         bbox = None
         source_srid = geometry.srid if geometry is not None else None
+        if geometry is not None and geometry.source == "text":
+            self._parse_text_geometry(geometry)
         if geometry is not None:
             if geometry.srid == 4326:
                 bbox = self._extent()
@@ -341,6 +356,32 @@ class LayerLoader:
             source_crs=f"EPSG:{source_srid}" if source_srid else None, srid=(
                 geometry.srid if geometry else None), bbox=bbox, invalid_geometries=invalid,
             warnings=self.warnings, preview=self._preview(geometry is not None))
+
+    def _parse_text_geometry(self, geometry: GeometryPlan) -> None:
+        """The text column becomes a geometry column of the one type its values share (or a generic one)."""
+        geom = sql.Identifier(col.GEOMETRY_COLUMN)
+        parse = sql.SQL("locaria_core.loader_parse_geometry({}, {})").format(geom, sql.Literal(geometry.srid))
+        unreadable = [r["fid"] for r in self.conn.execute(sql.SQL(
+            "SELECT {} AS fid FROM {} WHERE btrim(coalesce({}, '')) <> '' AND {} IS NULL ORDER BY 1").format(
+            sql.Identifier(col.FID_COLUMN), self.table, geom, parse)).fetchall()]
+        if unreadable:
+            self.warnings.append(f"{len(unreadable):,} rows hold text in the geometry column "
+                                 f"{self.raw.fields[[f.name for f in self.raw.fields].index(geometry.column)].name!r} "
+                                 "that is not WKT, WKB or GeoJSON; their geometry is left empty (rows "
+                                 f"{', '.join(map(str, unreadable[:MAX_REPORTED_ROWS]))})")
+        self.conn.execute(sql.SQL("ALTER TABLE {} ALTER COLUMN {} TYPE geometry USING {}").format(
+            self.table, geom, parse))
+        found = self.conn.execute(sql.SQL(
+            "SELECT array_agg(DISTINCT ST_GeometryType({g})) AS kinds, coalesce(max(ST_Zmflag({g})), 0) AS zm "
+            "FROM {t}").format(g=geom, t=self.table)).fetchone()
+        codes = {kind_code(k.removeprefix("ST_")) or 7 for k in (found["kinds"] or [])}
+        geometry.kinds_seen = codes
+        geometry.kind = self._kind_for(codes, "")
+        geometry.dimension = {0: 0, 1: 2, 2: 1, 3: 3}[int(found["zm"])]  # PostGIS's zmflag to ours
+        multi = geometry.kind.startswith("Multi")
+        using = sql.SQL("ST_Multi({})").format(geom) if multi else geom
+        self.conn.execute(sql.SQL("ALTER TABLE {} ALTER COLUMN {} TYPE {} USING {}").format(
+            self.table, geom, geometry.column_type, using))
 
     def _extent(self) -> list[float] | None:
         row = self.conn.execute(sql.SQL(
