@@ -29,6 +29,9 @@ from locaria_batch.jobs.file_loader.sources import DataFile
 
 SAMPLE_BYTES = 1 << 20
 CSV_BLOCK_BYTES = 4 << 20
+# formats with one layer, named after the file; opening GeoJSON reads it whole, so it is opened once only
+ONE_LAYER_DRIVERS = {"GeoJSON", "GeoJSONSeq", "FlatGeobuf", "ESRI Shapefile"}
+SLOW_TO_COUNT = {"GeoJSON", "GeoJSONSeq"}
 GPX_LAYERS = ("waypoints", "routes", "tracks")  # route_points/track_points repeat routes/tracks vertex by vertex
 DELIMITERS = (",", ";", "\t", "|")
 DECIMAL_COMMA = re.compile(r"^\s*-?\d+,\d+\s*$")
@@ -60,7 +63,7 @@ def display_name(data: DataFile, layer: str) -> str:
 
 
 def layer_names(data: DataFile) -> list[str]:
-    if data.kind != "gdal":
+    if data.kind != "gdal" or data.driver in ONE_LAYER_DRIVERS:
         return [data.path.stem]
     try:
         listed = pyogrio.list_layers(data.path)
@@ -96,10 +99,12 @@ def _gdal_message(exc: BaseException) -> str:
 @contextmanager
 def open_gdal(data: DataFile, layer: str, batch_size: int) -> Iterator[RawLayer]:
     label = f"{data.label}, layer {layer}"
+    only = data.driver in ONE_LAYER_DRIVERS
     try:
-        info = pyogrio.read_info(data.path, layer=layer, **data.options)
+        info = {} if data.driver in SLOW_TO_COUNT else pyogrio.read_info(data.path, layer=None if only else layer,
+                                                                         **data.options)
         encoding = dbf_encoding(data) if data.driver == "ESRI Shapefile" else None
-        stream = open_arrow(data.path, layer=layer, batch_size=batch_size, use_pyarrow=True,
+        stream = open_arrow(data.path, layer=None if only else layer, batch_size=batch_size, use_pyarrow=True,
                             return_fids=False, encoding=encoding, **data.options)
         meta, reader = stream.__enter__()
     except Exception as exc:
