@@ -378,6 +378,24 @@ def test_zip_bomb_refused(db_url: str, conn: psycopg.Connection[Any], tmp_path: 
     load_fails(db_url, conn, bomb, "zip bomb")
 
 
+def test_archives_nested_too_deep_refused(db_url: str, conn: psycopg.Connection[Any], tmp_path: Path) -> None:
+    inner = fx.zip_files(tmp_path / "inner.zip", {"a.csv": b"a,lat,lon\n1,51.5,-0.1\n"})
+    middle = fx.zip_files(tmp_path / "middle.zip", {"inner.zip": inner})
+    outer = fx.zip_files(tmp_path / "outer.zip", {"middle.zip": middle})
+    load_fails(db_url, conn, outer, "nests archives more than 2 deep")
+    assert load(db_url, middle)["record_count"] == 1
+
+
+def test_text_geometry_that_is_not_geometry_is_reported(db_url: str, conn: psycopg.Connection[Any],
+                                                        tmp_path: Path) -> None:
+    csv = fx.write_text(tmp_path / "wkt.csv", "name,wkt\na,POINT(1 2)\nb,POINT(1 2\nc,POINT(3 4)\n")
+    result = load(db_url, csv)
+    assert result["geometry_type"] == "Point"
+    assert any("rows 2)" in w and "'wkt'" in w for w in result["warnings"]), result["warnings"]
+    assert [r["g"] for r in rows(conn, "SELECT ST_AsText(wkb_geometry) AS g FROM {t} ORDER BY ogc_fid")] == [
+        "POINT(1 2)", None, "POINT(3 4)"]
+
+
 def test_limits_are_enforced(db_url: str, conn: psycopg.Connection[Any], tmp_path: Path) -> None:
     csv = fx.write_text(tmp_path / "many.csv", "a,b,c\n" + "1,2,3\n" * 20)
     load_fails(db_url, conn, csv, "more than 10 features", limits=Limits(max_features=10))

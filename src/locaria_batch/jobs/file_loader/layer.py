@@ -16,7 +16,7 @@ import pyarrow.compute as pc
 import pyarrow.types as pat
 from psycopg import sql
 
-from locaria_batch.job import JobError
+from locaria_batch.job import JobError, RetryableJobError
 from locaria_batch.jobs.file_loader import columns as col
 from locaria_batch.jobs.file_loader.copy import BadRow, Prepared, copy_prepared, produce
 from locaria_batch.jobs.file_loader.crs import infer_srid, srid_from_crs
@@ -176,6 +176,21 @@ class LayerLoader:
 
     # -- loading ----------------------------------------------------------------------------
     def load(self) -> LayerResult:
+        """Load the layer; a problem the database or Arrow reports becomes one sentence about this layer."""
+        try:
+            return self._load()
+        except psycopg.OperationalError as exc:
+            raise RetryableJobError(f"{self.raw.label}: the database connection failed ({exc}); "
+                                    "the load will be retried") from exc
+        except psycopg.Error as exc:
+            problem = (exc.diag.message_primary or str(exc)).strip()
+            raise JobError(f"{self.raw.label}: the database refused the data ({problem}); check the file and "
+                           "upload it again") from exc
+        except (pa.ArrowException, ValueError, OverflowError) as exc:
+            raise JobError(f"{self.raw.label}: the data cannot be converted ({str(exc).splitlines()[0][:200]}); "
+                           "check the file and upload it again") from exc
+
+    def _load(self) -> LayerResult:
         raw = self.raw
         if len(raw.fields) > self.limits.max_columns:
             raise JobError(f"{raw.label} has {len(raw.fields):,} columns, over the limit of "
@@ -254,6 +269,10 @@ class LayerLoader:
         kind_in = column.type
         if self.raw.types is not None:  # delimited text: strings, typed here
             typed, bad = col.coerce_text(column, kind, self.raw.decimal_comma)
+            if len(self.bad_values) + len(bad) > self.limits.max_bad_rows:
+                raise JobError(f"{self.raw.label}: more than {self.limits.max_bad_rows:,} values are not of their "
+                               f"column's type (column {name!r}); "
+                               "fix the file and upload it again")
             for index in bad:
                 self.bad_values.append(BadRow(int(fids[index].as_py()), name,
                                               f"{str(column[index].as_py())[:40]!r} is not a {kind}; loaded as empty"))
@@ -337,9 +356,7 @@ class LayerLoader:
                         "longitude/latitude; if the file uses a projected coordinate system set its source_crs "
                         "attribute (for example EPSG:27700) and load it again")
             if geometry.srid != self.target_srid:
-                geometry.srid = self.target_srid
-                conn.execute(sql.SQL("ALTER TABLE {} ALTER COLUMN {} TYPE {} USING ST_Transform({}, {})").format(
-                    table, geom, geometry.column_type, geom, sql.Literal(self.target_srid)))
+                self._transform(geometry)
                 bbox = None
             invalid = self._validity(geometry)
             conn.execute(sql.SQL("CREATE INDEX {} ON {} USING gist ({})").format(
@@ -357,6 +374,20 @@ class LayerLoader:
                 geometry.srid if geometry else None), bbox=bbox, invalid_geometries=invalid,
             warnings=self.warnings, preview=self._preview(geometry is not None))
 
+    def _transform(self, geometry: GeometryPlan) -> None:
+        source, geometry.srid = geometry.srid, self.target_srid
+        geom = sql.Identifier(col.GEOMETRY_COLUMN)
+        try:
+            with self.conn.transaction():
+                self.conn.execute(sql.SQL("ALTER TABLE {} ALTER COLUMN {} TYPE {} USING ST_Transform({}, {})").format(
+                    self.table, geom, geometry.column_type, geom, sql.Literal(self.target_srid)))
+        except psycopg.errors.DatabaseError as exc:
+            if isinstance(exc, psycopg.OperationalError):
+                raise
+            raise JobError(f"{self.raw.label}: the coordinates cannot be transformed from EPSG:{source} to "
+                           f"EPSG:{self.target_srid} ({exc.diag.message_primary}); check the file's coordinate "
+                           "system or set its source_crs attribute") from exc
+
     def _parse_text_geometry(self, geometry: GeometryPlan) -> None:
         """The text column becomes a geometry column of the one type its values share (or a generic one)."""
         geom = sql.Identifier(col.GEOMETRY_COLUMN)
@@ -372,7 +403,8 @@ class LayerLoader:
         self.conn.execute(sql.SQL("ALTER TABLE {} ALTER COLUMN {} TYPE geometry USING {}").format(
             self.table, geom, parse))
         found = self.conn.execute(sql.SQL(
-            "SELECT array_agg(DISTINCT ST_GeometryType({g})) AS kinds, coalesce(max(ST_Zmflag({g})), 0) AS zm "
+            "SELECT array_agg(DISTINCT ST_GeometryType({g})) FILTER (WHERE {g} IS NOT NULL) AS kinds, "
+            "coalesce(max(ST_Zmflag({g})), 0) AS zm "
             "FROM {t}").format(g=geom, t=self.table)).fetchone()
         codes = {kind_code(k.removeprefix("ST_")) or 7 for k in (found["kinds"] or [])}
         geometry.kinds_seen = codes
