@@ -39,6 +39,17 @@ class GeometryPlan:
     xy: col.CoordinateColumns | None = None
     crs_source: str = ""  # where the CRS came from: file, attribute, inferred
     kinds_seen: set[int] = field(default_factory=set)
+    points_bbox: list[float] | None = None  # kept while every value is a 2D point: spares a scan for the extent
+    only_points: bool = True
+
+    def extend(self, x: np.ndarray, y: np.ndarray) -> None:
+        finite = ~(np.isnan(x) | np.isnan(y))
+        if not finite.any():
+            return
+        box = [float(x[finite].min()), float(y[finite].min()), float(x[finite].max()), float(y[finite].max())]
+        old = self.points_bbox
+        self.points_bbox = box if old is None else [min(old[0], box[0]), min(old[1], box[1]),
+                                                    max(old[2], box[2]), max(old[3], box[3])]
 
     @property
     def column_type(self) -> sql.Composable:
@@ -91,6 +102,7 @@ class LayerLoader:
         self.out_of_range: list[int] = []
         self.out_of_range_count = 0
         self.bad_values: list[BadRow] = []  # text values that are not of their column's type
+        self._source_srid: int | None = None
 
     # -- planning ---------------------------------------------------------------------------
     def plan_types(self, first: pa.RecordBatch | None) -> list[str]:
@@ -302,12 +314,18 @@ class LayerLoader:
                     self.out_of_range_count += int(bad.sum())
                     self.out_of_range.extend(rows[: MAX_REPORTED_ROWS].tolist())
                     x = np.where(bad, np.nan, x)
+            plan.extend(x, y)
             return col.point_wkb(x, y)
         names = [f.name for f in self.raw.fields]
         if plan.source == "text":
             return pc.cast(batch.column(names.index(plan.column)), pa.string())
         wkb = col.plain_binary(batch.column(batch.num_columns - 1))
-        kinds, _dims = col.wkb_kinds(wkb)
+        kinds, dims = col.wkb_kinds(wkb)
+        if plan.only_points:
+            if np.all((kinds == 1) & (dims == 0) | (kinds == 0)):
+                plan.extend(*_point_coordinates(wkb, kinds))
+            else:
+                plan.only_points = False
         seen = set(np.unique(kinds[kinds > 0]).tolist())
         if plan.kind == "Geometry" or not seen:
             plan.kinds_seen |= seen
@@ -345,11 +363,12 @@ class LayerLoader:
         invalid: dict[str, Any] = {"count": 0, "repaired": False, "rows": []}
         bbox = None
         source_srid = geometry.srid if geometry is not None else None
+        self._source_srid = source_srid
         if geometry is not None and geometry.source == "text":
             self._parse_text_geometry(geometry)
         if geometry is not None:
             if geometry.srid == 4326:
-                bbox = self._extent()
+                bbox = self._points_bbox(geometry) or self._extent()
                 if bbox and (bbox[0] < -180.5 or bbox[2] > 180.5 or bbox[1] < -90.5 or bbox[3] > 90.5):
                     raise JobError(
                         f"{self.raw.label}: coordinates run to {bbox[2]:.6g}, {bbox[3]:.6g}, out of range for "
@@ -361,7 +380,7 @@ class LayerLoader:
             invalid = self._validity(geometry)
             conn.execute(sql.SQL("CREATE INDEX {} ON {} USING gist ({})").format(
                 sql.Identifier(f"{self.staging}_geom_idx"), table, geom))
-            bbox = bbox or self._extent()
+            bbox = bbox or self._points_bbox(geometry) or self._extent()
         conn.execute(sql.SQL("ALTER TABLE {} ADD CONSTRAINT {} PRIMARY KEY ({})").format(
             table, sql.Identifier(f"{self.staging}_pkey"), sql.Identifier(col.FID_COLUMN)))
         conn.execute(sql.SQL("ANALYZE {}").format(table))
@@ -414,6 +433,12 @@ class LayerLoader:
         using = sql.SQL("ST_Multi({})").format(geom) if multi else geom
         self.conn.execute(sql.SQL("ALTER TABLE {} ALTER COLUMN {} TYPE {} USING {}").format(
             self.table, geom, geometry.column_type, using))
+
+    def _points_bbox(self, geometry: GeometryPlan) -> list[float] | None:
+        """The extent seen while streaming, when it is exact: 2D points not reprojected since."""
+        if geometry.only_points and geometry.points_bbox is not None and geometry.srid == self._source_srid:
+            return [round(v, 9) for v in geometry.points_bbox]
+        return None
 
     def _extent(self) -> list[float] | None:
         row = self.conn.execute(sql.SQL(
@@ -472,15 +497,16 @@ _CONCRETE = {"Point", "LineString", "Polygon", "MultiPoint", "MultiLineString", 
 
 
 def _point_coordinates(column: pa.Array, kinds: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    if isinstance(column, pa.ChunkedArray):
-        column = column.combine_chunks()
-    if isinstance(column.type, pa.BaseExtensionType):
-        column = column.storage
+    """x and y of the 2D point values of a WKB column, gathered straight from its bytes."""
+    column = col.plain_binary(column)
     offsets, raw = col.wkb_offsets(column)
-    starts = offsets[:-1][kinds == 1]
-    x = np.array([raw[s + 5: s + 13].view("<f8")[0] for s in starts[:1000]], dtype=np.float64)
-    y = np.array([raw[s + 13: s + 21].view("<f8")[0] for s in starts[:1000]], dtype=np.float64)
-    return x, y
+    starts = offsets[:-1][(kinds == 1) & (offsets[1:] - offsets[:-1] >= 21)]
+    little = raw[starts] == 1
+    x_bytes = raw[(starts[:, None] + np.arange(5, 13)).ravel()].reshape(-1, 8)
+    y_bytes = raw[(starts[:, None] + np.arange(13, 21)).ravel()].reshape(-1, 8)
+    x_bytes[~little] = x_bytes[~little, ::-1]
+    y_bytes[~little] = y_bytes[~little, ::-1]
+    return x_bytes.copy().view("<f8").ravel(), y_bytes.copy().view("<f8").ravel()
 
 
 def _spill(batch: pa.RecordBatch, indices: range, originals: list[str]) -> pa.Array:
