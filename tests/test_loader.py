@@ -12,6 +12,7 @@ from typing import Any
 import psycopg
 import pyarrow as pa
 import pytest
+from pyogrio import write_arrow
 
 from locaria_batch.db import connect
 from locaria_batch.job import JobError
@@ -414,6 +415,21 @@ def test_unknown_format(db_url: str, conn: psycopg.Connection[Any], tmp_path: Pa
     blob = tmp_path / "picture.bin"
     blob.write_bytes(b"\x00\x01\x02\x03" * 100)
     load_fails(db_url, conn, blob, "not in a format we read")
+
+
+def test_opendocument_spreadsheet(db_url: str, conn: psycopg.Connection[Any], tmp_path: Path) -> None:
+    sheet = tmp_path / "sites.ods"
+    write_arrow(pa.table({"name": ["a", "b"], "lon": [-0.1, -0.2], "lat": [51.5, 51.6]}), sheet, driver="ODS",
+                layer="Sites")
+    result = load(db_url, sheet)
+    assert result["geometry_type"] == "Point" and result["record_count"] == 2
+    assert result["result"]["layers"] == ["sites"]
+
+
+def test_old_excel_gets_a_clear_answer(db_url: str, conn: psycopg.Connection[Any], tmp_path: Path) -> None:
+    xls = tmp_path / "sites.xls"
+    xls.write_bytes(b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1" + b"\x00" * 600)
+    load_fails(db_url, conn, xls, "save it as .xlsx")
 
 
 def test_reload_replaces_the_table_atomically(db_url: str, conn: psycopg.Connection[Any], tmp_path: Path) -> None:

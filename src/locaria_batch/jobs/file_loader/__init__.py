@@ -1,8 +1,17 @@
 """file_loader: an uploaded data file into PostGIS tables in locaria_uploads.
 
-Every common vector format (detected by content), streamed in Arrow batches over COPY; one table
-per layer, swapped in atomically; the result in the original's attribute keys plus a description
-of what was loaded.  Only validated attributes steer the load: no GDAL options or SQL from users.
+Every common vector format (detected by content), streamed in Arrow batches over binary COPY; one
+table per layer, swapped in atomically; the result in the original's attribute keys plus a
+description of what was loaded.  Only validated attributes steer the load, never GDAL options or SQL:
+
+    table_name         the table (one layer) or the tables' prefix; default upload_file_{id}
+    source_crs, s_srs  EPSG code of the coordinates when the file does not say (or says wrongly)
+    target_crs         EPSG code of the tables; default EPSG:4326
+    repair_geometries  false: count and report invalid geometries instead of ST_MakeValid-ing them
+    layers, layer      load only these source layers
+    auto_mapped        with category (and title_field ...): load, then import into the search data
+
+Limits come from LOCARIA_LOADER_* variables (see limits.py).
 """
 
 from __future__ import annotations

@@ -24,7 +24,9 @@ GDAL_OPTIONS = {
     "GeoJSON": {"FLATTEN_NESTED_ATTRIBUTES": "YES", "ARRAY_AS_STRING": "YES", "DATE_AS_STRING": "NO"},
     "GeoJSONSeq": {"FLATTEN_NESTED_ATTRIBUTES": "YES", "ARRAY_AS_STRING": "YES"},
     "XLSX": {"HEADERS": "FORCE", "FIELD_TYPES": "AUTO"},
+    "ODS": {"HEADERS": "FORCE", "FIELD_TYPES": "AUTO"},
 }
+OLE2 = b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1"  # old binary Office files (.xls)
 SUPPORTED = ("CSV/TSV/TXT, Excel .xlsx, GeoJSON, GeoJSONSeq, zipped Shapefile, GeoPackage, KML/KMZ, GPX, "
              "FlatGeobuf or GeoParquet")
 
@@ -48,6 +50,8 @@ def sniff(path: Path) -> str | None:
         return "zip"
     if head.startswith(b"\x1f\x8b"):
         return "gzip"
+    if head.startswith(OLE2):
+        return "xls"
     if head.startswith(b"SQLite format 3\x00"):
         return "GPKG"
     if head.startswith(b"fgb\x03"):
@@ -115,11 +119,15 @@ def _examine(path: Path, label: str, workdir: Path, limits: Limits, depth: int, 
             names = archive.namelist()
         if any(n.startswith("xl/") for n in names) and "[Content_Types].xml" in names:
             return [DataFile(path, "gdal", label, "XLSX", GDAL_OPTIONS["XLSX"])]
+        if "mimetype" in names and "content.xml" in names:  # OpenDocument spreadsheet
+            return [DataFile(path, "gdal", label, "ODS", GDAL_OPTIONS["ODS"])]
         return _unzip(path, label, workdir, limits, depth, budget)
     if fmt == "gzip":
         return _gunzip(path, label, workdir, limits, depth, budget)
     if fmt == "parquet":
         return [DataFile(path, "parquet", label)]
+    if fmt == "xls":
+        raise JobError(f"{label} is an old Excel .xls workbook; save it as .xlsx (or CSV) and upload it again")
     if fmt == "text":
         if inside_archive and suffix not in {".csv", ".tsv", ".psv", ".tab"}:
             return []  # a README.txt next to the data is not data
