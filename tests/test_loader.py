@@ -64,9 +64,10 @@ def geometry_column(conn: psycopg.Connection[Any], table: str = TABLE) -> tuple[
 # -- delimited text -----------------------------------------------------------------------------
 
 def test_csv_lon_lat_with_types(db_url: str, conn: psycopg.Connection[Any], tmp_path: Path) -> None:
-    csv = fx.write_text(tmp_path / "sites.csv", "Site Name,Longitude,Latitude,visitors,opened,open,code\n"
-                        "Hyde Park,-0.1657,51.5073,12,2020-01-02,true,007\n"
-                        "Regent's Park,-0.1527,51.5313,,2021-03-04,false,010\n")
+    csv = fx.write_text(tmp_path / "sites.csv", "Site Name,Longitude,Latitude,visitors,opened,open,code,seen,seen_utc\n"
+                        "Hyde Park,-0.1657,51.5073,12,2020-01-02,true,007,2024-01-02 10:30:00,2024-01-02T10:30:00Z\n"
+                        "Regent's Park,-0.1527,51.5313,,2021-03-04,false,010,2024-01-03 11:00:00,"
+                        "2024-01-03T11:00:00+01:00\n")
     result = load(db_url, csv)
     assert result["record_count"] == 2
     assert result["geometry_type"] == "Point" and result["source_crs"] == "EPSG:4326"
@@ -75,6 +76,10 @@ def test_csv_lon_lat_with_types(db_url: str, conn: psycopg.Connection[Any], tmp_
     types = column_types(conn)
     assert types["visitors"] == "bigint" and types["opened"] == "date" and types["open"] == "boolean"
     assert types["code"] == "text"  # leading zeros are kept
+    assert types["seen"] == "timestamp without time zone" and types["seen_utc"] == "timestamp with time zone"
+    times = rows(conn, "SELECT seen::text AS a, (seen_utc AT TIME ZONE 'UTC')::text AS b FROM {t} ORDER BY ogc_fid")
+    assert times == [{"a": "2024-01-02 10:30:00", "b": "2024-01-02 10:30:00"},
+                     {"a": "2024-01-03 11:00:00", "b": "2024-01-03 10:00:00"}]
     got = rows(conn, "SELECT site_name, code, visitors, ST_AsText(wkb_geometry) AS g FROM {t} ORDER BY ogc_fid")
     assert got[0] == {"site_name": "Hyde Park", "code": "007", "visitors": 12, "g": "POINT(-0.1657 51.5073)"}
     assert got[1]["visitors"] is None

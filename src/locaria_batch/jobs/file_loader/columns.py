@@ -136,7 +136,7 @@ def find_geometry_text_column(names: list[str], sample: pa.Table) -> str | None:
         column = sample.column(name)
         if not (pat.is_string(column.type) or pat.is_large_string(column.type)):
             continue
-        values = [v for v in column.drop_null().to_pylist()[:50] if v and v.strip()]
+        values = [v for v in column.slice(0, 200).drop_null().to_pylist()[:50] if v and v.strip()]
         if values and all(GEOMETRY_TEXT.match(v) for v in values):
             return name
     return None

@@ -23,7 +23,7 @@ from psycopg import sql
 from locaria_batch.job import JobError
 
 COPY_CONTEXT = re.compile(r"line (\d+)(?:, column (\w+))?")
-QUEUE_DEPTH = 3
+QUEUE_DEPTH = 2  # batches encoded ahead of the COPY: enough to overlap, little memory
 
 
 @dataclass

@@ -111,7 +111,7 @@ class LayerLoader:
         if raw.types and first is not None:  # text: codes like 007 keep their leading zeros
             for i, kind in enumerate(types):
                 if kind in ("bigint", "double precision"):
-                    values = first.column(i).drop_null().to_pylist()[:2000]
+                    values = first.column(i).slice(0, 5000).drop_null().to_pylist()
                     if any(LEADING_ZERO.match(v) and not v.strip().startswith("0.") for v in values):
                         types[i] = "text"
         return types

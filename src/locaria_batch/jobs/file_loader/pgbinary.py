@@ -77,4 +77,4 @@ def encode(columns: list[pa.Array], pg_types: list[str]) -> bytes:
     rows = pc.binary_join_element_wise(count, *fields, b"")
     offsets = np.frombuffer(rows.buffers()[1], dtype=np.int32)[rows.offset: rows.offset + len(rows) + 1]
     data = rows.buffers()[2]
-    return HEADER + memoryview(data)[int(offsets[0]): int(offsets[-1])].tobytes() + TRAILER
+    return b"".join((HEADER, memoryview(data)[int(offsets[0]): int(offsets[-1])], TRAILER))  # one copy
