@@ -31,7 +31,8 @@ SAMPLE_BYTES = 1 << 20
 CSV_BLOCK_BYTES = 4 << 20
 # formats with one layer, named after the file; opening GeoJSON reads it whole, so it is opened once only
 ONE_LAYER_DRIVERS = {"GeoJSON", "GeoJSONSeq", "FlatGeobuf", "ESRI Shapefile"}
-SLOW_TO_COUNT = {"GeoJSON", "GeoJSONSeq"}
+SLOW_TO_COUNT = {"GeoJSON", "GeoJSONSeq", "XLSX", "ODS", "GPX", "LIBKML"}  # counting would parse them twice
+GDAL_BATCH_ROWS = 16_384  # a batch of 33-vertex polygons is ~9 MB: peak memory stays low whatever the shapes
 GPX_LAYERS = ("waypoints", "routes", "tracks")  # route_points/track_points repeat routes/tracks vertex by vertex
 DELIMITERS = (",", ";", "\t", "|")
 DECIMAL_COMMA = re.compile(r"^\s*-?\d+,\d+\s*$")
@@ -104,7 +105,8 @@ def open_gdal(data: DataFile, layer: str, batch_size: int) -> Iterator[RawLayer]
         info = {} if data.driver in SLOW_TO_COUNT else pyogrio.read_info(data.path, layer=None if only else layer,
                                                                          **data.options)
         encoding = dbf_encoding(data) if data.driver == "ESRI Shapefile" else None
-        stream = open_arrow(data.path, layer=None if only else layer, batch_size=batch_size, use_pyarrow=True,
+        stream = open_arrow(data.path, layer=None if only else layer, batch_size=min(batch_size, GDAL_BATCH_ROWS),
+                            use_pyarrow=True,
                             return_fids=False, encoding=encoding, **data.options)
         meta, reader = stream.__enter__()
     except Exception as exc:
