@@ -190,11 +190,32 @@ def test_xlsx_headers_dates_and_coordinates(db_url: str, conn: psycopg.Connectio
                    [["A", fx.TODAY, -0.12, 51.5, 3], ["B", fx.TODAY, -0.13, 51.6, 4]])
     result = load(db_url, book)
     assert result["geometry_type"] == "Point" and result["record_count"] == 2
+    assert result["result"]["layers"] == ["sites"] and result["tables"] == ["locaria_uploads.upload_file_9"]
     assert column_types(conn)["visited"] == "date"
     assert rows(conn, "SELECT visited, count FROM {t} ORDER BY ogc_fid")[0] == {"visited": fx.TODAY, "count": 3}
 
 
 # -- GeoJSON and friends ------------------------------------------------------------------------
+
+def test_xlsx_every_sheet_and_empty_sheets_skipped(db_url: str, conn: psycopg.Connection[Any],
+                                                    tmp_path: Path) -> None:
+    from openpyxl import Workbook
+
+    book = Workbook()
+    first = book.active
+    first.title = "Parks & Gardens"
+    first.append(["name", "x", "y"])
+    first.append(["a", 530000, 180000])
+    second = book.create_sheet("Schools")
+    second.append(["name", "pupils"])
+    second.append(["b", 300])
+    book.create_sheet("Notes")
+    book.save(tmp_path / "council.xlsx")
+    result = load(db_url, tmp_path / "council.xlsx")
+    assert result["tables"] == ["locaria_uploads.upload_file_9_parks_gardens", "locaria_uploads.upload_file_9_schools"]
+    assert any("Notes" in w and "not loaded" in w for w in result["warnings"]), result["warnings"]
+    assert result["layer_details"][0]["source_crs"] == "EPSG:27700"
+
 
 def test_geojson_nested_properties_flattened_arrays_as_json(db_url: str, conn: psycopg.Connection[Any],
                                                             tmp_path: Path) -> None:

@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import codecs
 import csv
+import html
 import io
 import json
 import re
+import zipfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -22,6 +24,7 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 import pyarrow.types as pat
 import pyogrio
+from pyogrio.errors import DataLayerError
 from pyogrio.raw import open_arrow
 
 from locaria_batch.job import JobError
@@ -63,9 +66,21 @@ def display_name(data: DataFile, layer: str) -> str:
     return PurePosixPath(data.label).stem if layer == data.path.stem else layer
 
 
+def workbook_sheets(data: DataFile) -> list[str]:
+    """Sheet names from an .xlsx's workbook.xml: listing layers through GDAL parses every sheet."""
+    with zipfile.ZipFile(data.path) as book:
+        text = book.read("xl/workbook.xml").decode("utf-8", errors="replace")
+    return [html.unescape(name) for name in re.findall(r'<(?:\w+:)?sheet\b[^>]*?\bname="([^"]*)"', text)]
+
+
 def layer_names(data: DataFile) -> list[str]:
     if data.kind != "gdal" or data.driver in ONE_LAYER_DRIVERS:
         return [data.path.stem]
+    if data.driver == "XLSX":
+        try:
+            return workbook_sheets(data)
+        except (KeyError, zipfile.BadZipFile) as exc:
+            raise JobError(f"{data.label} is not a complete Excel workbook ({exc}); save it again as .xlsx") from exc
     try:
         listed = pyogrio.list_layers(data.path)
     except Exception as exc:
@@ -109,6 +124,13 @@ def open_gdal(data: DataFile, layer: str, batch_size: int) -> Iterator[RawLayer]
                             use_pyarrow=True,
                             return_fids=False, encoding=encoding, **data.options)
         meta, reader = stream.__enter__()
+    except DataLayerError:
+        if data.driver != "XLSX":
+            raise JobError(f"{label} cannot be opened; the file may be damaged, export it again") from None
+        # GDAL leaves out empty sheets
+        yield RawLayer(name=layer, label=label, fields=[], batches=iter(()), geometry_column=None, crs=None,
+                       declared_type=None, total=0)
+        return
     except Exception as exc:
         raise JobError(f"{label} cannot be read ({_gdal_message(exc)}); the file may be damaged or truncated, "
                        "export it again") from exc
