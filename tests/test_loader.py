@@ -315,6 +315,11 @@ def test_geopackage_every_layer_and_projected_crs(db_url: str, conn: psycopg.Con
                    name=["w"], append=True, geometry_type="Polygon")
     fx.write_layer(gpkg, "GPKG", [], layer="empty", name=pa.array([], pa.string()),
                    append=True, geometry_type="Point")
+    only = load(db_url, gpkg, layers=["wards"])
+    assert only["tables"] == ["locaria_uploads.upload_file_9"] and only["result"]["layers"] == ["wards"]
+    with pytest.raises(JobError, match="has no layer named roads; its layers are Bus Stops, empty, wards"):
+        load(db_url, gpkg, layers=["roads"])
+    conn.execute("DROP TABLE locaria_uploads.upload_file_9")
     result = load(db_url, gpkg)
     assert result["tables"] == ["locaria_uploads.upload_file_9_bus_stops", "locaria_uploads.upload_file_9_wards"]
     assert result["result"]["layers"] == ["bus stops", "wards"]

@@ -7,7 +7,7 @@ import secrets
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import psycopg
@@ -59,6 +59,13 @@ def table_names(base: str, layers: list[str]) -> list[str]:
     return names
 
 
+def table_label(data: DataFile, layer: str, several_files: bool) -> str:
+    """What names a layer's table: the layer, prefixed with its file's name when an archive holds several
+    files whose layers could share names (two GeoPackages with a layer `roads` each)."""
+    stem = PurePosixPath(data.label).stem
+    return f"{stem}_{layer}" if several_files and layer != stem else layer
+
+
 def load_file(conn: psycopg.Connection[Any], path: Path, name: str, options: LoadOptions,
               progress: Callable[[int, int | None], None] | None = None) -> list[LoadedLayer]:
     """Load every layer; the caller commits (or rolls back: then nothing at all is left behind)."""
@@ -68,20 +75,18 @@ def load_file(conn: psycopg.Connection[Any], path: Path, name: str, options: Loa
         sources: list[tuple[DataFile, str]] = [(data, layer) for data in files for layer in layer_names(data)]
         if options.layers:
             wanted = set(options.layers)
-            available = sorted({layer for _, layer in sources})
-            missing = wanted - set(available)
+            available = {display_name(d, layer) for d, layer in sources}
+            missing = wanted - available
             if missing:
                 raise JobError(f"{name} has no layer named {', '.join(sorted(missing))}; its layers are "
-                               f"{', '.join(available)}")
-            sources = [(d, layer) for d, layer in sources if layer in wanted]
+                               f"{', '.join(sorted(available))}")
+            sources = [(d, layer) for d, layer in sources if display_name(d, layer) in wanted]
         if not sources:
             raise JobError(f"{name} holds no layers to load; export the data again and check it opens in a GIS")
         if len(sources) > limits.max_layers:
             raise JobError(f"{name} holds {len(sources)} layers, over the limit of {limits.max_layers}; "
                            "choose some with the layers attribute")
-        shown = [display_name(d, layer) for d, layer in sources]
-        labels = [name_ if len(files) == 1 or name_ == Path(d.label).stem else f"{Path(d.label).stem}_{name_}"
-                  for (d, _layer), name_ in zip(sources, shown, strict=True)]
+        labels = [table_label(d, display_name(d, layer), several_files=len(files) > 1) for d, layer in sources]
         finals = table_names(options.base_table, labels)
         token = secrets.token_hex(4)
         loaded: list[LoadedLayer] = []
