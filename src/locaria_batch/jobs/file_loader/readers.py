@@ -31,7 +31,7 @@ from locaria_batch.job import JobError
 from locaria_batch.jobs.file_loader.sources import DataFile
 
 SAMPLE_BYTES = 1 << 20
-CSV_BLOCK_BYTES = 4 << 20
+CSV_BLOCK_BYTES = 1 << 20  # Arrow reads several blocks ahead: bigger blocks cost memory, not speed
 # formats with one layer, named after the file; opening GeoJSON reads it whole, so it is opened once only
 ONE_LAYER_DRIVERS = {"GeoJSON", "GeoJSONSeq", "FlatGeobuf", "ESRI Shapefile"}
 SLOW_TO_COUNT = {"GeoJSON", "GeoJSONSeq", "XLSX", "ODS", "GPX", "LIBKML"}  # counting would parse them twice
