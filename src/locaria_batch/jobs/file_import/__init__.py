@@ -1,0 +1,146 @@
+"""file_import: the rows of a loaded file into the search data, locaria_data.items.
+
+Triggered by IMPORT_REQUESTED on a file the loader has loaded.  The file's attributes name a
+`category` and which columns give each item its title, text, url and tags (`title_field`,
+`text_field`, `url_field`, `tag_field`; a column's original name or its loaded name).  Rows are
+copied in batches keyed by the table's ogc_fid; each item remembers its source file, table and
+row, so importing again updates the same items (and drops items whose rows have gone) instead of
+duplicating them.  The whole import is one transaction: readers see the old items or the new.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+from locaria_batch.job import JobContext, JobError, JobResult
+
+SCHEMA = "locaria_uploads"
+BATCH_ROWS = 5000
+MAPPINGS = {"title": "title_field", "text": "text_field", "url": "url_field", "tags": "tag_field"}
+DEFAULT_COLUMNS = {"title": ("title", "name", "description"), "text": ("text", "description"),
+                   "url": ("url", "website", "link"), "tags": ("tags",)}  # the original's fallbacks
+
+UPSERT = """
+INSERT INTO locaria_data.items AS i
+       (category_id, title, attributes, wkb_geometry, source_file_id, source_table, source_fid)
+SELECT %(category_id)s, {title},
+       jsonb_build_object(
+           'description', jsonb_strip_nulls(jsonb_build_object('title', {title}, 'text', {text}, 'url', {url})),
+           'tags', {tags},
+           'data', to_jsonb(t) - 'wkb_geometry' - 'ogc_fid',
+           'source', jsonb_build_object('file_id', %(file_id)s::bigint, 'table', %(table)s::text, 'fid', t.ogc_fid)),
+       {geometry}, %(file_id)s, %(table)s, t.ogc_fid
+  FROM {source} t
+ WHERE t.ogc_fid > %(low)s AND t.ogc_fid <= %(high)s
+ON CONFLICT (source_file_id, source_table, source_fid) DO UPDATE
+   SET category_id = EXCLUDED.category_id, title = EXCLUDED.title, attributes = EXCLUDED.attributes,
+       wkb_geometry = EXCLUDED.wkb_geometry
+"""
+DELETE_STALE = """
+DELETE FROM locaria_data.items i
+ WHERE i.source_file_id = %(file_id)s
+   AND (NOT (i.source_table = ANY(%(tables)s))
+        OR (i.source_table = %(table)s AND NOT EXISTS (SELECT 1 FROM {source} t WHERE t.ogc_fid = i.source_fid)))
+"""
+
+
+def category_id(conn: psycopg.Connection[Any], name: str) -> int:
+    row = conn.execute("SELECT id FROM locaria_core.categories WHERE category = %s", [name]).fetchone()
+    if row is None:
+        known = [r["category"] for r in conn.execute(
+            "SELECT category FROM locaria_core.categories ORDER BY category LIMIT 20").fetchall()]
+        raise JobError(f"category {name!r} does not exist; create it first or use one of: "
+                       f"{', '.join(known) or '(none yet)'}")
+    return int(row["id"])
+
+
+def table_columns(conn: psycopg.Connection[Any], table: str) -> list[str]:
+    rows = conn.execute("SELECT column_name FROM information_schema.columns WHERE table_schema = %s "
+                        "AND table_name = %s ORDER BY ordinal_position", [SCHEMA, table]).fetchall()
+    return [r["column_name"] for r in rows]
+
+
+def resolve_mappings(attributes: dict[str, Any], columns: list[str], described: list[dict[str, Any]],
+                     table: str) -> dict[str, str | None]:
+    """Which column feeds title, text, url and tags; a user may name a column as it was in the file."""
+    loaded_name = {str(c.get("source")): str(c.get("column")) for c in described}
+    chosen: dict[str, str | None] = {}
+    for role, key in MAPPINGS.items():
+        wanted = attributes.get(key) or attributes.get(f"{role}_field") or attributes.get(f"{role}s_field")
+        if wanted:
+            column = str(wanted) if str(wanted) in columns else loaded_name.get(str(wanted))
+            if column is None or column not in columns:
+                raise JobError(f"{key} {str(wanted)[:60]!r} is not a column of {SCHEMA}.{table}; its columns are "
+                               f"{', '.join(c for c in columns if c != 'wkb_geometry')}")
+            chosen[role] = column
+        else:
+            chosen[role] = next((c for c in DEFAULT_COLUMNS[role] if c in columns), None)
+    return chosen
+
+
+def value(column: str | None) -> sql.Composable:
+    return sql.SQL("t.{}::text").format(sql.Identifier(column)) if column else sql.SQL("NULL::text")
+
+
+def tags(column: str | None) -> sql.Composable:
+    if column is None:
+        return sql.SQL("'[]'::jsonb")
+    return sql.SQL("CASE WHEN t.{c} IS NULL THEN '[]'::jsonb WHEN jsonb_typeof(to_jsonb(t.{c})) = 'array' "
+                   "THEN to_jsonb(t.{c}) ELSE jsonb_build_array(t.{c}) END").format(c=sql.Identifier(column))
+
+
+def run(ctx: JobContext) -> JobResult:
+    attributes = ctx.attributes
+    conn = ctx.conn
+    name = str(attributes.get("name") or f"file {ctx.file_id}")
+    if not attributes.get("category"):
+        raise JobError(f"{name}: name the category to import into in the category attribute, then request the "
+                       "import again")
+    tables = attributes.get("tables")
+    if attributes.get("table"):
+        tables = [str(attributes["table"])]
+    if not isinstance(tables, list) or not tables:
+        raise JobError(f"{name} has no loaded table to import; load the file first (status REGISTERED)")
+    bare = [str(t).removeprefix(f"{SCHEMA}.") for t in tables]
+    category = category_id(conn, str(attributes["category"]))
+    details = {d.get("table"): d.get("columns", []) for d in attributes.get("layer_details", [])
+               if isinstance(d, dict)}
+    plans = []
+    total = 0
+    for table in bare:
+        columns = table_columns(conn, table)
+        if not columns or "ogc_fid" not in columns:
+            raise JobError(f"{name}: the table {SCHEMA}.{table} is missing or was not made by the loader; "
+                           "load the file again, then import")
+        mapping = resolve_mappings(attributes, columns, details.get(f"{SCHEMA}.{table}", attributes.get(
+            "columns", []) if len(bare) == 1 else []), table)
+        source = sql.Identifier(SCHEMA, table)
+        bounds = conn.execute(sql.SQL("SELECT count(*) AS n, coalesce(max(ogc_fid), 0) AS high FROM {}").format(
+            source)).fetchone()
+        total += int(bounds["n"])
+        plans.append((table, columns, mapping, source, int(bounds["high"])))
+    done = 0
+    ctx.progress(0, total)
+    for table, columns, mapping, source, high in plans:
+        geometry = (sql.SQL("ST_Force2D(ST_Transform(t.wkb_geometry, 4326))") if "wkb_geometry" in columns
+                    else sql.SQL("NULL::geometry"))
+        statement = sql.SQL(UPSERT).format(title=value(mapping["title"]), text=value(mapping["text"]),
+                                           url=value(mapping["url"]), tags=tags(mapping["tags"]),
+                                           geometry=geometry, source=source)
+        for low in range(0, high, BATCH_ROWS):
+            cursor = conn.execute(statement, {"category_id": category, "file_id": ctx.file_id, "table": table,
+                                              "low": low, "high": low + BATCH_ROWS})
+            done += cursor.rowcount
+            ctx.progress(done, total)
+        conn.execute(sql.SQL(DELETE_STALE).format(source=source),
+                     {"file_id": ctx.file_id, "tables": bare, "table": table})
+    conn.commit()
+    return JobResult(
+        attributes={"processed": done, "imported_count": done, "category": attributes["category"],
+                    "category_id": category, "import_tables": [f"{SCHEMA}.{t}" for t in bare],
+                    "import_mappings": {t: m for t, _c, m, _s, _h in plans}},
+        log={"message": f"Imported {done:,} rows into category {attributes['category']}"},
+    )

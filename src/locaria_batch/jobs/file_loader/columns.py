@@ -1,0 +1,300 @@
+"""Column names, PostgreSQL types, and geometry taken from attribute columns.
+
+Everything here works on whole Arrow arrays (numpy underneath): no Python loop per row.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.types as pat
+
+FID_COLUMN = "ogc_fid"
+GEOMETRY_COLUMN = "wkb_geometry"
+SPILL_COLUMN = "extra_attributes"
+RESERVED = {FID_COLUMN, GEOMETRY_COLUMN, SPILL_COLUMN}
+MAX_IDENTIFIER_BYTES = 63
+MAX_TABLE_COLUMNS = 1600  # PostgreSQL's hard limit per table
+ROW_WIDTH_BUDGET = 6000  # bytes of fixed-width values per row; a heap row must fit an 8 kB page
+
+
+LETTERS_WITHOUT_DECOMPOSITION = str.maketrans({"ß": "ss", "æ": "ae", "Æ": "AE", "ø": "o", "Ø": "O", "œ": "oe",
+                                               "Œ": "OE", "ł": "l", "Ł": "L", "đ": "d", "Đ": "D", "þ": "th"})
+
+
+def safe_identifier(name: str, fallback: str = "column") -> str:
+    """Lower-case ASCII letters, digits and underscores, at most 63 bytes, not starting with a digit."""
+    ascii_name = unicodedata.normalize("NFKD", name.translate(LETTERS_WITHOUT_DECOMPOSITION))
+    ascii_name = ascii_name.encode("ascii", "ignore").decode("ascii")
+    cleaned = re.sub(r"[^a-z0-9_]+", "_", ascii_name.strip().lower()).strip("_") or fallback
+    if cleaned[0].isdigit():
+        cleaned = f"_{cleaned}"
+    return cleaned[:MAX_IDENTIFIER_BYTES]
+
+
+def unique_identifiers(originals: list[str], taken: set[str] | None = None) -> list[str]:
+    """Safe names, made unique with a numeric suffix (still within 63 bytes)."""
+    seen = set(RESERVED if taken is None else taken)
+    result = []
+    for index, original in enumerate(originals, start=1):
+        base = candidate = safe_identifier(original, fallback=f"column_{index}")
+        n = 1
+        while candidate in seen:
+            n += 1
+            suffix = f"_{n}"
+            candidate = f"{base[: MAX_IDENTIFIER_BYTES - len(suffix)]}{suffix}"
+        seen.add(candidate)
+        result.append(candidate)
+    return result
+
+
+def pg_type(arrow_type: pa.DataType) -> str:
+    """The PostgreSQL type for an Arrow type; decimals become double precision (no NUMERIC(w,p)
+    overflow from a DBF field width), nested values jsonb."""
+    if isinstance(arrow_type, pa.BaseExtensionType):
+        return "jsonb" if arrow_type.extension_name == "arrow.json" else pg_type(arrow_type.storage_type)
+    if pat.is_boolean(arrow_type):
+        return "boolean"
+    if pat.is_int8(arrow_type) or pat.is_int16(arrow_type) or pat.is_int32(arrow_type) \
+            or pat.is_uint8(arrow_type) or pat.is_uint16(arrow_type):
+        return "integer"
+    if pat.is_integer(arrow_type):
+        return "bigint"
+    if pat.is_floating(arrow_type) or pat.is_decimal(arrow_type):
+        return "double precision"
+    if pat.is_date(arrow_type):
+        return "date"
+    if pat.is_timestamp(arrow_type):
+        return "timestamptz" if arrow_type.tz else "timestamp"
+    if pat.is_time(arrow_type):
+        return "time"
+    if pat.is_list(arrow_type) or pat.is_large_list(arrow_type) or pat.is_struct(arrow_type) \
+            or pat.is_map(arrow_type):
+        return "jsonb"
+    return "text"
+
+
+FIXED_WIDTH = {"boolean": 1, "integer": 4, "date": 4, "bigint": 8, "double precision": 8, "timestamp": 8,
+               "timestamptz": 8, "time": 8}
+
+
+def plain_column_count(types: list[str]) -> int:
+    """How many leading columns fit a table; the rest spill into one jsonb column."""
+    width = 0
+    for count, kind in enumerate(types):
+        width += FIXED_WIDTH.get(kind, 4)  # short text and jsonb values: a few bytes each
+        if count + 1 > MAX_TABLE_COLUMNS - len(RESERVED) or width > ROW_WIDTH_BUDGET:
+            return count
+    return len(types)
+
+
+# -- geometry from coordinate columns ----------------------------------------------------------
+
+COORDINATE_PAIRS = (  # (convention, x names, y names), first match wins
+    ("lon/lat", ("lon", "long", "longitude", "lng", "wgs84lon", "wgs84longitude"),
+     ("lat", "latitude", "wgs84lat", "wgs84latitude")),
+    ("x/y", ("x", "xcoord", "xcoordinate", "coordx", "pointx"), ("y", "ycoord", "ycoordinate", "coordy", "pointy")),
+    ("easting/northing", ("easting", "east", "e", "eastings"), ("northing", "north", "n", "northings")),
+)
+GEOMETRY_TEXT_NAMES = ("geom", "geometry", "wkt", "wkb", "the_geom", "wkb_geometry", "shape", "geojson", "geo_shape")
+GEOMETRY_TEXT = re.compile(
+    r"^\s*((SRID=\d+;)?\s*(POINT|LINESTRING|POLYGON|MULTIPOINT|MULTILINESTRING|MULTIPOLYGON|GEOMETRYCOLLECTION)\b"
+    r"|0[01][0-9A-Fa-f]{16,}$|\{\s*\"type\"\s*:)", re.IGNORECASE)
+
+
+@dataclass(frozen=True)
+class CoordinateColumns:
+    convention: str
+    x: str
+    y: str
+
+
+def _key(name: str) -> str:
+    return re.sub(r"[^a-z0-9]", "", name.lower())
+
+
+def find_coordinate_columns(names: list[str]) -> CoordinateColumns | None:
+    keyed = {_key(n): n for n in reversed(names)}  # the first column of a given key wins
+    for convention, xs, ys in COORDINATE_PAIRS:
+        x = next((keyed[k] for k in xs if k in keyed), None)
+        y = next((keyed[k] for k in ys if k in keyed), None)
+        if x and y:
+            return CoordinateColumns(convention, x, y)
+    return None
+
+
+def find_geometry_text_column(names: list[str], sample: pa.Table) -> str | None:
+    """A text column holding WKT, hex WKB or GeoJSON geometries (PostGIS parses all three)."""
+    candidates = [n for n in names if _key(n) in {_key(g) for g in GEOMETRY_TEXT_NAMES}]
+    candidates += [n for n in names if n not in candidates]
+    for name in candidates:
+        column = sample.column(name)
+        if not (pat.is_string(column.type) or pat.is_large_string(column.type)):
+            continue
+        values = [v for v in column.slice(0, 200).drop_null().to_pylist()[:50] if v and v.strip()]
+        if values and all(GEOMETRY_TEXT.match(v) for v in values):
+            return name
+    return None
+
+
+NUMBER = r"^\s*[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?\s*$"
+
+
+def to_float(column: pa.Array | pa.ChunkedArray, decimal_comma: bool = False) -> pa.Array:
+    """Numbers from a column of any type; text that is not a number becomes null."""
+    if isinstance(column, pa.ChunkedArray):
+        column = column.combine_chunks()
+    if pat.is_floating(column.type) or pat.is_integer(column.type) or pat.is_decimal(column.type):
+        return pc.cast(column, pa.float64())
+    text = pc.cast(column, pa.string())
+    if decimal_comma:
+        text = pc.replace_substring(text, ",", ".")
+    text = pc.if_else(pc.match_substring_regex(text, NUMBER), text, pa.scalar(None, pa.string()))
+    return pc.cast(text, pa.float64())
+
+
+_POINT = np.dtype([("order", "u1"), ("kind", "<u4"), ("x", "<f8"), ("y", "<f8")])  # packed: 21 bytes
+
+
+def point_wkb(x: np.ndarray, y: np.ndarray) -> pa.Array:
+    """WKB points from coordinate arrays; a NaN coordinate gives a null geometry."""
+    n = len(x)
+    points = np.empty(n, dtype=_POINT)
+    points["order"] = 1
+    points["kind"] = 1
+    points["x"] = x
+    points["y"] = y
+    offsets = pa.py_buffer((np.arange(n + 1, dtype=np.int32) * _POINT.itemsize).tobytes())
+    valid = ~(np.isnan(x) | np.isnan(y))
+    validity = None if valid.all() else pa.array(valid).buffers()[1]
+    return pa.Array.from_buffers(pa.binary(), n, [validity, offsets, pa.py_buffer(points.tobytes())],
+                                 null_count=int(n - valid.sum()))
+
+
+def coordinate_array(column: pa.Array, decimal_comma: bool) -> np.ndarray:
+    return to_float(column, decimal_comma).to_numpy(zero_copy_only=False).astype(np.float64, copy=False)
+
+
+# -- WKB as it comes from GDAL or GeoParquet ----------------------------------------------------
+
+KIND_NAMES = {1: "Point", 2: "LineString", 3: "Polygon", 4: "MultiPoint", 5: "MultiLineString",
+              6: "MultiPolygon", 7: "GeometryCollection"}
+DIMENSION_SUFFIX = {0: "", 1: "Z", 2: "M", 3: "ZM"}
+
+
+def wkb_offsets(column: pa.Array) -> tuple[np.ndarray, np.ndarray]:
+    """(offsets of each value, the data bytes) of a binary array, as numpy views."""
+    _validity, offsets, data = column.buffers()[:3]
+    offset_values = np.frombuffer(offsets, dtype=np.int32)[column.offset: column.offset + len(column) + 1]
+    raw = np.frombuffer(data, dtype=np.uint8) if data is not None else np.zeros(0, dtype=np.uint8)
+    return offset_values, raw
+
+
+def wkb_kinds(column: pa.Array) -> tuple[np.ndarray, np.ndarray]:
+    """Per value: the ISO WKB type code (1..7, 0 for null) and the dimension code (0 2D, 1 Z, 2 M, 3 ZM)."""
+    offsets, raw = wkb_offsets(column)
+    starts = offsets[:-1]
+    present = (offsets[1:] - starts >= 5) & np.asarray(column.is_valid())
+    header = raw[(starts[present, None] + np.arange(5)).ravel()].reshape(-1, 5).astype(np.uint32)
+    little = header[:, 0] == 1
+    code = np.where(little,
+                    header[:, 1] | header[:, 2] << 8 | header[:, 3] << 16 | header[:, 4] << 24,
+                    header[:, 4] | header[:, 3] << 8 | header[:, 2] << 16 | header[:, 1] << 24)
+    ewkb_z, ewkb_m = (code & 0x80000000) != 0, (code & 0x40000000) != 0
+    code = code & 0x0FFFFFFF
+    iso_dims = code // 1000
+    base = code % 1000
+    dims = np.where(ewkb_z | ewkb_m, ewkb_z * 1 + ewkb_m * 2, np.where(iso_dims == 1, 1, np.where(
+        iso_dims == 2, 2, np.where(iso_dims == 3, 3, 0))))
+    kinds = np.zeros(len(column), dtype=np.uint32)
+    dimensions = np.zeros(len(column), dtype=np.uint32)
+    kinds[present] = base
+    dimensions[present] = dims
+    return kinds, dimensions
+
+
+def promote_to_multi(column: pa.Array, kinds: np.ndarray, dimension: int) -> pa.Array:
+    """Wrap single Point/LineString/Polygon WKB values as one-part Multi* values."""
+    prefixes: list[bytes | None] = [None] * 8
+    for single in (1, 2, 3):
+        code = single + 3 + 1000 * dimension
+        prefixes[single] = b"\x01" + code.to_bytes(4, "little") + (1).to_bytes(4, "little")
+    prefix = pc.take(pa.array(prefixes, pa.binary()), pa.array(kinds.astype(np.int32)))
+    promoted = pc.binary_join_element_wise(prefix, column, b"")
+    return pc.if_else(pc.is_valid(prefix), promoted, column)
+
+
+def plain_binary(column: pa.Array | pa.ChunkedArray) -> pa.Array:
+    """A binary column as one plain `binary` array (not chunked, not an extension type, not large)."""
+    if isinstance(column, pa.ChunkedArray):
+        column = column.combine_chunks()
+    if isinstance(column.type, pa.BaseExtensionType):
+        column = column.storage
+    if not pat.is_binary(column.type):
+        column = column.cast(pa.binary())
+    return column
+
+
+def wkb_to_hex(column: pa.Array | pa.ChunkedArray) -> pa.Array:
+    """Hex-encode a binary column in one pass over its data buffer."""
+    column = plain_binary(column)
+    offsets, raw = wkb_offsets(column)
+    base = int(offsets[0])
+    hex_data = pa.py_buffer(raw[base: int(offsets[-1])].tobytes().hex().encode("ascii"))
+    hex_offsets = pa.py_buffer(((offsets - base) * 2).astype(np.int32).tobytes())
+    validity = column.buffers()[0]
+    if validity is not None and column.offset:
+        validity = pa.array(column.is_valid()).buffers()[1]
+    return pa.StringArray.from_buffers(len(column), hex_offsets, hex_data, validity, column.null_count)
+
+
+# -- text values as typed values (delimited text arrives as strings) -----------------------------
+
+TEXT_PATTERNS = {
+    "integer": r"^[-+]?\d+$",
+    "bigint": r"^[-+]?\d+$",
+    "double precision": r"(?i)^([-+]?(\d+\.?\d*|\.\d+)(e[-+]?\d+)?|[-+]?(nan|inf|infinity))$",
+    "boolean": r"(?i)^(true|false|1|0)$",
+    "date": r"^\d{4}-\d{2}-\d{2}$",
+    "timestamp": r"^\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}(:\d{2}(\.\d+)?)?$",
+    "timestamptz": r"^\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}(:\d{2}(\.\d+)?)?(Z|[-+]\d{2}(:?\d{2})?)$",
+    "time": r"^\d{2}:\d{2}(:\d{2}(\.\d+)?)?$",
+}
+
+
+def coerce_text(column: pa.Array, pg_type: str, decimal_comma: bool = False) -> tuple[pa.Array, list[int]]:
+    """Strings as values of the column's type.  A value that is not one becomes null, and its position
+    is returned; the vectorised cast is the normal path, the checks below only run for a batch that
+    holds such a value."""
+    from locaria_batch.jobs.file_loader.pgbinary import ARROW_TYPE
+
+    if pg_type not in TEXT_PATTERNS:
+        return column, []
+    target = ARROW_TYPE[pg_type]
+    text = pc.utf8_trim_whitespace(column)
+    if decimal_comma and pg_type == "double precision":
+        text = pc.replace_substring(text, ",", ".")
+    try:
+        return pc.cast(text, target), []
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        pass
+    fits = pc.fill_null(pc.match_substring_regex(text, TEXT_PATTERNS[pg_type]), True)
+    values = pc.if_else(fits, text, pa.scalar(None, pa.string()))
+    bad = np.nonzero(~np.asarray(fits))[0].tolist()
+    try:
+        return pc.cast(values, target), bad
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        pass
+    typed: list[object] = []
+    for index, value in enumerate(values.to_pylist()):  # out-of-range numbers, impossible dates
+        try:
+            typed.append(None if value is None else pc.cast(pa.scalar(value), target).as_py())
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+            typed.append(None)
+            bad.append(index)
+    return pa.array(typed, target), sorted(bad)

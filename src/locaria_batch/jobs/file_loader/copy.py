@@ -1,0 +1,147 @@
+"""Arrow batches into a PostgreSQL table over COPY, with GDAL/Arrow parsing on one thread and the
+COPY on another (both release the GIL), and recovery from a bad row without losing the batch.
+
+Each batch is written as CSV by Arrow's C++ writer (geometry as hex WKB, which PostGIS parses)
+and sent in its own COPY inside a savepoint: a value PostgreSQL rejects costs a resend of that
+one batch with the value emptied, and is reported by its row number.
+"""
+
+from __future__ import annotations
+
+import queue
+import re
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import psycopg
+import pyarrow as pa
+import pyarrow.compute as pc
+from psycopg import sql
+
+from locaria_batch.job import JobError
+
+COPY_CONTEXT = re.compile(r"line (\d+)(?:, column (\w+))?")
+QUEUE_DEPTH = 2  # batches encoded ahead of the COPY: enough to overlap, little memory
+
+
+@dataclass
+class Prepared:
+    """A batch ready to send: its Arrow columns (in table order), the row number of its first row,
+    and any statement to run before it (a geometry column widened)."""
+
+    batch: pa.RecordBatch
+    first_row: int
+    before: list[sql.Composable] = field(default_factory=list)
+    data: bytes | None = None  # the encoded COPY stream
+
+
+@dataclass
+class BadRow:
+    row: int
+    column: str | None
+    problem: str
+
+
+Encoder = Callable[[pa.RecordBatch], bytes]
+
+
+def produce(items: Iterator[Prepared], encode: Encoder, depth: int = QUEUE_DEPTH) -> Iterator[Prepared]:
+    """Run the preparation (reading, converting, CSV writing) on a worker thread, a few batches ahead."""
+    handoff: queue.Queue[Prepared | BaseException | None] = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def work() -> None:
+        try:
+            for item in items:
+                item.data = encode(item.batch)
+                while not stop.is_set():
+                    try:
+                        handoff.put(item, timeout=0.2)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            handoff.put(None)
+        except BaseException as exc:
+            handoff.put(exc)
+
+    worker = threading.Thread(target=work, name="locaria-loader-reader", daemon=True)
+    worker.start()
+    try:
+        while True:
+            got = handoff.get()
+            if got is None:
+                return
+            if isinstance(got, BaseException):
+                raise got
+            yield got
+    finally:
+        stop.set()
+        while worker.is_alive():
+            try:
+                handoff.get_nowait()
+            except queue.Empty:
+                worker.join(timeout=0.1)
+
+
+def copy_prepared(conn: psycopg.Connection[Any], table: sql.Composable, names: list[str],
+                  items: Iterator[Prepared], encode: Encoder, label: str, max_bad_rows: int,
+                  on_batch: Callable[[int], None] | None = None) -> tuple[int, list[BadRow]]:
+    """COPY every prepared batch; returns (rows loaded, rows with a rejected value)."""
+    statement = sql.SQL("COPY {} ({}) FROM STDIN (FORMAT binary)").format(
+        table, sql.SQL(", ").join(map(sql.Identifier, names)))
+    total = 0
+    bad: list[BadRow] = []
+    with conn.cursor() as cur:
+        for item in items:
+            for before in item.before:
+                cur.execute(before)
+            batch, data = item.batch, item.data if item.data is not None else encode(item.batch)
+            while True:
+                cur.execute("SAVEPOINT locaria_batch")
+                try:
+                    with cur.copy(statement) as copy:
+                        copy.write(data)
+                    cur.execute("RELEASE SAVEPOINT locaria_batch")
+                    break
+                except psycopg.errors.DataError as exc:  # a value PostgreSQL rejects
+                    cur.execute("ROLLBACK TO SAVEPOINT locaria_batch")
+                    batch, problem = _blank_bad_value(batch, exc, item.first_row, label)
+                    bad.append(problem)
+                    if len(bad) > max_bad_rows:
+                        raise JobError(f"{label}: more than {max_bad_rows} rows hold values that cannot be loaded "
+                                       f"(first: row {bad[0].row}, {bad[0].problem}); fix the file and upload it "
+                                       "again") from exc
+                    data = encode(batch)
+            total += batch.num_rows
+            if on_batch is not None:
+                on_batch(total)
+    return total, bad
+
+
+def _blank_bad_value(batch: pa.RecordBatch, exc: psycopg.Error, first_row: int,
+                     label: str) -> tuple[pa.RecordBatch, BadRow]:
+    context = exc.diag.context or ""
+    match = COPY_CONTEXT.search(context)
+    problem = (exc.diag.message_primary or str(exc)).strip()
+    if not match:
+        raise JobError(f"{label}: the database refused the data ({problem}); check the file and upload it "
+                       "again") from exc
+    index = int(match.group(1)) - 1
+    column = match.group(2)
+    if index >= batch.num_rows:
+        raise JobError(f"{label}: the database refused row {first_row + index} ({problem})") from exc
+    fids = batch.column("ogc_fid") if "ogc_fid" in batch.schema.names else None
+    row_number = int(fids[index].as_py()) if fids is not None else first_row + index
+    if column is None or column not in batch.schema.names or column == "ogc_fid":
+        keep = pa.array([i != index for i in range(batch.num_rows)])
+        return batch.filter(keep), BadRow(row_number, None, f"{problem}; row left out")
+    mask = pa.array([i == index for i in range(batch.num_rows)])
+    position = batch.schema.get_field_index(column)
+    old = batch.column(position)
+    blanked = pc.if_else(mask, pa.scalar(None, old.type), old)
+    return batch.set_column(position, batch.schema.field(position), blanked), BadRow(
+        row_number, column, f"{problem}; loaded as empty")

@@ -1,0 +1,56 @@
+"""Coordinate systems: a user's choice validated, a file's read, or one inferred from the values."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import numpy as np
+import psycopg
+
+from locaria_batch.job import JobError
+
+EPSG_CODE = re.compile(r"^\s*(?:EPSG\s*:\s*)?(\d{4,6})\s*$", re.IGNORECASE)
+WGS84 = 4326
+BRITISH_NATIONAL_GRID = 27700
+
+
+def known_srid(conn: psycopg.Connection[Any], srid: int) -> bool:
+    return conn.execute("SELECT 1 FROM spatial_ref_sys WHERE srid = %s", [srid]).fetchone() is not None
+
+
+def srid_from_attribute(conn: psycopg.Connection[Any], value: object, key: str) -> int:
+    """An EPSG code from a file attribute (`EPSG:27700` or `27700`); nothing else is accepted."""
+    match = EPSG_CODE.match(str(value))
+    if not match or not known_srid(conn, int(match.group(1))):
+        raise JobError(f"the {key} attribute {str(value)[:60]!r} is not a known EPSG code; use a value such as "
+                       "EPSG:27700 or EPSG:4326")
+    return int(match.group(1))
+
+
+def srid_from_crs(conn: psycopg.Connection[Any], crs: str, label: str) -> int:
+    """The SRID of a CRS a file declares (GDAL gives `EPSG:n` when it recognises it)."""
+    text = crs.strip()
+    if text.upper() in ("OGC:CRS84", "CRS84", "EPSG:4326"):
+        return WGS84
+    match = re.match(r"^EPSG:(\d+)$", text, re.IGNORECASE)
+    if match and known_srid(conn, int(match.group(1))):
+        return int(match.group(1))
+    found = conn.execute("SELECT srid FROM spatial_ref_sys WHERE srtext = %s OR proj4text = %s LIMIT 1",
+                         [text, text]).fetchone()
+    if found:
+        return int(found["srid"] if isinstance(found, dict) else found[0])
+    raise JobError(f"{label} uses a coordinate system without an EPSG code ({text[:80]}); set the file's "
+                   "source_crs attribute to its EPSG code (for example EPSG:27700) and load it again")
+
+
+def infer_srid(x: np.ndarray, y: np.ndarray) -> int | None:
+    """Longitude/latitude when (nearly) all values fit, British National Grid when they fit that; else
+    unknown.  A stray value or two is left to the per-row range check."""
+    enough = 0.9 * len(x)
+    if np.count_nonzero((np.abs(x) <= 180) & (np.abs(y) <= 90)) >= enough:
+        return WGS84
+    in_grid = (x >= -10_000) & (x <= 700_000) & (y >= -10_000) & (y <= 1_300_000) & (np.abs(x) + np.abs(y) > 1000)
+    if np.count_nonzero(in_grid) >= enough:
+        return BRITISH_NATIONAL_GRID
+    return None

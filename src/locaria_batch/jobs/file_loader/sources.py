@@ -1,0 +1,222 @@
+"""What an uploaded file holds: its format found from its content (and then its extension),
+archives unpacked safely, and the data files inside listed."""
+
+from __future__ import annotations
+
+import gzip
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import IO
+
+from locaria_batch.job import JobError
+from locaria_batch.jobs.file_loader.limits import Limits
+
+SHAPEFILE_SIDECARS = {".dbf", ".shx", ".prj", ".cpg", ".qix", ".sbn", ".sbx", ".xml", ".qmd", ".fix", ".aih",
+                      ".ain", ".atx", ".ixs", ".mxs"}
+TEXT_EXTENSIONS = {".csv", ".tsv", ".txt", ".tab", ".psv"}
+GDAL_EXTENSIONS = {
+    ".geojson": "GeoJSON", ".json": "GeoJSON", ".geojsonl": "GeoJSONSeq", ".geojsons": "GeoJSONSeq",
+    ".geojsonseq": "GeoJSONSeq", ".ndjson": "GeoJSONSeq", ".jsonl": "GeoJSONSeq", ".gpkg": "GPKG",
+    ".kml": "LIBKML", ".gpx": "GPX", ".fgb": "FlatGeobuf", ".xlsx": "XLSX", ".shp": "ESRI Shapefile",
+}
+GDAL_OPTIONS = {
+    "GeoJSON": {"FLATTEN_NESTED_ATTRIBUTES": "YES", "ARRAY_AS_STRING": "YES", "DATE_AS_STRING": "NO"},
+    "GeoJSONSeq": {"FLATTEN_NESTED_ATTRIBUTES": "YES", "ARRAY_AS_STRING": "YES"},
+    "XLSX": {"HEADERS": "FORCE", "FIELD_TYPES": "AUTO"},
+    "ODS": {"HEADERS": "FORCE", "FIELD_TYPES": "AUTO"},
+}
+OLE2 = b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1"  # old binary Office files (.xls)
+SUPPORTED = ("CSV/TSV/TXT, Excel .xlsx, GeoJSON, GeoJSONSeq, zipped Shapefile, GeoPackage, KML/KMZ, GPX, "
+             "FlatGeobuf or GeoParquet")
+
+
+@dataclass
+class DataFile:
+    path: Path
+    kind: str  # "text" (delimited text), "gdal" or "parquet"
+    label: str  # the name users know it by, for messages: parks.zip/roads.shp
+    driver: str | None = None
+    options: dict[str, str] = field(default_factory=dict)
+
+
+def sniff(path: Path) -> str | None:
+    """The format by content: a GDAL driver name, 'zip', 'gzip', 'parquet', 'text', or None."""
+    with path.open("rb") as handle:
+        head = handle.read(4096)
+    if not head:
+        return None
+    if head.startswith(b"PK\x03\x04") or head.startswith(b"PK\x05\x06"):
+        return "zip"
+    if head.startswith(b"\x1f\x8b"):
+        return "gzip"
+    if head.startswith(OLE2):
+        return "xls"
+    if head.startswith(b"SQLite format 3\x00"):
+        return "GPKG"
+    if head.startswith(b"fgb\x03"):
+        return "FlatGeobuf"
+    if head.startswith(b"PAR1"):
+        return "parquet"
+    if head[:4] == b"\x00\x00\x27\x0a":
+        return "ESRI Shapefile"
+    text = head.lstrip(b"\xef\xbb\xbf").lstrip()
+    if text.startswith(b"\x1e"):
+        return "GeoJSONSeq"
+    if text.startswith(b"<"):
+        lower = head.lower()
+        if b"<gpx" in lower:
+            return "GPX"
+        if b"<kml" in lower:
+            return "LIBKML"
+        return None
+    if text.startswith(b"{") or text.startswith(b"["):
+        return json_flavour(path)
+    if b"\x00" in head and not head.startswith((b"\xff\xfe", b"\xfe\xff")):
+        return None  # binary we do not know
+    return "text"
+
+
+def json_flavour(path: Path) -> str:
+    """GeoJSONSeq when the first line is a whole JSON object of its own, else GeoJSON."""
+    import json
+
+    with path.open("rb") as handle:
+        first = handle.readline(1 << 20).strip()
+        second = handle.readline(1 << 20).strip()
+    try:
+        value = json.loads(first)
+    except ValueError:
+        return "GeoJSON"
+    if isinstance(value, dict) and value.get("type") in ("Feature", "Point", "LineString", "Polygon", "MultiPoint",
+                                                          "MultiLineString", "MultiPolygon", "GeometryCollection") \
+            and second.startswith(b"{"):
+        return "GeoJSONSeq"
+    return "GeoJSON"
+
+
+def find_data_files(path: Path, name: str, workdir: Path, limits: Limits) -> list[DataFile]:
+    """Every data file the upload holds, archives unpacked into workdir."""
+    size = path.stat().st_size
+    if size == 0:
+        raise JobError(f"{name} is empty; upload the file again with its data")
+    if size > limits.max_file_bytes:
+        raise JobError(f"{name} is {size:,} bytes, over the {limits.max_file_bytes:,}-byte limit; "
+                       "split it into smaller files")
+    budget = [limits.max_unpacked_bytes]
+    found = _examine(path, name, workdir, limits, depth=0, budget=budget)
+    if not found:
+        raise JobError(f"{name} holds no data file in a format we read; upload {SUPPORTED}")
+    return found
+
+
+def _examine(path: Path, label: str, workdir: Path, limits: Limits, depth: int, budget: list[int],
+             inside_archive: bool = False) -> list[DataFile]:
+    fmt = sniff(path)
+    suffix = path.suffix.lower()
+    if fmt == "zip":
+        with zipfile.ZipFile(path) as archive:
+            names = archive.namelist()
+        if any(n.startswith("xl/") for n in names) and "[Content_Types].xml" in names:
+            return [DataFile(path, "gdal", label, "XLSX", GDAL_OPTIONS["XLSX"])]
+        if "mimetype" in names and "content.xml" in names:  # OpenDocument spreadsheet
+            return [DataFile(path, "gdal", label, "ODS", GDAL_OPTIONS["ODS"])]
+        return _unzip(path, label, workdir, limits, depth, budget)
+    if fmt == "gzip":
+        return _gunzip(path, label, workdir, limits, depth, budget)
+    if fmt == "parquet":
+        return [DataFile(path, "parquet", label)]
+    if fmt == "xls":
+        raise JobError(f"{label} is an old Excel .xls workbook; save it as .xlsx (or CSV) and upload it again")
+    if fmt == "text":
+        if inside_archive and suffix not in {".csv", ".tsv", ".psv", ".tab"}:
+            return []  # a README.txt next to the data is not data
+        return [DataFile(path, "text", label)]
+    if fmt is None:
+        if inside_archive:
+            return []
+        raise JobError(f"{label} is not in a format we read (its content is neither text nor a known "
+                       f"geodata format); upload {SUPPORTED}")
+    if fmt == "ESRI Shapefile" and suffix != ".shp":
+        return []
+    if fmt == "ESRI Shapefile" and not path.with_suffix(".dbf").exists() and not path.with_suffix(".DBF").exists():
+        raise JobError(f"{label} has no .dbf next to it; zip the .shp with its .dbf, .shx, .prj "
+                       "(and .cpg) and upload the zip")
+    return [DataFile(path, "gdal", label, fmt, GDAL_OPTIONS.get(fmt, {}))]
+
+
+def _safe_member(name: str, label: str) -> PurePosixPath:
+    pure = PurePosixPath(name.replace("\\", "/"))
+    if pure.is_absolute() or ".." in pure.parts or (pure.parts and ":" in pure.parts[0]):
+        raise JobError(f"{label} contains the entry {name!r}, a path outside the archive; such zips are refused, "
+                       "re-create the zip from the data folder itself")
+    return pure
+
+
+def _unzip(path: Path, label: str, workdir: Path, limits: Limits, depth: int, budget: list[int]) -> list[DataFile]:
+    if depth >= limits.max_nesting:
+        raise JobError(f"{label} nests archives more than {limits.max_nesting} deep; unpack it and upload the data")
+    target = workdir / f"unpacked_{depth}_{len(list(workdir.iterdir())) if workdir.exists() else 0}"
+    target.mkdir(parents=True)
+    packed = max(path.stat().st_size, 1)
+    try:
+        archive = zipfile.ZipFile(path)
+    except zipfile.BadZipFile as exc:
+        raise JobError(f"{label} is a damaged zip ({exc}); upload it again") from exc
+    with archive:
+        members = [m for m in archive.infolist() if not m.is_dir()]
+        if len(members) > limits.max_archive_entries:
+            raise JobError(f"{label} holds {len(members):,} files, over the limit of {limits.max_archive_entries:,}")
+        declared = sum(m.file_size for m in members)
+        if declared > packed * limits.max_expansion_ratio or declared > budget[0]:
+            raise JobError(f"{label} would expand to {declared:,} bytes from {packed:,} (a zip bomb?); "
+                           "the limit is a ratio of "
+                           f"{limits.max_expansion_ratio} and {budget[0]:,} bytes in all")
+        for member in members:
+            relative = _safe_member(member.filename, label)
+            if relative.name.startswith(".") or "__MACOSX" in relative.parts:
+                continue
+            destination = target.joinpath(*relative.parts)
+            destination.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                with archive.open(member) as source, destination.open("wb") as out:
+                    _copy_limited(source, out, budget, label, max(member.compress_size, 1) * limits.max_expansion_ratio)
+            except (zipfile.BadZipFile, EOFError, OSError) as exc:
+                raise JobError(f"{label}: the entry {member.filename!r} cannot be unpacked ({exc}); "
+                               "the zip is damaged, upload it again") from exc
+    found: list[DataFile] = []
+    for item in sorted(target.rglob("*")):
+        if item.is_file() and item.suffix.lower() not in SHAPEFILE_SIDECARS:
+            inner = f"{label}/{item.relative_to(target).as_posix()}"
+            found += _examine(item, inner, workdir, limits, depth + 1, budget, inside_archive=True)
+    return found
+
+
+def _copy_limited(source: IO[bytes], out: IO[bytes], budget: list[int], label: str, entry_limit: int) -> None:
+    written = 0
+    while chunk := source.read(1 << 20):
+        written += len(chunk)
+        budget[0] -= len(chunk)
+        if budget[0] < 0 or written > entry_limit:
+            raise JobError(f"{label} expands far beyond its size (a zip bomb?); unpacking stopped. "
+                           "Upload the data itself or raise the loader's limits")
+        out.write(chunk)
+
+
+def _gunzip(path: Path, label: str, workdir: Path, limits: Limits, depth: int, budget: list[int]) -> list[DataFile]:
+    if depth >= limits.max_nesting:
+        raise JobError(f"{label} nests archives more than {limits.max_nesting} deep; unpack it and upload the data")
+    inner_name = label.rsplit("/", 1)[-1]
+    inner_name = inner_name[:-3] if inner_name.lower().endswith(".gz") else f"{inner_name}.data"
+    target = workdir / f"gunzipped_{depth}"
+    target.mkdir(parents=True, exist_ok=True)
+    destination = target / inner_name
+    packed = max(path.stat().st_size, 1)
+    try:
+        with gzip.open(path, "rb") as source, destination.open("wb") as out:
+            _copy_limited(source, out, budget, label, packed * limits.max_expansion_ratio)
+    except (OSError, EOFError, gzip.BadGzipFile) as exc:
+        raise JobError(f"{label} is a damaged or truncated .gz file ({exc}); upload it again") from exc
+    found = _examine(destination, inner_name if "/" not in label else f"{label}/{inner_name}", workdir, limits,
+                     depth + 1, budget)
+    return found

@@ -1,0 +1,122 @@
+"""Data files for the loader tests, made on the spot (pyogrio writes the GDAL formats)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import struct
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+from pyogrio import write_arrow
+
+WKB_FIELD = {b"ARROW:extension:name": b"geoarrow.wkb"}
+
+
+def point(x: float, y: float) -> bytes:
+    return struct.pack("<BIdd", 1, 1, x, y)
+
+
+def _ring(coords: list[tuple[float, float]]) -> bytes:
+    return struct.pack("<I", len(coords)) + b"".join(struct.pack("<dd", *c) for c in coords)
+
+
+def polygon(coords: list[tuple[float, float]]) -> bytes:
+    return struct.pack("<BII", 1, 3, 1) + _ring(coords)
+
+
+def multipolygon(*parts: list[tuple[float, float]]) -> bytes:
+    return struct.pack("<BII", 1, 6, len(parts)) + b"".join(polygon(p) for p in parts)
+
+
+def linestring(coords: list[tuple[float, float]]) -> bytes:
+    return struct.pack("<BI", 1, 2) + _ring(coords)
+
+
+def square(x: float, y: float, size: float = 1.0) -> list[tuple[float, float]]:
+    return [(x, y), (x + size, y), (x + size, y + size), (x, y + size), (x, y)]
+
+
+BOWTIE = [(0.0, 0.0), (1.0, 1.0), (1.0, 0.0), (0.0, 1.0), (0.0, 0.0)]  # self-intersecting
+
+
+def arrow_layer(geometries: list[bytes | None], **columns: list[Any]) -> pa.Table:
+    arrays = [v if isinstance(v, pa.Array) else pa.array(v) for v in columns.values()]
+    fields = [pa.field(k, a.type) for k, a in zip(columns, arrays, strict=True)]
+    fields.append(pa.field("geometry", pa.binary(), metadata=WKB_FIELD))
+    return pa.table([*arrays, pa.array(geometries, pa.binary())], schema=pa.schema(fields))
+
+
+def write_layer(path: Path, driver: str, geometries: list[bytes | None], *, crs: str = "EPSG:4326",
+                layer: str | None = None, geometry_type: str = "Unknown", append: bool = False,
+                encoding: str | None = None, **columns: list[Any]) -> Path:
+    write_arrow(arrow_layer(geometries, **columns), path, driver=driver, layer=layer, geometry_name="geometry",
+                geometry_type=geometry_type, crs=crs, append=append, encoding=encoding)
+    return path
+
+
+def write_text(path: Path, text: str, encoding: str = "utf-8") -> Path:
+    path.write_bytes(text.encode(encoding))
+    return path
+
+
+def zip_files(path: Path, members: dict[str, bytes | Path]) -> Path:
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as archive:
+        for name, content in members.items():
+            archive.writestr(name, content.read_bytes() if isinstance(content, Path) else content)
+    return path
+
+
+def shapefile_members(shp: Path) -> dict[str, Path]:
+    return {p.name: p for p in sorted(shp.parent.glob(f"{shp.stem}.*"))}
+
+
+def geoparquet(path: Path, geometries: list[bytes], crs_code: int | None = None, **columns: list[Any]) -> Path:
+    table = arrow_layer(geometries, **columns)
+    spec: dict[str, Any] = {"encoding": "WKB", "geometry_types": []}
+    if crs_code is not None:
+        spec["crs"] = {"id": {"authority": "EPSG", "code": crs_code}}
+    geo = {"version": "1.0.0", "primary_column": "geometry", "columns": {"geometry": spec}}
+    table = table.replace_schema_metadata({b"geo": json.dumps(geo).encode()})
+    pq.write_table(table, path)
+    return path
+
+
+def gpx(path: Path) -> Path:
+    return write_text(path, """<?xml version="1.0" encoding="UTF-8"?>
+<gpx version="1.1" creator="tests" xmlns="http://www.topografix.com/GPX/1/1">
+  <wpt lat="51.5" lon="-0.12"><name>Start</name></wpt>
+  <wpt lat="51.6" lon="-0.13"><name>End</name></wpt>
+  <rte><name>Route</name><rtept lat="51.5" lon="-0.12"/><rtept lat="51.55" lon="-0.125"/></rte>
+  <trk><name>Walk</name><trkseg><trkpt lat="51.5" lon="-0.12"/><trkpt lat="51.52" lon="-0.11"/>
+  <trkpt lat="51.53" lon="-0.1"/></trkseg></trk>
+</gpx>
+""")
+
+
+KML = """<?xml version="1.0" encoding="UTF-8"?>
+<kml xmlns="http://www.opengis.net/kml/2.2"><Document><name>Places</name>
+  <Placemark><name>Big Ben</name><description>Clock</description>
+    <Point><coordinates>-0.1246,51.5007,0</coordinates></Point></Placemark>
+  <Placemark><name>Eye</name><Point><coordinates>-0.1196,51.5033,0</coordinates></Point></Placemark>
+</Document></kml>
+"""
+
+
+def xlsx(path: Path, header: list[str], rows: list[list[Any]]) -> Path:
+    from openpyxl import Workbook
+
+    book = Workbook()
+    sheet = book.active
+    sheet.title = "Sites"
+    sheet.append(header)
+    for row in rows:
+        sheet.append(row)
+    book.save(path)
+    return path
+
+
+TODAY = dt.date(2024, 5, 17)
