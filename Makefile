@@ -13,6 +13,9 @@ test:
 bench-smoke:
 	scripts/bootstrap.sh --test
 	.venv/bin/python bench/dispatch.py --jobs 40
+	.venv/bin/python bench/load.py --size small
+	.venv/bin/python bench/export.py --size small
+	.venv/bin/python bench/s3_transfer.py --size small
 
 lint:
 	.venv/bin/ruff check src tests bench

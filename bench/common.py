@@ -25,7 +25,8 @@ def benchmark_database(extra_dockers: dict[str, dict[str, object]] | None = None
     cluster = None
     if not url:
         home = Path(tempfile.mkdtemp(prefix="locaria-bench-"))
-        home.chmod(0o755)
+        home.chmod(0o755)  # as root the cluster runs as the postgres user, who must reach it
+        os.environ.setdefault("LOCARIA_PG_OPTIONS", "-c fsync=off -c full_page_writes=off")
         cluster = EmbeddedCluster(home)
         url = cluster.up()
     try:

@@ -32,6 +32,10 @@ from rich.console import Console
 from rich.table import Table
 
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from bench.common import benchmark_database  # noqa: E402
+
 SIZES = {"small": (20_000, 2_000, 5_000), "medium": (200_000, 20_000, 50_000), "full": (1_000_000, 100_000, 100_000)}
 # format: (ogr2ogr driver, its extra options, target ratio ours/ogr2ogr)
 FORMATS: dict[str, tuple[str, list[str], float | None]] = {
@@ -127,19 +131,6 @@ def export_one(attributes: dict[str, Any], folder: Path) -> None:
     print(result.record_count)
 
 
-def start_database(keep: list[Any]) -> str:
-    if os.environ.get("LOCARIA_DB_URL"):
-        return os.environ["LOCARIA_DB_URL"]
-    from locaria_batch.db.cluster import EmbeddedCluster
-
-    home = Path(tempfile.mkdtemp(prefix="locaria-bench-cluster-"))
-    home.chmod(0o755)  # as root, the cluster runs as the postgres user
-    os.environ.setdefault("LOCARIA_PG_OPTIONS", "-c fsync=off -c full_page_writes=off")
-    cluster = EmbeddedCluster(home)
-    keep.append((cluster, home))
-    return cluster.up()
-
-
 def fill(url: str, points: int, polygons: int, console: Console) -> None:
     from locaria_batch.db import connect
     from locaria_batch.db.migrate import migrate
@@ -171,48 +162,45 @@ def main() -> None:
         return
     console = Console(width=160)
     points, polygons, xlsx_rows = SIZES[args.size]
-    keep: list[Any] = []
-    url = start_database(keep)
     work = Path(tempfile.mkdtemp(prefix="locaria-bench-out-"))
     try:
-        fill(url, points, polygons, console)
-        table = Table("format", "data", "rows", "ours s", "ogr2ogr s", "ratio", "target", "ours MB", "ogr2ogr MB",
-                      "verdict", title=f"export benchmark ({args.size})")
-        failures = 0
-        notes: dict[str, str] = {}
-        for fmt in args.formats.split(","):
-            cases = [("bench_points", points, None), ("bench_polygons", polygons, None)]
-            if fmt == "xlsx":
-                cases = [("bench_points", xlsx_rows, xlsx_rows)]
-            for source, rows, limit in cases:
-                runs = []
-                for name, runner in (("ours", run_ours), ("ogr2ogr", run_ogr2ogr)):
-                    out = work / f"{name}-{fmt}-{source}"
-                    out.mkdir()
-                    target = out if name == "ours" else out / f"export.{OGR_EXTENSIONS.get(fmt, fmt)}"
-                    runs.append(runner(url, fmt, source, target, limit))
-                    shutil.rmtree(out, ignore_errors=True)
-                ours, ogr = runs
-                if not ogr.ok:
-                    notes[fmt] = ogr.note
-                verdict, ratio = check(fmt, ours, ogr)
-                console.print(f"{fmt} {source}: ours {ours.seconds:.2f} s / {ours.rss_mb:.0f} MB, ogr2ogr "
-                              + (f"{ogr.seconds:.2f} s / {ogr.rss_mb:.0f} MB" if ogr.ok else "n/a"), highlight=False)
-                failures += verdict != "ok"
-                table.add_row(fmt, source.removeprefix("bench_"), f"{rows:,}", f"{ours.seconds:.2f}",
-                              f"{ogr.seconds:.2f}" if ogr.ok else "n/a",
-                              f"{ratio:.2f}" if ratio is not None else "-", target_text(fmt),
-                              f"{ours.rss_mb:.0f}", f"{ogr.rss_mb:.0f}" if ogr.ok else "-", verdict)
-        console.print(table)
-        for fmt, note in notes.items():
-            console.print(f"ogr2ogr cannot write {fmt}: {note}")
-        if failures:
-            console.print(f"[red]{failures} run(s) missed their target[/red]")
+        with benchmark_database() as url:
+            fill(url, points, polygons, console)
+            table = Table("format", "data", "rows", "ours s", "ogr2ogr s", "ratio", "target", "ours MB", "ogr2ogr MB",
+                          "verdict", title=f"export benchmark ({args.size})")
+            failures = 0
+            notes: dict[str, str] = {}
+            for fmt in args.formats.split(","):
+                cases = [("bench_points", points, None), ("bench_polygons", polygons, None)]
+                if fmt == "xlsx":
+                    cases = [("bench_points", xlsx_rows, xlsx_rows)]
+                for source, rows, limit in cases:
+                    runs = []
+                    for name, runner in (("ours", run_ours), ("ogr2ogr", run_ogr2ogr)):
+                        out = work / f"{name}-{fmt}-{source}"
+                        out.mkdir()
+                        target = out if name == "ours" else out / f"export.{OGR_EXTENSIONS.get(fmt, fmt)}"
+                        runs.append(runner(url, fmt, source, target, limit))
+                        shutil.rmtree(out, ignore_errors=True)
+                    ours, ogr = runs
+                    if not ogr.ok:
+                        notes[fmt] = ogr.note
+                    verdict, ratio = check(fmt, ours, ogr)
+                    theirs = f"{ogr.seconds:.2f} s / {ogr.rss_mb:.0f} MB" if ogr.ok else "n/a"
+                    console.print(f"{fmt} {source}: ours {ours.seconds:.2f} s / {ours.rss_mb:.0f} MB, ogr2ogr {theirs}",
+                                  highlight=False)
+                    failures += verdict != "ok"
+                    table.add_row(fmt, source.removeprefix("bench_"), f"{rows:,}", f"{ours.seconds:.2f}",
+                                  f"{ogr.seconds:.2f}" if ogr.ok else "n/a",
+                                  f"{ratio:.2f}" if ratio is not None else "-", target_text(fmt),
+                                  f"{ours.rss_mb:.0f}", f"{ogr.rss_mb:.0f}" if ogr.ok else "-", verdict)
+            console.print(table)
+            for fmt, note in notes.items():
+                console.print(f"ogr2ogr cannot write {fmt}: {note}")
+            if failures:
+                console.print(f"[red]{failures} run(s) missed their target[/red]")
     finally:
         shutil.rmtree(work, ignore_errors=True)
-        for cluster, home in keep:
-            cluster.destroy()
-            shutil.rmtree(home, ignore_errors=True)
 
 
 def target_text(fmt: str) -> str:

@@ -21,8 +21,6 @@ import tempfile
 import threading
 import time
 import zipfile
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
@@ -34,10 +32,10 @@ from pyogrio import write_arrow
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "src"))
+sys.path.insert(0, str(REPO))
 
+from bench.common import benchmark_database  # noqa: E402
 from locaria_batch.db import connect  # noqa: E402
-from locaria_batch.db.cluster import EmbeddedCluster  # noqa: E402
-from locaria_batch.db.migrate import migrate  # noqa: E402
 
 SIZES = {"small": 10_000, "full": 1_000_000}
 WKB = {b"ARROW:extension:name": b"geoarrow.wkb"}
@@ -319,27 +317,6 @@ def load_one(path: Path, name: str, url: str) -> None:
 
 # -- main ---------------------------------------------------------------------------------------
 
-@contextmanager
-def database(url: str | None) -> Iterator[str]:
-    """The given database, or a throw-away embedded cluster (as the tests start one)."""
-    if url:
-        with connect(url, autocommit=True) as conn:
-            migrate(conn)
-        yield url
-        return
-    home = Path(tempfile.mkdtemp(prefix="locaria-bench-"))
-    home.chmod(0o755)
-    cluster = EmbeddedCluster(home)
-    try:
-        url = cluster.up()
-        with connect(url, autocommit=True) as conn:
-            migrate(conn)
-        yield url
-    finally:
-        cluster.destroy()
-        shutil.rmtree(home, ignore_errors=True)
-
-
 def ratio(a: float, b: float) -> str:
     return f"{a / b:5.2f}x" if b else "   - "
 
@@ -366,7 +343,9 @@ def main() -> None:
     print(f"Generating data ({points:,} points) in {data_dir}", flush=True)
     try:
         datasets = generate(data_dir, points, only)
-        with database(args.db_url) as url:
+        if args.db_url:
+            os.environ["LOCARIA_DB_URL"] = args.db_url
+        with benchmark_database() as url:
             print(f"\n{'dataset':<17} {'rows':>9} | {'ours s':>7} {'ogr2ogr':>8} {'tuned':>7} {'psql':>7} | "
                   f"{'/ogr':>6} {'/tuned':>6} {'/copy':>6} | {'RSS MB':>7} {'ogr MB':>7}", flush=True)
             worst = {"ogr": 0.0, "tuned": 0.0, "rss": 0.0}

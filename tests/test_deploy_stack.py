@@ -42,10 +42,11 @@ def test_apply_creates_the_stack_and_records_outputs(dev: Target) -> None:
     assert ecs.describe_clusters(clusters=[outputs["ClusterName"]])["clusters"][0]["status"] == "ACTIVE"
     repositories = boto3.client("ecr", region_name="eu-west-2").describe_repositories()["repositories"]
     assert sorted(r["repositoryUri"] for r in repositories) == sorted(
-        [outputs["FileDownloadRepositoryUri"], outputs["FileLoaderRepositoryUri"]])
+        [outputs["FileDownloadRepositoryUri"], outputs["FileImportRepositoryUri"], outputs["FileLoaderRepositoryUri"]])
     groups = boto3.client("logs", region_name="eu-west-2").describe_log_groups(logGroupNamePrefix="/locaria-batch/")
     assert {g["logGroupName"] for g in groups["logGroups"]} == {
-        "/locaria-batch/dev-maindev/file_loader", "/locaria-batch/dev-maindev/file_download"}
+        "/locaria-batch/dev-maindev/file_loader", "/locaria-batch/dev-maindev/file_download",
+        "/locaria-batch/dev-maindev/file_import"}
     function = boto3.client("lambda", region_name="eu-west-2").get_function_configuration(
         FunctionName=outputs["LauncherFunctionArn"])
     assert function["Handler"] == "locaria_batch.dispatch.lambdas.launcher_handler"
@@ -86,7 +87,8 @@ def test_cli_apply_then_push_without_a_daemon(dev: Target, monkeypatch: pytest.M
     assert result.exit_code == 1
     assert "no Docker daemon answers at unix:///nonexistent/docker.sock" in flat(result.output)
     result = CliRunner().invoke(app, ["docker", "push", "nosuch", "--stage", "dev"])
-    assert "unknown docker 'nosuch': docker/dockers.json lists file_download, file_loader" in flat(result.output)
+    listed = "docker/dockers.json lists file_download, file_import, file_loader"
+    assert f"unknown docker 'nosuch': {listed}" in flat(result.output)
 
 
 def test_no_credentials(stage_config: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

@@ -189,7 +189,8 @@ def _unzip(path: Path, label: str, workdir: Path, limits: Limits, depth: int, bu
         if item.is_file() and item.suffix.lower() not in SHAPEFILE_SIDECARS:
             inner = f"{label}/{item.relative_to(target).as_posix()}"
             found += _examine(item, inner, workdir, limits, depth + 1, budget, inside_archive=True)
-    return found
+    # delimited text beside geodata describes it (a field-name mapping, a data dictionary): not a layer
+    return [f for f in found if f.kind != "text"] or found
 
 
 def _copy_limited(source: IO[bytes], out: IO[bytes], budget: list[int], label: str, entry_limit: int) -> None:
