@@ -45,8 +45,19 @@ def print_file(console: Console, row: dict[str, Any], jobs: list[dict[str, Any]]
         console.print(f"link: {attrs['url']}{expiry}")
     if attrs.get("error"):
         console.print(f"[red]error:[/red] {attrs['error']}", highlight=False)
-    console.print("attributes:")
-    console.print_json(json.dumps({k: v for k, v in attrs.items() if k != "preview"}, default=str))
+    columns = attrs.pop("columns", None)
+    attrs.pop("preview", None)  # GeoJSON of the first rows: in --json, too long for a terminal
+    if len(attrs.get("layer_details") or []) == 1:
+        attrs.pop("layer_details")  # one layer: the same facts as the top-level keys
+    facts = Table("attribute", "value", title="attributes", show_header=False)
+    for key, value in sorted(attrs.items()):
+        facts.add_row(key, value if isinstance(value, str) else json.dumps(value, default=str))
+    console.print(facts)
+    if isinstance(columns, list) and columns:
+        loaded = Table("source column", "loaded as", "type", title="columns")
+        for column in columns:
+            loaded.add_row(str(column.get("source", "")), str(column.get("column", "")), str(column.get("type", "")))
+        console.print(loaded)
     if log:
         table = Table("time", "entry", title="log")
         for entry in log:
