@@ -52,7 +52,7 @@ def complete(
     runner: Annotated[str, typer.Option("--runner", help="Runner for jobs dispatched while waiting.")] = "local",
 ) -> None:
     """Register an uploaded file once its data is in storage (this queues the loader)."""
-    from locaria_batch.cli.main import _connect, _show_result, _wait
+    from locaria_batch.cli.main import _connect, _report
     from locaria_batch.files import FileNotFound
     from locaria_batch.files.uploads import UploadNotReady, complete_upload
     from locaria_batch.storage import StorageError, open_storage
@@ -65,10 +65,7 @@ def complete(
     if not as_json:
         console.print(f"file {file_id} registered: the loader is queued" if result["completed"]
                       else f"file {file_id} is {result['status']}: not waiting for an upload, nothing to do")
-    if wait:
-        _wait(file_id, as_json, runner)
-    if wait or as_json:
-        _show_result(file_id, as_json)
+    _report(file_id, wait=wait, as_json=as_json, runner=runner)
 
 
 def register(files_app: typer.Typer) -> None:

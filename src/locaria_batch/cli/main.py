@@ -182,6 +182,14 @@ def _show_result(file_id: int, as_json: bool) -> None:
         raise typer.Exit(1)
 
 
+def _report(file_id: int, *, wait: bool, as_json: bool, runner: str) -> None:
+    """After a command that queued a job: wait for it if asked, then show the row (always for --json)."""
+    if wait:
+        _wait(file_id, as_json, runner)
+    if wait or as_json:
+        _show_result(file_id, as_json)
+
+
 RunnerOption = Annotated[str, typer.Option("--runner", help="Runner for jobs dispatched while waiting.")]
 
 
@@ -207,11 +215,7 @@ def files_add(
         file_id = register_upload(conn, open_storage(), path, attributes=extra)
     if not as_json:
         console.print(f"registered file [bold]{file_id}[/bold] ({path.name})")
-    if wait:
-        _wait(file_id, as_json, runner)
-        _show_result(file_id, as_json)
-    elif as_json:
-        _show_result(file_id, as_json)
+    _report(file_id, wait=wait, as_json=as_json, runner=runner)
 
 
 @files_app.command("list")
@@ -261,9 +265,7 @@ def files_retry(file_id: Annotated[int, typer.Argument(help="File id.")], wait: 
             fail(str(exc))
     if not as_json:
         console.print(f"file {file_id} is {row['status']} again")
-    if wait:
-        _wait(file_id, as_json, runner)
-        _show_result(file_id, as_json)
+    _report(file_id, wait=wait, as_json=as_json, runner=runner)
 
 
 @files_app.command("cancel")
@@ -336,11 +338,7 @@ def download_request(
         file_id = request_download(conn, attributes)
     if not as_json:
         console.print(f"download requested: file [bold]{file_id}[/bold]")
-    if wait:
-        _wait(file_id, as_json, runner)
-        _show_result(file_id, as_json)
-    elif as_json:
-        _show_result(file_id, as_json)
+    _report(file_id, wait=wait, as_json=as_json, runner=runner)
 
 
 def _download_filters(bbox: str | None, where: list[str], created_after: str | None, created_before: str | None,
