@@ -26,6 +26,8 @@ CASES = {
     "flatgeobuf": ({"format": "flatgeobuf"}, "parks.fgb"),
     "shapefile": ({"format": "shapefile"}, "parks.shp.zip"),
     "kml": ({"format": "kml"}, "parks.kml"),
+    "geoparquet": ({"format": "geoparquet"}, "parks.parquet"),
+    "csv_wkt": ({"format": "csv"}, "parks.csv"),
 }
 TRUTHY = {"true": "true", "1": "true", "t": "true", "false": "false", "0": "false", "f": "false"}
 
