@@ -31,7 +31,10 @@ SHAPE_GROUPS = {"points": ("POINT",), "multipoints": ("MULTIPOINT",), "lines": (
                 "polygons": ("POLYGON", "MULTIPOLYGON")}
 FLATGEOBUF_INDEX_MAX_ROWS = 500_000
 # Written to a temporary file that is read once: durability buys nothing here
-pyogrio.set_gdal_config_options({"OGR_SQLITE_SYNCHRONOUS": "OFF", "OGR_SQLITE_JOURNAL": "OFF"})
+# OGR_GPKG_THREADED_RTREE=NO: GDAL's threaded R-tree build holds every feature's box in memory
+# (312 MB at 1M points); inserting into the R-tree as rows arrive stays near 230 MB, no slower
+pyogrio.set_gdal_config_options({"OGR_SQLITE_SYNCHRONOUS": "OFF", "OGR_SQLITE_JOURNAL": "OFF",
+                                 "OGR_GPKG_THREADED_RTREE": "NO"})
 
 
 def geometry_type(types: tuple[str, ...]) -> str:
