@@ -1,12 +1,18 @@
-"""What every benchmark needs: a database (LOCARIA_DB_URL, or a throw-away embedded cluster)."""
+"""What every benchmark needs: a database (LOCARIA_DB_URL, or a throw-away embedded cluster), and
+one way to time a command: wall time and the process's own peak RSS."""
 
 from __future__ import annotations
 
 import os
 import shutil
+import subprocess
+import sys
 import tempfile
+import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 from locaria_batch.db import connect
@@ -47,3 +53,76 @@ def benchmark_database(extra_dockers: dict[str, dict[str, object]] | None = None
 def percentile(values: list[float], fraction: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, round(fraction * (len(ordered) - 1)))]
+
+
+@dataclass
+class Timing:
+    seconds: float  # wall time; for a command that does the handshake, from "go" to "done"
+    peak_mb: float  # the process's own high-water RSS
+    startup: float | None = None  # for a handshaking command: interpreter start-up and imports, not in seconds
+
+
+class CommandFailed(RuntimeError):
+    pass
+
+
+def peak_rss_mb(pid: int) -> float:
+    """The process's high-water RSS (VmHWM); 0 once it has gone."""
+    try:
+        with open(f"/proc/{pid}/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0.0
+
+
+def timed(argv: list[str], env: dict[str, str] | None = None, ready_handshake: bool = False) -> Timing:
+    """Run a command; its wall time and peak RSS, polled from /proc (rusage would report the memory of
+    the benchmark that forked it, which may hold the generated data).  With ready_handshake (the
+    command calls wait_for_go() and work_done()) the clock starts once the process has imported its
+    modules and stops once its work is done, so interpreter start-up and shut-down are reported apart:
+    a job pays them once per attempt, whatever the file.  Dirty pages of earlier runs are flushed
+    first, so that writing them back is not billed to this one."""
+    os.sync()
+    launched = time.monotonic()
+    process = subprocess.Popen(argv, env=env, stdin=subprocess.PIPE if ready_handshake else None,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert process.stdout is not None and process.stderr is not None
+    startup = None
+    if ready_handshake:
+        assert process.stdin is not None
+        process.stdout.readline()
+        startup = time.monotonic() - launched
+        process.stdin.write(b"go\n")
+        process.stdin.flush()
+    started = time.monotonic()
+    peak = 0.0
+    seconds = None
+    if ready_handshake:  # the clock stops when the work is done, not when the interpreter has shut down
+        watcher = threading.Thread(target=process.stdout.readline, daemon=True)
+        watcher.start()
+        while watcher.is_alive() and process.poll() is None:
+            peak = max(peak, peak_rss_mb(process.pid))
+            watcher.join(timeout=0.02)
+        seconds = time.monotonic() - started
+    while process.poll() is None:
+        peak = max(peak, peak_rss_mb(process.pid))
+        time.sleep(0.02)
+    seconds = seconds if seconds is not None else time.monotonic() - started
+    if process.returncode != 0:
+        stderr = process.stderr.read().decode(errors="replace").strip()
+        last = stderr.splitlines()[-1] if stderr else f"exit code {process.returncode}"
+        raise CommandFailed(f"{Path(argv[0]).name} failed: {last[:200]}")
+    return Timing(seconds, peak, startup)
+
+
+def wait_for_go() -> None:
+    """In a handshaking command: say the modules are imported, and wait for the clock to start."""
+    print("ready", flush=True)
+    sys.stdin.readline()
+
+
+def work_done() -> None:
+    print("done", flush=True)

@@ -271,3 +271,29 @@ def test_rows_without_geometry(conn: Any) -> None:
     _, path = completed(conn, format="geojson", categories=["Parks"])
     features = json.loads(path.read_text())["features"]
     assert [f["geometry"] for f in features if f["properties"]["title"] == "Somewhere"] == [None]
+
+
+@pytest.mark.parametrize("fmt", ["gpkg", "geoparquet"])
+def test_rows_committed_after_counting_are_not_exported(conn: Any, db_url: str, tmp_path: Path, fmt: str) -> None:
+    """Rows are read on a second connection that imports the export's snapshot: a row committed
+    between the count and the read is in neither, so record_count is the rows in the file."""
+    from locaria_batch.db import connect
+    from locaria_batch.jobs.file_download import export
+    from locaria_batch.jobs.file_download.request import parse_request
+
+    seed(conn)
+
+    def insert_meanwhile(done: int, total: int) -> None:
+        if done == 0:
+            conn.execute("INSERT INTO locaria_data.items (category_id, title, wkb_geometry) "
+                         "SELECT id, 'Late', ST_SetSRID(ST_MakePoint(0, 51), 4326) FROM locaria_core.categories "
+                         "WHERE category = 'Parks'")
+
+    with connect(db_url) as exporting:
+        result = export(exporting, parse_request({"format": fmt, "categories": ["Parks"]}, 1), tmp_path, "late",
+                        insert_meanwhile)
+    assert result.record_count == 2
+    titles = pq.read_table(result.path)["title"].to_pylist() if fmt == "geoparquet" else \
+        read_layers(result.path)["Parks"]["title"]
+    assert sorted(titles) == ["Hyde Park", "Victoria Park"]
+    assert conn.execute("SELECT count(*) AS n FROM locaria_data.items WHERE title = 'Late'").fetchone()["n"] == 1

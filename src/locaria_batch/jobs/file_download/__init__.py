@@ -2,7 +2,7 @@
 
 The rows never pass through Python one by one where it can be helped: the text formats are
 built by PostgreSQL and streamed over COPY; the GDAL formats and GeoParquet read Arrow batches
-parsed from COPY by Arrow; XLSX streams a server-side cursor into a write-only workbook.
+decoded from binary COPY by ADBC's PostgreSQL driver; XLSX streams a server-side cursor into sheet XML.
 """
 
 from __future__ import annotations

@@ -18,7 +18,7 @@ from psycopg import sql
 from pyogrio.raw import write_arrow
 
 from locaria_batch.job import JobError
-from locaria_batch.jobs.file_download.arrow import GEOMETRY, arrow_batches, arrow_schema
+from locaria_batch.jobs.file_download.arrow import GEOMETRY, ArrowRows, arrow_rows, arrow_schema
 from locaria_batch.jobs.file_download.copyout import Progress
 from locaria_batch.jobs.file_download.request import DownloadRequest
 from locaria_batch.jobs.file_download.selection import Layer, Selection
@@ -48,7 +48,7 @@ def geometry_type(types: tuple[str, ...]) -> str:
     return "Unknown"
 
 
-def _write_layer(conn: psycopg.Connection[Any], selection: Selection, layer: Layer | None, path: Path, driver: str,
+def _write_layer(rows: ArrowRows, selection: Selection, layer: Layer | None, path: Path, driver: str,
                  layer_name: str, geometry_types: tuple[str, ...], progress: Progress, done: int,
                  names: list[str] | None = None, layer_options: dict[str, str] | None = None,
                  condition: Any = None, extra_params: dict[str, Any] | None = None,
@@ -62,7 +62,7 @@ def _write_layer(conn: psycopg.Connection[Any], selection: Selection, layer: Lay
         counter["done"] = n
         progress(n)
 
-    batches = arrow_batches(conn, selection, layer, schema, track, done, condition, extra_params)
+    batches = rows.batches(selection, layer, schema, track, done, condition, extra_params)
     reader = pa.RecordBatchReader.from_batches(schema, batches)
     write_arrow(reader, str(path), layer=layer_name, driver=driver,
                 geometry_name=GEOMETRY if has_geometry else None,
@@ -76,8 +76,9 @@ def write_gpkg(conn: psycopg.Connection[Any], selection: Selection, request: Dow
                progress: Progress) -> int:
     """One layer per category (or the table)."""
     done = 0
-    for layer in selection.output_layers(request.name):
-        done = _write_layer(conn, selection, layer, path, "GPKG", layer.name, layer.geometry_types, progress, done)
+    with arrow_rows(conn) as rows:
+        for layer in selection.output_layers(request.name):
+            done = _write_layer(rows, selection, layer, path, "GPKG", layer.name, layer.geometry_types, progress, done)
     return done
 
 
@@ -86,8 +87,9 @@ def write_flatgeobuf(conn: psycopg.Connection[Any], selection: Selection, reques
     """GDAL builds a FlatGeobuf's packed R-tree in memory (~150 bytes a feature), so large
     exports go without one: the file stays valid and streamable, and memory stays bounded."""
     index = "YES" if selection.total <= FLATGEOBUF_INDEX_MAX_ROWS else "NO"
-    return _write_layer(conn, selection, None, path, "FlatGeobuf", request.name, selection.geometry_types,
-                        progress, 0, layer_options={"SPATIAL_INDEX": index})
+    with arrow_rows(conn) as rows:
+        return _write_layer(rows, selection, None, path, "FlatGeobuf", request.name, selection.geometry_types,
+                            progress, 0, layer_options={"SPATIAL_INDEX": index})
 
 
 def write_kml(conn: psycopg.Connection[Any], selection: Selection, request: DownloadRequest, path: Path,
@@ -97,8 +99,9 @@ def write_kml(conn: psycopg.Connection[Any], selection: Selection, request: Down
     # KML data are text; GDAL would write dates as 2024/05/01, so they go as ISO text instead
     columns = [replace(c, expression=sql.SQL("{}::text").format(c.expression), kind="text")
                if c.kind in ("date", "datetime", "timestamp") else c for c in selection.columns]
-    return _write_layer(conn, replace(selection, columns=columns), None, path, "KML", request.name,
-                        selection.geometry_types, progress, 0)
+    with arrow_rows(conn) as rows:
+        return _write_layer(rows, replace(selection, columns=columns), None, path, "KML", request.name,
+                            selection.geometry_types, progress, 0)
 
 
 def shapefile_field_names(names: list[str]) -> list[str]:
@@ -133,18 +136,19 @@ def write_shapefile_zip(conn: psycopg.Connection[Any], selection: Selection, req
     groups: list[tuple[str, tuple[str, ...]]] = [(k, v) for k, v in SHAPE_GROUPS.items() if present & set(v)]
     if selection.geometry is None or selection.null_geometries or not groups:
         groups.append(("table", ()))  # rows without geometry: a .dbf of their own
-    for group, types in groups:
-        if selection.geometry is None:
-            condition, extra = None, None
-        elif types:
-            condition = sql.SQL("GeometryType({}) = ANY (%(shape_types)s)").format(selection.geometry)
-            extra = {"shape_types": list(types)}
-        else:
-            condition, extra = sql.SQL("{} IS NULL").format(selection.geometry), None
-        target = folder / f"{stem}_{group}.shp"
-        done = _write_layer(conn, selection, None, target, "ESRI Shapefile", target.stem,
-                            tuple(t for t in present if t in types), progress, done, names,
-                            condition=condition, extra_params=extra, with_geometry=bool(types))
+    with arrow_rows(conn) as rows:
+        for group, types in groups:
+            if selection.geometry is None:
+                condition, extra = None, None
+            elif types:
+                condition = sql.SQL("GeometryType({}) = ANY (%(shape_types)s)").format(selection.geometry)
+                extra = {"shape_types": list(types)}
+            else:
+                condition, extra = sql.SQL("{} IS NULL").format(selection.geometry), None
+            target = folder / f"{stem}_{group}.shp"
+            done = _write_layer(rows, selection, None, target, "ESRI Shapefile", target.stem,
+                                tuple(t for t in present if t in types), progress, done, names,
+                                condition=condition, extra_params=extra, with_geometry=bool(types))
     with (folder / f"{stem}_fields.csv").open("w", newline="", encoding="utf-8") as mapping:
         writer = csv.writer(mapping)
         writer.writerow(["shapefile_field", "column"])

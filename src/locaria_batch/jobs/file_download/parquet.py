@@ -10,7 +10,7 @@ import psycopg
 import pyarrow.parquet as pq
 from pyproj import CRS
 
-from locaria_batch.jobs.file_download.arrow import GEOMETRY, arrow_batches, arrow_schema
+from locaria_batch.jobs.file_download.arrow import GEOMETRY, arrow_rows, arrow_schema
 from locaria_batch.jobs.file_download.copyout import Progress
 from locaria_batch.jobs.file_download.request import DownloadRequest
 from locaria_batch.jobs.file_download.selection import Selection
@@ -37,8 +37,8 @@ def write_geoparquet(conn: psycopg.Connection[Any], selection: Selection, reques
     if has_geometry:
         schema = schema.with_metadata({b"geo": json.dumps(geo_metadata(selection)).encode()})
     done = 0
-    with pq.ParquetWriter(path, schema, compression="snappy") as writer:
-        for batch in arrow_batches(conn, selection, None, schema, progress):
+    with arrow_rows(conn) as rows, pq.ParquetWriter(path, schema, compression="snappy") as writer:
+        for batch in rows.batches(selection, None, schema, progress):
             writer.write_batch(batch)
             done += batch.num_rows
     return done
