@@ -30,7 +30,16 @@ from psycopg.conninfo import conninfo_to_dict
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from bench.common import CommandFailed, Timing, benchmark_database, timed, wait_for_go, work_done  # noqa: E402
+from bench.common import (  # noqa: E402
+    CommandFailed,
+    Timing,
+    add_repeat_option,
+    benchmark_database,
+    best_of,
+    timed,
+    wait_for_go,
+    work_done,
+)
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -138,6 +147,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--size", choices=sorted(SIZES), default=os.environ.get("LOCARIA_BENCH_SIZE", "full"))
     parser.add_argument("--formats", default=",".join(FORMATS), help="comma-separated formats to time")
+    add_repeat_option(parser)
     parser.add_argument("--export-one", nargs=2, metavar=("ATTRIBUTES", "FOLDER"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.export_one:
@@ -161,10 +171,11 @@ def main() -> None:
                 if fmt == "xlsx":
                     cases = [("bench_points", xlsx_rows, xlsx_rows)]
                 for source, rows, limit in cases:
-                    ours = run_in(work / f"ours-{fmt}-{source}", run_ours, url, fmt, source, limit)
+                    ours = best_of(args.repeat, run_in, work / f"ours-{fmt}-{source}", run_ours, url, fmt, source,
+                                   limit)
                     try:
-                        ogr: Timing | None = run_in(work / f"ogr2ogr-{fmt}-{source}", run_ogr2ogr, url, fmt, source,
-                                                    limit)
+                        ogr: Timing | None = best_of(args.repeat, run_in, work / f"ogr2ogr-{fmt}-{source}", run_ogr2ogr,
+                                                     url, fmt, source, limit)
                     except CommandFailed as failure:
                         ogr, notes[fmt] = None, str(failure)
                     verdict, ratio = check(fmt, ours, ogr)

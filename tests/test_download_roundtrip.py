@@ -28,6 +28,7 @@ CASES = {
     "kml": ({"format": "kml"}, "parks.kml"),
     "geoparquet": ({"format": "geoparquet"}, "parks.parquet"),
     "csv_wkt": ({"format": "csv"}, "parks.csv"),
+    "xlsx": ({"format": "xlsx"}, "parks.xlsx"),
 }
 TRUTHY = {"true": "true", "1": "true", "t": "true", "false": "false", "0": "false", "f": "false"}
 

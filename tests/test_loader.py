@@ -6,6 +6,7 @@ from __future__ import annotations
 import gzip
 import io
 import zipfile
+from datetime import date
 from pathlib import Path
 from typing import Any
 
@@ -193,6 +194,21 @@ def test_xlsx_headers_dates_and_coordinates(db_url: str, conn: psycopg.Connectio
     assert result["result"]["layers"] == ["sites"] and result["tables"] == ["locaria_uploads.upload_file_9"]
     assert column_types(conn)["visited"] == "date"
     assert rows(conn, "SELECT visited, count FROM {t} ORDER BY ogc_fid")[0] == {"visited": fx.TODAY, "count": 3}
+
+
+def test_xlsx_dates_before_1900_written_as_text_load_as_dates(db_url: str, conn: psycopg.Connection[Any],
+                                                              tmp_path: Path) -> None:
+    """Excel has no dates before 1900, so such cells are text; GDAL then reads the whole column as
+    text, with its own 2024/05/17 for the real date cells.  The column still loads as dates."""
+    book = fx.xlsx(tmp_path / "parks.xlsx", ["Name", "Opened", "Note", "lon", "lat"],
+                   [["Hyde Park", "1637-01-01", "royal", -0.16, 51.5],
+                    ["Olympic Park", fx.TODAY, "1900s", -0.01, 51.54],
+                    ["Unknown", None, "2024-13-45 not a date", -0.1, 51.5]])
+    load(db_url, book)
+    types = column_types(conn)
+    assert types["opened"] == "date" and types["note"] == "text"
+    assert [r["opened"] for r in rows(conn, "SELECT opened FROM {t} ORDER BY ogc_fid")] == [
+        date(1637, 1, 1), fx.TODAY, None]
 
 
 # -- GeoJSON and friends ------------------------------------------------------------------------

@@ -267,6 +267,15 @@ TEXT_PATTERNS = {
 }
 
 
+DATE_TEXT = r"^\s*\d{4}[-/]\d{2}[-/]\d{2}\s*$"  # ISO, or GDAL's 2024/05/01 for date cells among text
+
+
+def holds_only_dates(column: pa.Array, sample: int = 5000) -> bool:
+    values = column.slice(0, sample).drop_null()
+    values = values.filter(pc.not_equal(pc.utf8_trim_whitespace(values), ""))
+    return len(values) > 0 and bool(pc.all(pc.match_substring_regex(values, DATE_TEXT)).as_py())
+
+
 def coerce_text(column: pa.Array, pg_type: str, decimal_comma: bool = False) -> tuple[pa.Array, list[int]]:
     """Strings as values of the column's type.  A value that is not one becomes null, and its position
     is returned; the vectorised cast is the normal path, the checks below only run for a batch that
@@ -277,8 +286,11 @@ def coerce_text(column: pa.Array, pg_type: str, decimal_comma: bool = False) -> 
         return column, []
     target = ARROW_TYPE[pg_type]
     text = pc.utf8_trim_whitespace(column)
+    text = pc.if_else(pc.equal(text, ""), pa.scalar(None, pa.string()), text)  # a blank cell is no value
     if decimal_comma and pg_type == "double precision":
         text = pc.replace_substring(text, ",", ".")
+    if pg_type == "date":
+        text = pc.replace_substring(text, "/", "-")
     try:
         return pc.cast(text, target), []
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError):

@@ -1,9 +1,9 @@
-"""Arrow batches into a PostgreSQL table over COPY, with GDAL/Arrow parsing on one thread and the
-COPY on another (both release the GIL), and recovery from a bad row without losing the batch.
+"""Arrow batches into a PostgreSQL table over COPY, with reading, converting and the COPY on three
+threads (GDAL, Arrow and psycopg release the GIL), and recovery from a bad row without losing the batch.
 
-Each batch is written as CSV by Arrow's C++ writer (geometry as hex WKB, which PostGIS parses)
-and sent in its own COPY inside a savepoint: a value PostgreSQL rejects costs a resend of that
-one batch with the value emptied, and is reported by its row number.
+Each batch is encoded in PostgreSQL's binary COPY format (pgbinary) and sent in its own COPY inside
+a savepoint: a value PostgreSQL rejects costs a resend of that one batch with the value emptied,
+and is reported by its row number.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import re
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import psycopg
 import pyarrow as pa
@@ -47,18 +47,21 @@ class BadRow:
 Encoder = Callable[[pa.RecordBatch], bytes]
 
 
-def produce(items: Iterator[Prepared], encode: Encoder, depth: int = QUEUE_DEPTH) -> Iterator[Prepared]:
-    """Run the preparation (reading, converting, CSV writing) on a worker thread, a few batches ahead."""
-    handoff: queue.Queue[Prepared | BaseException | None] = queue.Queue(maxsize=depth)
+T = TypeVar("T")
+
+
+def ahead(items: Iterator[T], depth: int = QUEUE_DEPTH, name: str = "locaria-loader") -> Iterator[T]:
+    """Run an iterator on a worker thread, a few items ahead of its consumer (GDAL, Arrow and the
+    COPY release the GIL, so reading, converting and sending run on different cores)."""
+    handoff: queue.Queue[tuple[T] | BaseException | None] = queue.Queue(maxsize=depth)
     stop = threading.Event()
 
     def work() -> None:
         try:
             for item in items:
-                item.data = encode(item.batch)
                 while not stop.is_set():
                     try:
-                        handoff.put(item, timeout=0.2)
+                        handoff.put((item,), timeout=0.2)
                         break
                     except queue.Full:
                         continue
@@ -67,8 +70,12 @@ def produce(items: Iterator[Prepared], encode: Encoder, depth: int = QUEUE_DEPTH
             handoff.put(None)
         except BaseException as exc:
             handoff.put(exc)
+        finally:  # a generator reading ahead itself stops its own worker before its source closes
+            close = getattr(items, "close", None)
+            if close is not None:
+                close()
 
-    worker = threading.Thread(target=work, name="locaria-loader-reader", daemon=True)
+    worker = threading.Thread(target=work, name=name, daemon=True)
     worker.start()
     try:
         while True:
@@ -77,7 +84,7 @@ def produce(items: Iterator[Prepared], encode: Encoder, depth: int = QUEUE_DEPTH
                 return
             if isinstance(got, BaseException):
                 raise got
-            yield got
+            yield got[0]
     finally:
         stop.set()
         while worker.is_alive():
@@ -85,6 +92,17 @@ def produce(items: Iterator[Prepared], encode: Encoder, depth: int = QUEUE_DEPTH
                 handoff.get_nowait()
             except queue.Empty:
                 worker.join(timeout=0.1)
+
+
+def produce(items: Iterator[Prepared], encode: Encoder, depth: int = QUEUE_DEPTH) -> Iterator[Prepared]:
+    """Run the preparation (converting, encoding for COPY) on a worker thread, a few batches ahead."""
+
+    def encoded() -> Iterator[Prepared]:
+        for item in items:
+            item.data = encode(item.batch)
+            yield item
+
+    return ahead(encoded(), depth, "locaria-loader-encoder")
 
 
 def copy_prepared(conn: psycopg.Connection[Any], table: sql.Composable, names: list[str],

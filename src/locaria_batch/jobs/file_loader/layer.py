@@ -18,7 +18,7 @@ from psycopg import sql
 
 from locaria_batch.job import JobError, RetryableJobError
 from locaria_batch.jobs.file_loader import columns as col
-from locaria_batch.jobs.file_loader.copy import BadRow, Prepared, copy_prepared, produce
+from locaria_batch.jobs.file_loader.copy import BadRow, Prepared, ahead, copy_prepared, produce
 from locaria_batch.jobs.file_loader.crs import infer_srid, srid_from_crs
 from locaria_batch.jobs.file_loader.limits import Limits
 from locaria_batch.jobs.file_loader.pgbinary import encode
@@ -114,6 +114,10 @@ class LayerLoader:
                     values = first.column(i).slice(0, 5000).drop_null().to_pylist()
                     if any(LEADING_ZERO.match(v) and not v.strip().startswith("0.") for v in values):
                         types[i] = "text"
+        if raw.spreadsheet and first is not None:  # Excel has no dates before 1900: such a column is text
+            for i, field in enumerate(raw.fields):
+                if pat.is_string(field.type) and col.holds_only_dates(first.column(i)):
+                    types[i] = "date"
         return types
 
     def plan_geometry(self, first: pa.RecordBatch | None) -> GeometryPlan | None:
@@ -226,7 +230,8 @@ class LayerLoader:
         def encoder(batch: pa.RecordBatch) -> bytes:
             return encode(batch.columns, table_types)
 
-        prepared = self._prepare(batches, types, plain, geometry, originals, table_names)
+        prepared = self._prepare(ahead(batches, name="locaria-loader-reader"), types, plain, geometry, originals,
+                                 table_names)
         count, bad = copy_prepared(self.conn, self.table, table_names, produce(prepared, encoder), encoder,
                                    raw.label, self.limits.max_bad_rows, self.on_rows)
         self._report_bad_rows(self.bad_values + bad, dict(zip(names, originals, strict=True)))
@@ -279,7 +284,7 @@ class LayerLoader:
         if isinstance(column, pa.ChunkedArray):
             column = column.combine_chunks()
         kind_in = column.type
-        if self.raw.types is not None:  # delimited text: strings, typed here
+        if self.raw.types is not None or (pat.is_string(kind_in) and kind != "text"):  # text, typed here
             typed, bad = col.coerce_text(column, kind, self.raw.decimal_comma)
             if len(self.bad_values) + len(bad) > self.limits.max_bad_rows:
                 raise JobError(f"{self.raw.label}: more than {self.limits.max_bad_rows:,} values are not of their "

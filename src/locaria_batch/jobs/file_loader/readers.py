@@ -35,6 +35,7 @@ CSV_BLOCK_BYTES = 1 << 20  # Arrow reads several blocks ahead: bigger blocks cos
 # formats with one layer, named after the file; opening GeoJSON reads it whole, so it is opened once only
 ONE_LAYER_DRIVERS = {"GeoJSON", "GeoJSONSeq", "FlatGeobuf", "ESRI Shapefile"}
 SLOW_TO_COUNT = {"GeoJSON", "GeoJSONSeq", "XLSX", "ODS", "GPX", "LIBKML"}  # counting would parse them twice
+SPREADSHEET_DRIVERS = {"XLSX", "ODS"}
 GDAL_BATCH_ROWS = 16_384  # a batch of 33-vertex polygons is ~9 MB: peak memory stays low whatever the shapes
 GPX_LAYERS = ("waypoints", "routes", "tracks")  # route_points/track_points repeat routes/tracks vertex by vertex
 DELIMITERS = (",", ";", "\t", "|")
@@ -56,6 +57,7 @@ class RawLayer:
     declared_type: str | None
     total: int | None
     types: list[str] | None = None  # PostgreSQL types when the reader knows better than the Arrow types
+    spreadsheet: bool = False  # cells a spreadsheet cannot type (dates before 1900) arrive as text
     decimal_comma: bool = False
     skipped_rows: list[int] = field(default_factory=list)  # rows the reader could not parse
     skipped_count: list[int] = field(default_factory=lambda: [0])
@@ -149,7 +151,8 @@ def open_gdal(data: DataFile, layer: str, batch_size: int) -> Iterator[RawLayer]
                                "damaged or truncated, export it again") from exc
 
         yield RawLayer(name=layer, label=label, fields=fields, batches=batches(), geometry_column=geometry,
-                       crs=meta.get("crs"), declared_type=meta.get("geometry_type"), total=total)
+                       crs=meta.get("crs"), declared_type=meta.get("geometry_type"), total=total,
+                       spreadsheet=data.driver in SPREADSHEET_DRIVERS)
     finally:
         stream.__exit__(None, None, None)
 
