@@ -3,6 +3,7 @@
     python bench/export.py                 # 1,000,000 points, 100,000 polygons, 100,000 rows to XLSX
     python bench/export.py --size small    # a smoke size for CI (also LOCARIA_BENCH_SIZE=small)
     python bench/export.py --formats gpkg,csv
+    python bench/export.py --formats gpkg --repeat 3   # the fastest of three runs of each command
 
 Both tools read the same PostGIS table and write the same format, each run in its own process; peak
 RSS is that process's own.  Our exporter's clock starts once it has imported its modules (Arrow, GDAL,

@@ -57,7 +57,7 @@ def counted_file(conn: Any) -> int:
 def test_scaffold_files_and_entry(project: Path) -> None:
     scaffold(project)
     folder = project / "docker" / "line_counter"
-    assert sorted(p.name for p in folder.iterdir()) == ["Dockerfile", "line_counter_job.py"]
+    assert sorted(p.name for p in folder.iterdir()) == ["line_counter_job.py"]
     entry = json.loads((project / "docker" / "dockers.json").read_text())["line_counter"]
     assert entry["handler"] == "line_counter_job:run"
     assert entry["trigger_statuses"] == ["LINE_COUNTER_REQUESTED"]

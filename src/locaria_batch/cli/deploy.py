@@ -126,7 +126,7 @@ def docker_deploy(name: Name, stage: Stage, theme: Theme = None, environment: En
 
 
 def docker_new(name: Name, description: Annotated[str | None, typer.Option(help="Shown in menus.")] = None) -> None:
-    """Scaffold a runnable job: docker/NAME/ (Dockerfile, NAME_job.py) and its dockers.json entry."""
+    """Scaffold a runnable job: docker/NAME/NAME_job.py and its dockers.json entry (built from docker/Dockerfile)."""
     from locaria_batch.deploy.scaffold import new_docker
 
     try:

@@ -1,8 +1,9 @@
 """Job images: assemble a build context, build through the Engine API, tag and push to ECR.
 
-The context is `docker/NAME/` + `docker/modules/` + the project's wheel + the wheels of its
-dependencies (downloaded on this machine for the image's platform, so a build needs no network
-inside the container and no registry but PyPI on the host).
+The context is the Dockerfile (`docker/Dockerfile`, shared by every job, or `docker/NAME/Dockerfile`
+when a docker has its own) + `docker/NAME/` as `job/` + `docker/modules/` + the project's wheel +
+the wheels of its dependencies (downloaded on this machine for the image's platform, so a build
+needs no network inside the container and no registry but PyPI on the host).
 """
 
 from __future__ import annotations
@@ -69,10 +70,17 @@ def docker_spec(project_dir: Path, name: str) -> DockerSpec:
     specs = load(project_dir / "docker" / "dockers.json")
     if name not in specs:
         raise DockerRegistryError(f"unknown docker {name!r}: docker/dockers.json lists {', '.join(sorted(specs))}")
-    if not (project_dir / "docker" / name / "Dockerfile").is_file():
-        raise DockerRegistryError(f"docker/{name}/Dockerfile is missing: every docker needs one "
-                                  f"(`locaria-batch docker new {name}` writes a starting point)")
+    dockerfile(project_dir, name)
     return specs[name]
+
+
+def dockerfile(project_dir: Path, name: str) -> Path:
+    """docker/NAME/Dockerfile when the docker has its own, else the shared docker/Dockerfile."""
+    for candidate in (project_dir / "docker" / name / "Dockerfile", project_dir / "docker" / "Dockerfile"):
+        if candidate.is_file():
+            return candidate
+    raise DockerRegistryError(f"neither docker/{name}/Dockerfile nor the shared docker/Dockerfile exists: "
+                              "restore docker/Dockerfile from the project")
 
 
 def requirements(project_dir: Path) -> list[str]:
@@ -106,11 +114,16 @@ def dependency_wheels(project_dir: Path, cache: Path) -> Path:
 
 @contextmanager
 def build_context(project_dir: Path, name: str, wheel_cache: Path) -> Iterator[Path]:
-    """A temporary folder: docker/NAME/*, modules/, wheels/deps/*.whl, wheels/project/*.whl."""
+    """A temporary folder: Dockerfile, job/ (docker/NAME/*), modules/, wheels/deps/*.whl, wheels/project/*.whl."""
     docker_spec(project_dir, name)
     with tempfile.TemporaryDirectory(prefix=f"locaria-build-{name}-") as tmp:
         context = Path(tmp)
-        shutil.copytree(project_dir / "docker" / name, context, dirs_exist_ok=True)
+        shutil.copy2(dockerfile(project_dir, name), context / "Dockerfile")
+        own = project_dir / "docker" / name
+        if own.is_dir():
+            shutil.copytree(own, context / "job", ignore=shutil.ignore_patterns("Dockerfile", "__pycache__"))
+        else:
+            (context / "job").mkdir()
         modules = project_dir / "docker" / "modules"
         if modules.is_dir():
             shutil.copytree(modules, context / "modules")
@@ -142,7 +155,7 @@ def build(client: docker.DockerClient, project_dir: Path, name: str, *, wheel_ca
         step = total = None
         try:
             stream = client.api.build(path=str(context), tag=tag, rm=True, forcerm=True, decode=True,
-                                      buildargs={"BASE_IMAGE": base_image})
+                                      buildargs={"BASE_IMAGE": base_image, "JOB": name})
             for chunk in stream:
                 if "error" in chunk:
                     raise ImageError(f"building {name} failed: {chunk['error'].strip()}")

@@ -6,28 +6,6 @@ from pathlib import Path
 
 from locaria_batch.deploy.dockers import NAME_PATTERN, DockerRegistryError, DockerSpec, load, save
 
-DOCKERFILE = """\
-# The {name} job.  Built by `locaria-batch docker build {name}`: the context holds this folder,
-# docker/modules/ (as modules/), the project's wheel and its dependencies' wheels (no network needed).
-ARG BASE_IMAGE=localhost/locaria-python-base:bookworm
-FROM ${{BASE_IMAGE}}
-
-RUN python3 -m venv /opt/locaria
-COPY requirements.txt /build/requirements.txt
-COPY wheels/deps/ /build/deps/
-RUN /opt/locaria/bin/pip install --no-cache-dir --no-index --find-links /build/deps -r /build/requirements.txt \\
-    && rm -rf /build/deps
-COPY wheels/project/ /build/project/
-RUN /opt/locaria/bin/pip install --no-cache-dir --no-index --no-deps /build/project/*.whl && rm -rf /build/project
-COPY modules/ /app/modules/
-# the same relative path as in the project, so dockers.json's command works here and locally
-COPY {name}_job.py /app/docker/{name}/{name}_job.py
-
-ENV PATH=/opt/locaria/bin:$PATH PYTHONPATH=/app/docker/{name}:/app/modules PYTHONUNBUFFERED=1 LANG=C.UTF-8
-WORKDIR /app
-CMD ["python", "docker/{name}/{name}_job.py"]
-"""
-
 JOB = '''\
 """{description}
 
@@ -68,7 +46,8 @@ if __name__ == "__main__":
 
 
 def new_docker(project_dir: Path, name: str, description: str | None = None) -> DockerSpec:
-    """Write docker/NAME/ (Dockerfile + NAME_job.py) and add NAME to docker/dockers.json."""
+    """Write docker/NAME/NAME_job.py and add NAME to docker/dockers.json; its image is built from the
+    shared docker/Dockerfile, which puts docker/NAME/ on the image's PYTHONPATH."""
     if not NAME_PATTERN.match(name):
         raise DockerRegistryError(
             f"docker name {name!r} must be lower-case letters, digits and underscores, starting with a letter")
@@ -86,7 +65,6 @@ def new_docker(project_dir: Path, name: str, description: str | None = None) -> 
         command=["{python}", f"docker/{name}/{name}_job.py"], cpu=256, memory=512, timeout_seconds=900,
     )
     folder.mkdir(parents=True)
-    (folder / "Dockerfile").write_text(DOCKERFILE.format(name=name))
     (folder / f"{name}_job.py").write_text(JOB.format(name=name, description=spec.description,
                                                       trigger=spec.trigger_statuses[0]))
     specs[name] = spec

@@ -26,6 +26,10 @@ ARROW_TYPES = {
     "date": pa.date32(), "datetime": pa.timestamp("us"), "timestamp": pa.timestamp("us", tz="UTC"),
 }
 ARROW_CASTS = {"integer": "::bigint", "number": "::float8", "json": "::text"}
+# what the reading connection takes from psycopg's: where and who, and how securely (ADBC bundles
+# a libpq of its own, which may not know every option psycopg's reports)
+READER_PARAMETERS = {"host", "hostaddr", "port", "dbname", "user", "passfile", "service", "connect_timeout",
+                     "sslmode", "sslrootcert", "sslcert", "sslkey", "sslcrl", "sslpassword", "gssencmode", "options"}
 
 
 def arrow_columns(columns: list[Column]) -> list[sql.Composable]:
@@ -87,9 +91,10 @@ def _statement(connection: adbc_driver_manager.AdbcConnection, query: str,
 def arrow_rows(conn: psycopg.Connection[Any]) -> Iterator[ArrowRows]:
     """Open a reading connection that sees what `conn`'s transaction (REPEATABLE READ) sees."""
     snapshot = conn.execute("SELECT pg_export_snapshot() AS id").fetchone()["id"]
-    parameters = conn.info.get_parameters()
+    parameters = {k: v for k, v in conn.info.get_parameters().items() if k in READER_PARAMETERS}
     if conn.info.password:
         parameters["password"] = conn.info.password
+    parameters["application_name"] = f"{conn.info.parameter_status('application_name') or 'locaria-batch'} rows"
     import_snapshot = sql.SQL("SET TRANSACTION SNAPSHOT {}").format(sql.Literal(snapshot))
     with adbc_driver_postgresql.connect(make_conninfo("", **parameters)) as database, \
             adbc_driver_manager.AdbcConnection(database) as reader:
