@@ -1,5 +1,5 @@
-"""AWS for the tests: moto's server mode as the endpoint of every client, a stage configuration
-written from locaria.example.json, and the data bucket the stack's Lambda package goes to."""
+"""AWS for the deploy tests, on the moto server of tests.aws_fixtures: a stage configuration written
+from locaria.example.json, the data bucket the stack's Lambda package goes to, the applied stack."""
 
 from __future__ import annotations
 
@@ -10,7 +10,6 @@ from typing import Any
 
 import boto3
 import pytest
-from moto.server import ThreadedMotoServer
 
 from locaria_batch.deploy.stages import Target, load_stages, target
 
@@ -18,28 +17,12 @@ REPO = Path(__file__).resolve().parent.parent
 JOB_DB_URL = "postgresql://locaria_jobs:secret@db.internal:5432/locaria"
 
 
-@pytest.fixture(scope="session")
-def deploy_moto_url() -> Iterator[str]:
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    yield f"http://{host}:{port}"
-    server.stop()
-
-
 @pytest.fixture
-def deploy_aws(deploy_moto_url: str, monkeypatch: pytest.MonkeyPatch) -> str:
-    """Every boto3 client talks to moto, with throw-away credentials; moto starts empty."""
-    import requests
-
-    requests.post(f"{deploy_moto_url}/moto-api/reset", timeout=10).raise_for_status()
-    monkeypatch.setenv("AWS_ENDPOINT_URL", deploy_moto_url)
-    monkeypatch.setenv("AWS_DEFAULT_REGION", "eu-west-2")
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-    monkeypatch.delenv("AWS_PROFILE", raising=False)
+def deploy_aws(aws: str, monkeypatch: pytest.MonkeyPatch) -> str:
+    """The moto endpoint of tests.aws_fixtures (reset, credentials set), plus the dev stage's job
+    database URL in the variable the example stage configuration names."""
     monkeypatch.setenv("LOCARIA_DEV_JOB_DB_URL", JOB_DB_URL)
-    return deploy_moto_url
+    return aws
 
 
 @pytest.fixture
