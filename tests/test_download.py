@@ -297,3 +297,18 @@ def test_rows_committed_after_counting_are_not_exported(conn: Any, db_url: str, 
         read_layers(result.path)["Parks"]["title"]
     assert sorted(titles) == ["Hyde Park", "Victoria Park"]
     assert conn.execute("SELECT count(*) AS n FROM locaria_data.items WHERE title = 'Late'").fetchone()["n"] == 1
+
+
+def test_server_time_zone_and_date_style_do_not_change_the_file(conn: Any) -> None:
+    """Values written as text (KML has no date type) are UTC and ISO whatever the server's defaults:
+    the reading connection takes the export's session settings too."""
+    seed(conn)
+    conn.execute("ALTER ROLE CURRENT_USER SET TimeZone = 'America/New_York'")
+    conn.execute("ALTER ROLE CURRENT_USER SET DateStyle = 'SQL, DMY'")
+    try:
+        _, path = completed(conn, format="kml", categories=["Parks"])
+    finally:
+        conn.execute("ALTER ROLE CURRENT_USER RESET TimeZone")
+        conn.execute("ALTER ROLE CURRENT_USER RESET DateStyle")
+    created = read_layers(path)["export"]["created"]
+    assert created == ["2024-03-01 00:00:00+00", "2024-03-01 00:00:00+00"], created

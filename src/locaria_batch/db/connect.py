@@ -38,10 +38,17 @@ def database_url() -> str:
 
 def connect(url: str | None = None, *, autocommit: bool = False, application_name: str = "locaria-batch",
             **kwargs: Any) -> psycopg.Connection[dict[str, Any]]:
-    return psycopg.connect(
+    conn = psycopg.connect(
         url or database_url(),
         autocommit=autocommit,
         row_factory=dict_row,
         application_name=application_name,
         **kwargs,
     )
+    # psycopg reads dates and times in ISO form only: a server whose default DateStyle is SQL or German
+    # would make every timestamp unreadable (a SET, not a startup option, which poolers may refuse)
+    if not (conn.info.parameter_status("DateStyle") or "").startswith("ISO"):
+        conn.execute("SET DateStyle = 'ISO, YMD'")
+        if not autocommit:
+            conn.commit()
+    return conn

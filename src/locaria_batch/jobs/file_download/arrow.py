@@ -16,7 +16,7 @@ import pyarrow as pa
 from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
-from locaria_batch.jobs.file_download.copyout import Progress
+from locaria_batch.jobs.file_download.copyout import SESSION_SETTINGS, Progress
 from locaria_batch.jobs.file_download.selection import Column, Layer, Selection
 
 GEOMETRY = "geometry"  # the geometry's name in Arrow batches
@@ -99,7 +99,9 @@ def arrow_rows(conn: psycopg.Connection[Any]) -> Iterator[ArrowRows]:
     with adbc_driver_postgresql.connect(make_conninfo("", **parameters)) as database, \
             adbc_driver_manager.AdbcConnection(database) as reader:
         reader.set_autocommit(False)
-        for query in ("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY", import_snapshot.as_string(conn)):
+        # the snapshot first (nothing may run before it in the transaction), then the export's session settings
+        for query in ("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY", import_snapshot.as_string(conn),
+                      *SESSION_SETTINGS):
             with _statement(reader, query) as statement:
                 statement.execute_update()
         try:

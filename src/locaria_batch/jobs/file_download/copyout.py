@@ -13,11 +13,13 @@ Progress = Callable[[int], None]  # rows written so far
 RAW_ROWS = sql.SQL("(FORMAT csv, QUOTE e'\\x01', DELIMITER e'\\x02')")
 
 
+# Timestamps leave the database in UTC and ISO form, whatever the server's defaults
+SESSION_SETTINGS = ("SET TIME ZONE 'UTC'", "SET DateStyle = 'ISO, YMD'", "SET extra_float_digits = 1")
+
+
 def prepare_session(conn: psycopg.Connection[Any]) -> None:
-    """Timestamps leave the database in UTC and ISO form, whatever the server's defaults."""
-    conn.execute("SET TIME ZONE 'UTC'")
-    conn.execute("SET DateStyle = 'ISO, YMD'")
-    conn.execute("SET extra_float_digits = 1")
+    for setting in SESSION_SETTINGS:
+        conn.execute(setting)
 
 
 def copy_out(conn: psycopg.Connection[Any], query: sql.Composable, params: dict[str, Any],
