@@ -31,16 +31,8 @@ from psycopg.conninfo import conninfo_to_dict
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from bench.common import (  # noqa: E402
-    CommandFailed,
-    Timing,
-    add_repeat_option,
-    benchmark_database,
-    best_of,
-    timed,
-    wait_for_go,
-    work_done,
-)
+from bench import common  # noqa: E402
+from bench.common import Timing  # noqa: E402
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -97,7 +89,7 @@ def run_ogr2ogr(url: str, fmt: str, table: str, folder: Path, limit: int | None)
     source = ["-sql", f"SELECT * FROM locaria_uploads.{table} ORDER BY ogc_fid LIMIT {limit}"] if limit else \
         [f"locaria_uploads.{table}"]
     out = folder / f"export.{OGR_EXTENSIONS.get(fmt, fmt)}"
-    return timed(["ogr2ogr", "-f", driver, *options, str(out), ogr_source(url), *source])
+    return common.timed(["ogr2ogr", "-f", driver, *options, str(out), ogr_source(url), *source])
 
 
 def run_ours(url: str, fmt: str, table: str, folder: Path, limit: int | None) -> Timing:
@@ -106,7 +98,7 @@ def run_ours(url: str, fmt: str, table: str, folder: Path, limit: int | None) ->
         attributes["filters"] = {"limit": limit}
     env = {**os.environ, "LOCARIA_DB_URL": url,
            "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO / "src"), os.environ.get("PYTHONPATH")]))}
-    return timed([sys.executable, __file__, "--export-one", json.dumps(attributes), str(folder)], env=env,
+    return common.timed([sys.executable, __file__, "--export-one", json.dumps(attributes), str(folder)], env=env,
                  ready_handshake=True)
 
 
@@ -118,10 +110,10 @@ def export_one(attributes: dict[str, Any], folder: Path) -> None:
     from locaria_batch.jobs.file_download.request import parse_request
 
     find_format(attributes["format"]).writer  # noqa: B018 - imports the writer's modules before the clock starts
-    wait_for_go()
+    common.wait_for_go()
     with connect() as conn:
         export(conn, parse_request(attributes, 0), folder, "export", lambda done, total: None)
-    work_done()
+    common.work_done()
 
 
 def fill(url: str, points: int, polygons: int, console: Console) -> None:
@@ -148,7 +140,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--size", choices=sorted(SIZES), default=os.environ.get("LOCARIA_BENCH_SIZE", "full"))
     parser.add_argument("--formats", default=",".join(FORMATS), help="comma-separated formats to time")
-    add_repeat_option(parser)
+    common.add_repeat_option(parser)
     parser.add_argument("--export-one", nargs=2, metavar=("ATTRIBUTES", "FOLDER"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.export_one:
@@ -161,7 +153,7 @@ def main() -> None:
     points, polygons, xlsx_rows = SIZES[args.size]
     work = Path(tempfile.mkdtemp(prefix="locaria-bench-out-"))
     try:
-        with benchmark_database() as url:
+        with common.benchmark_database() as url:
             fill(url, points, polygons, console)
             table = Table("format", "data", "rows", "ours s", "ogr2ogr s", "ratio", "target", "ours MB", "ogr2ogr MB",
                           "start-up s", "verdict", title=f"export benchmark ({args.size})")
@@ -172,12 +164,12 @@ def main() -> None:
                 if fmt == "xlsx":
                     cases = [("bench_points", xlsx_rows, xlsx_rows)]
                 for source, rows, limit in cases:
-                    ours = best_of(args.repeat, run_in, work / f"ours-{fmt}-{source}", run_ours, url, fmt, source,
-                                   limit)
+                    ours = common.best_of(args.repeat, run_in, work / f"ours-{fmt}-{source}", run_ours, url, fmt,
+                                          source, limit)
                     try:
-                        ogr: Timing | None = best_of(args.repeat, run_in, work / f"ogr2ogr-{fmt}-{source}", run_ogr2ogr,
-                                                     url, fmt, source, limit)
-                    except CommandFailed as failure:
+                        ogr: Timing | None = common.best_of(args.repeat, run_in, work / f"ogr2ogr-{fmt}-{source}",
+                                                            run_ogr2ogr, url, fmt, source, limit)
+                    except common.CommandFailed as failure:
                         ogr, notes[fmt] = None, str(failure)
                     verdict, ratio = check(fmt, ours, ogr)
                     theirs = f"{ogr.seconds:.2f} s / {ogr.peak_mb:.0f} MB" if ogr else "n/a"
