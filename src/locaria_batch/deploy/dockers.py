@@ -16,6 +16,8 @@ import psycopg
 from psycopg import sql
 from psycopg.types.json import Jsonb
 
+from locaria_batch.deploy.jsonfile import read_json_object
+
 NAME_PATTERN = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
 
 
@@ -72,14 +74,7 @@ class DockerSpec:
 
 
 def load(path: Path) -> dict[str, DockerSpec]:
-    try:
-        raw = json.loads(path.read_text())
-    except FileNotFoundError as exc:
-        raise DockerRegistryError(f"{path} not found: every project needs a docker/dockers.json") from exc
-    except json.JSONDecodeError as exc:
-        raise DockerRegistryError(f"{path} is not valid JSON: {exc}") from exc
-    if not isinstance(raw, dict):
-        raise DockerRegistryError(f"{path} must hold a JSON object keyed by docker name")
+    raw = read_json_object(path, DockerRegistryError, "every project needs a docker/dockers.json", "docker name")
     return {name: DockerSpec.from_entry(name, entry) for name, entry in raw.items()}
 
 

@@ -3,13 +3,13 @@ environments.  A deployment target is one (stage, theme, environment)."""
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from locaria_batch.config import settings
+from locaria_batch.deploy.jsonfile import read_json_object
 
 REQUIRED = ("region", "vpcPrivateSubnetA", "vpcPrivateSubnetB", "securityGroup", "themes")
 NAME = re.compile(r"^[a-z][a-z0-9]{0,15}$")
@@ -20,13 +20,9 @@ class StageConfigError(ValueError):
 
 
 def load_stages(path: Path) -> dict[str, dict[str, Any]]:
-    try:
-        raw = json.loads(path.read_text())
-    except FileNotFoundError as exc:
-        raise StageConfigError(f"{path} not found: copy locaria.example.json to locaria.json and fill it in") from exc
-    except json.JSONDecodeError as exc:
-        raise StageConfigError(f"{path} is not valid JSON: {exc}") from exc
-    if not isinstance(raw, dict) or not raw:
+    raw = read_json_object(path, StageConfigError, "copy locaria.example.json to locaria.json and fill it in",
+                           "stage name")
+    if not raw:
         raise StageConfigError(f"{path} must hold a JSON object keyed by stage name")
     return raw
 
