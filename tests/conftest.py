@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +17,7 @@ from locaria_batch.db import connect
 from locaria_batch.db.cluster import EmbeddedCluster
 from locaria_batch.db.migrate import migrate
 from locaria_batch.deploy import dockers
+from locaria_batch.dispatch.dispatcher import Dispatcher
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -101,3 +102,18 @@ def add_docker(conn: psycopg.Connection[dict[str, Any]]) -> Any:
         return specs[name]
 
     return add
+
+
+@pytest.fixture
+def dispatchers() -> Iterator[Callable[..., Dispatcher]]:
+    """Makes dispatchers and closes them after the test: an open one counts as a running worker to
+    everything that looks (wait_for_file would then leave a later test's jobs to nobody)."""
+    made: list[Dispatcher] = []
+
+    def make(runner: Any, **options: Any) -> Dispatcher:
+        made.append(Dispatcher(runner, **options))
+        return made[-1]
+
+    yield make
+    for dispatcher in made:
+        dispatcher.close()

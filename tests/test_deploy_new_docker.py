@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 from locaria_batch import config
 from locaria_batch.cli.main import app
 from locaria_batch.deploy import dockers
-from locaria_batch.dispatch.dispatcher import Dispatcher, make_runner
+from locaria_batch.dispatch.dispatcher import make_runner
 from locaria_batch.dispatch.wait import wait_for_file
 from locaria_batch.storage import incoming_key, open_storage
 
@@ -79,7 +79,7 @@ def test_scaffolded_job_runs_locally(project: Path, conn: Any) -> None:
 
 
 def test_scaffolded_job_runs_as_a_container(project: Path, conn: Any, engine_url: str, engine: docker.DockerClient,
-                                            base_image: str, monkeypatch: pytest.MonkeyPatch) -> None:
+                                            base_image: str, monkeypatch: pytest.MonkeyPatch, dispatchers: Any) -> None:
     scaffold(project)
     monkeypatch.setenv("DOCKER_HOST", engine_url)
     result = CliRunner().invoke(app, ["docker", "build", "line_counter", "--base", base_image])
@@ -87,7 +87,7 @@ def test_scaffolded_job_runs_as_a_container(project: Path, conn: Any, engine_url
     assert engine.images.get("localhost/locaria-batch/line_counter:latest")
     dockers.sync(conn, dockers.load(project / "docker" / "dockers.json"))
     file_id = counted_file(conn)
-    dispatcher = Dispatcher(make_runner("docker"), concurrency=1)
+    dispatcher = dispatchers(make_runner("docker"), concurrency=1)
     deadline = time.monotonic() + 120
     while (job := conn.execute("SELECT * FROM locaria_core.jobs WHERE file_id = %s", [file_id]).fetchone()) is None \
             or job["state"] not in {"succeeded", "failed"}:

@@ -33,9 +33,9 @@ def docker_host(engine_url: str, monkeypatch: pytest.MonkeyPatch) -> str:
 
 
 def test_file_loaded_in_a_real_container(conn: Any, docker_host: str, file_loader_image: str,
-                                         engine: docker.DockerClient, locaria_env: Path) -> None:
+                                         engine: docker.DockerClient, locaria_env: Path, dispatchers: Any) -> None:
     file_id = register_upload(conn, open_storage(), SAMPLES / "parks.geojson")
-    dispatcher = Dispatcher(make_runner("docker"), concurrency=1)
+    dispatcher = dispatchers(make_runner("docker"), concurrency=1)
     run_until(dispatcher, conn, file_id, {"succeeded", "failed"}, timeout=180)
     dispatcher.run_once()  # the next pass releases what the finished attempt left behind
     row = get_file(conn, file_id)
@@ -101,10 +101,10 @@ def container_state(engine: docker.DockerClient, container_id: str) -> str | Non
 
 
 def test_exit_code_reconciled_and_container_removed(conn: Any, runner: DockerRunner, file_loader_image: str,
-                                                    engine: docker.DockerClient) -> None:
+                                                    engine: docker.DockerClient, dispatchers: Any) -> None:
     add_docker(conn, "crash", file_loader_image, ["{python}", "-c", "import sys; sys.exit(3)"])
     file_id = add_file(conn, "CRASH_REQUESTED")
-    dispatcher = Dispatcher(runner, concurrency=1)
+    dispatcher = dispatchers(runner, concurrency=1)
     job = run_until(dispatcher, conn, file_id, {"failed"})
     assert job["exit_code"] == 3
     assert "exit code 3" in job["error"]
@@ -114,10 +114,10 @@ def test_exit_code_reconciled_and_container_removed(conn: Any, runner: DockerRun
 
 
 def test_cancel_stops_the_container(conn: Any, runner: DockerRunner, file_loader_image: str,
-                                    engine: docker.DockerClient) -> None:
+                                    engine: docker.DockerClient, dispatchers: Any) -> None:
     add_docker(conn, "sleeper", file_loader_image, ["{python}", "-c", "import time; time.sleep(600)"])
     file_id = add_file(conn, "SLEEPER_REQUESTED")
-    dispatcher = Dispatcher(runner, concurrency=1)
+    dispatcher = dispatchers(runner, concurrency=1)
     job = run_until(dispatcher, conn, file_id, {"running", "launching"})
     container = engine.containers.get(job["handle"]["container_id"])
     assert container.labels[LABEL_JOB] == str(job["id"]) and container.labels[LABEL_ATTEMPT] == "1"
@@ -130,26 +130,26 @@ def test_cancel_stops_the_container(conn: Any, runner: DockerRunner, file_loader
 
 
 def test_timeout_stops_the_container(conn: Any, runner: DockerRunner, file_loader_image: str,
-                                     engine: docker.DockerClient) -> None:
+                                     engine: docker.DockerClient, dispatchers: Any) -> None:
     add_docker(conn, "overrun", file_loader_image, ["{python}", "-c", "import time; time.sleep(600)"], timeout=1)
     file_id = add_file(conn, "OVERRUN_REQUESTED")
-    dispatcher = Dispatcher(runner, concurrency=1)
+    dispatcher = dispatchers(runner, concurrency=1)
     job = run_until(dispatcher, conn, file_id, {"failed"}, timeout=90)
     assert "timed out after 1 s" in job["error"]
     assert container_state(engine, job["handle"]["container_id"]) is None
 
 
 def test_adopted_by_label_after_a_dispatcher_restart(conn: Any, runner: DockerRunner, file_loader_image: str,
-                                                     engine: docker.DockerClient) -> None:
+                                                     engine: docker.DockerClient, dispatchers: Any) -> None:
     add_docker(conn, "survivor", file_loader_image, ["{python}", "-c", "import time; time.sleep(600)"])
     file_id = add_file(conn, "SURVIVOR_REQUESTED")
-    first = Dispatcher(runner, concurrency=1, lease_seconds=30)
+    first = dispatchers(runner, concurrency=1, lease_seconds=30)
     job = run_until(first, conn, file_id, {"launching", "running"})
     launched_id = job["handle"]["container_id"]
     # the first dispatcher dies after starting the container but before its handle was kept
     conn.execute("UPDATE locaria_core.jobs SET handle = NULL, lease_expires = clock_timestamp() - interval '1 s' "
                  "WHERE id = %s", [job["id"]])
-    second = Dispatcher(DockerRunner.from_environment(), concurrency=1)
+    second = dispatchers(DockerRunner.from_environment(), concurrency=1)
     report = second.run_once()
     assert job["id"] in report.adopted
     adopted = job_of(conn, file_id)
@@ -159,10 +159,10 @@ def test_adopted_by_label_after_a_dispatcher_restart(conn: Any, runner: DockerRu
     assert len(engine.containers.list(filters={"label": f"{LABEL_JOB}={job['id']}"})) == 1
 
 
-def test_missing_image_is_a_clear_launch_failure(conn: Any, runner: DockerRunner) -> None:
+def test_missing_image_is_a_clear_launch_failure(conn: Any, runner: DockerRunner, dispatchers: Any) -> None:
     add_docker(conn, "ghost", "localhost/locaria-batch/ghost:latest", ["{python}", "-c", "pass"])
     file_id = add_file(conn, "GHOST_REQUESTED")
-    job = run_until(Dispatcher(runner, concurrency=1), conn, file_id, {"failed"})
+    job = run_until(dispatchers(runner, concurrency=1), conn, file_id, {"failed"})
     assert "not found" in job["error"] and "locaria-batch docker build ghost" in job["error"]
 
 

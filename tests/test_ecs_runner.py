@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -34,18 +34,13 @@ CAPACITY = "Capacity is unavailable at this time. Please try again later or in a
 
 
 @pytest.fixture
-def dispatch() -> Iterator[Callable[..., Dispatcher]]:
-    """Dispatchers with the ecs runner (or the one given), closed after the test: an open one
-    counts as a running worker to everything that looks."""
-    made: list[Dispatcher] = []
+def dispatch(dispatchers: Callable[..., Dispatcher]) -> Callable[..., Dispatcher]:
+    """Dispatchers with the ecs runner (or the one given), closed after the test."""
 
     def make(runner: Any = None, **options: Any) -> Dispatcher:
-        made.append(Dispatcher(runner or EcsRunner.from_database(), **options))
-        return made[-1]
+        return dispatchers(runner or EcsRunner.from_database(), **options)
 
-    yield make
-    for dispatcher in made:
-        dispatcher.close()
+    return make
 
 
 def _jobs(conn: Any, file_id: int) -> list[dict[str, Any]]:
