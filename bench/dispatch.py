@@ -23,10 +23,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from psycopg.types.json import Jsonb
 
 from bench.common import REPO, benchmark_database, percentile
-from locaria_batch import config
 from locaria_batch.db import connect
 from locaria_batch.dispatch.dispatcher import Dispatcher
 from locaria_batch.dispatch.local import LocalRunner
+from locaria_batch.settings import reset as reset_settings
 
 NOOP = {"trigger_statuses": ["BENCH"], "success_status": "BENCH_DONE", "handler": "bench.jobs:noop",
         "concurrency": 1000, "max_attempts": 1}
@@ -46,7 +46,7 @@ def main() -> None:
     os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, paths))
     home = Path(tempfile.mkdtemp(prefix="locaria-bench-home-"))
     os.environ["LOCARIA_HOME"] = str(home)
-    config.reset()
+    reset_settings()
     with benchmark_database({"bench_noop": NOOP}) as url, connect(url, autocommit=True) as conn:
         stop = threading.Event()
         dispatcher = Dispatcher(LocalRunner(home / "logs"), concurrency=args.concurrency, db_url=url, job_db_url=url)

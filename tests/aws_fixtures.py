@@ -24,7 +24,7 @@ import requests
 from moto.ecs.models import ecs_backends
 from moto.server import ThreadedMotoServer
 
-from locaria_batch import config
+from locaria_batch.settings import reset as reset_settings
 
 REGION = "eu-west-2"
 ACCOUNT = "123456789012"
@@ -73,7 +73,7 @@ def s3_storage(aws: str, monkeypatch: pytest.MonkeyPatch) -> str:
     """LOCARIA_STORAGE on an S3 bucket in moto."""
     boto3.client("s3").create_bucket(Bucket=BUCKET, CreateBucketConfiguration={"LocationConstraint": REGION})
     monkeypatch.setenv("LOCARIA_STORAGE", STORAGE_URL)
-    config.reset()
+    reset_settings()
     return STORAGE_URL
 
 

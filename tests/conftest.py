@@ -12,12 +12,12 @@ from typing import Any
 import psycopg
 import pytest
 
-from locaria_batch import config
 from locaria_batch.db import connect
 from locaria_batch.db.cluster import EmbeddedCluster
 from locaria_batch.db.migrate import migrate
 from locaria_batch.deploy import dockers
 from locaria_batch.dispatch.dispatcher import Dispatcher
+from locaria_batch.settings import reset as reset_settings
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -35,6 +35,7 @@ def pg_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     home = Path(tempfile.mkdtemp(prefix="locaria-test-cluster-"))
     home.chmod(0o755)
     os.environ["LOCARIA_PG_OPTIONS"] = "-c fsync=off -c full_page_writes=off"
+    reset_settings()
     cluster = EmbeddedCluster(home)
     url = cluster.up()
     with connect(url, autocommit=True) as conn:
@@ -56,9 +57,9 @@ def locaria_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Pat
     # job subprocesses import this checkout, whatever the virtualenv has installed
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join(
         filter(None, [str(REPO / "src"), str(REPO), os.environ.get("PYTHONPATH")])))
-    config.reset()
+    reset_settings()
     yield home
-    config.reset()
+    reset_settings()
 
 
 RESET_SQL = """
@@ -80,7 +81,7 @@ def db_url(pg_url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     with connect(pg_url, autocommit=True) as conn:
         dockers.sync(conn, dockers.load(REPO / "docker" / "dockers.json"))
     monkeypatch.setenv("LOCARIA_DB_URL", pg_url)
-    config.reset()
+    reset_settings()
     yield pg_url
 
 

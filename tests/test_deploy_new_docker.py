@@ -13,11 +13,11 @@ import pytest
 from psycopg.types.json import Jsonb
 from typer.testing import CliRunner
 
-from locaria_batch import config
 from locaria_batch.cli.main import app
 from locaria_batch.deploy import dockers
 from locaria_batch.dispatch.dispatcher import make_runner
 from locaria_batch.dispatch.wait import wait_for_file
+from locaria_batch.settings import reset as reset_settings
 from locaria_batch.storage import incoming_key, open_storage
 
 REPO = Path(__file__).resolve().parent.parent
@@ -34,7 +34,7 @@ def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     shutil.copytree(REPO / "src", root / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
     shutil.copy2(REPO / "pyproject.toml", root / "pyproject.toml")
     monkeypatch.setenv("LOCARIA_PROJECT_DIR", str(root))
-    config.reset()
+    reset_settings()
     return root
 
 

@@ -13,11 +13,11 @@ import docker
 import pytest
 from docker.errors import NotFound
 
-from locaria_batch import config
 from locaria_batch.deploy import dockers
 from locaria_batch.dispatch.dispatcher import Dispatcher, make_runner
 from locaria_batch.dispatch.docker import LABEL_ATTEMPT, LABEL_DATABASE, LABEL_JOB, DockerRunner, container_db_url
 from locaria_batch.files import cancel_file, get_file, register_upload
+from locaria_batch.settings import reset as reset_settings
 from locaria_batch.storage import open_storage
 from tests.containers import REPO
 
@@ -74,7 +74,7 @@ def job_of(conn: Any, file_id: int) -> dict[str, Any]:
 
 @pytest.fixture
 def runner(docker_host: str, db_url: str, engine: docker.DockerClient) -> Iterator[DockerRunner]:
-    config.reset()
+    reset_settings()
     made = DockerRunner.from_environment()
     made.stop_grace = 2
     yield made

@@ -17,13 +17,13 @@ from urllib.parse import quote_plus
 import psycopg
 import pytest
 
-from locaria_batch import config
 from locaria_batch.db.migrate import available_migrations
 from locaria_batch.dispatch.ecs import EcsRunner
 from locaria_batch.dispatch.lambdas import launcher_handler, task_state_handler, upload_handler
 from locaria_batch.dispatch.runner import LaunchRequest
 from locaria_batch.files import add_file, get_file
 from locaria_batch.files.uploads import request_upload
+from locaria_batch.settings import reset as reset_settings
 from locaria_batch.storage import open_storage
 from tests.aws_fixtures import BUCKET, LAUNCHER_ARN, REGION, FargateStack, wait_until
 
@@ -36,7 +36,7 @@ def lambda_env(fargate: FargateStack, monkeypatch: pytest.MonkeyPatch) -> Fargat
     monkeypatch.delenv("LOCARIA_DB_URL")
     monkeypatch.setenv("LOCARIA_DB_SECRET", "locaria/test/db")
     monkeypatch.setenv("LOCARIA_LAUNCHER_SETTLE_SECONDS", "15")
-    config.reset()
+    reset_settings()
     return fargate
 
 

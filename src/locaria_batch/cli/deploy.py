@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -14,7 +13,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
 from locaria_batch.cli.output import fail
-from locaria_batch.config import settings
+from locaria_batch.settings import settings
 
 deploy_app = typer.Typer(help="The AWS stack: render serverless.yml / CloudFormation and apply it.",
                          no_args_is_help=True)
@@ -39,7 +38,7 @@ def _errors() -> tuple[type[Exception], ...]:
 
 
 def config_path(given: Path | None) -> Path:
-    return given or Path(os.environ.get("LOCARIA_STAGE_CONFIG") or settings().project_dir / "locaria.json")
+    return given or settings().stage_config_file
 
 
 def _target(stage: str, theme: str | None, environment: str | None, config: Path | None) -> Any:
@@ -76,7 +75,7 @@ def _report(line: str) -> None:
 def _base(base: str | None) -> str:
     from locaria_batch.deploy.images import DEFAULT_BASE_IMAGE
 
-    return base or os.environ.get("LOCARIA_BASE_IMAGE") or DEFAULT_BASE_IMAGE
+    return base or settings().base_image or DEFAULT_BASE_IMAGE
 
 
 # -- docker ------------------------------------------------------------------------------------

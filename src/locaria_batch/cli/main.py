@@ -18,7 +18,7 @@ from locaria_batch import __version__
 from locaria_batch.cli import aws as aws_cli
 from locaria_batch.cli.downloads import downloads_app
 from locaria_batch.cli.output import fail, print_file, print_file_list
-from locaria_batch.config import settings
+from locaria_batch.settings import settings
 
 app = typer.Typer(help="Turn rows of a PostGIS files table into batch jobs that load and export data.",
                   no_args_is_help=True, pretty_exceptions_enable=False)

@@ -12,6 +12,8 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
+from locaria_batch.settings import settings
+
 DATABASE = "locaria"
 SUPERUSER = "locaria"
 
@@ -188,7 +190,7 @@ class EmbeddedCluster:
             "-c max_connections=200", "-c shared_buffers=256MB", "-c synchronous_commit=off",
             "-c wal_level=minimal", "-c max_wal_senders=0", "-c max_wal_size=4GB",
             "-c maintenance_work_mem=256MB", "-c jit=off",
-            *os.environ.get("LOCARIA_PG_OPTIONS", "").split(),
+            *settings().pg_options,
         ])
         result = subprocess.run(
             self._as_owner([str(bindir / "pg_ctl"), "start", "-w", "-t", "60", "-D", str(self.data),

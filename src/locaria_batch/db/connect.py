@@ -7,7 +7,7 @@ from typing import Any
 import psycopg
 from psycopg.rows import dict_row
 
-from locaria_batch.config import settings
+from locaria_batch.settings import settings
 
 
 class DatabaseNotConfigured(RuntimeError):

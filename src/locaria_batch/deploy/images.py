@@ -26,6 +26,7 @@ import docker
 from docker.errors import APIError, BuildError, DockerException
 
 from locaria_batch.deploy.dockers import DockerRegistryError, DockerSpec, load, local_image
+from locaria_batch.settings import settings
 
 DEFAULT_BASE_IMAGE = "localhost/locaria-python-base:bookworm"
 # the image's interpreter: Debian bookworm's python3 (3.11) on x86_64
@@ -59,7 +60,7 @@ def connect_engine(timeout: int = 900) -> docker.DockerClient:
 
 def wheel_cache() -> Path:
     """Where dependency wheels are kept between builds: $LOCARIA_CACHE/wheels (~/.cache/locaria-batch)."""
-    return Path(os.environ.get("LOCARIA_CACHE") or Path.home() / ".cache" / "locaria-batch") / "wheels"
+    return settings().cache_dir / "wheels"
 
 
 def _quiet(line: str, step: int | None, total: int | None) -> None:

@@ -11,9 +11,9 @@ import sys
 import zipfile
 from pathlib import Path
 
-from locaria_batch.config import PACKAGE_DIR
 from locaria_batch.deploy.images import ImageError, requirements, wheel_cache
 from locaria_batch.deploy.render import LAMBDA_RUNTIME
+from locaria_batch.settings import PACKAGE_DIR
 
 LAMBDA_DEPENDENCIES = ("psycopg",)
 FIXED_TIME = (2020, 1, 1, 0, 0, 0)

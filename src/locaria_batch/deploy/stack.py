@@ -18,6 +18,7 @@ from locaria_batch.deploy.dockers import DockerSpec
 from locaria_batch.deploy.package import build_lambda_package, digest
 from locaria_batch.deploy.render import cloudformation
 from locaria_batch.deploy.stages import Target
+from locaria_batch.settings import environment_value
 
 MAX_INLINE_TEMPLATE = 51_200  # CloudFormation's limit for TemplateBody
 SETTLED_FAILED = ("ROLLBACK_COMPLETE", "ROLLBACK_FAILED", "UPDATE_ROLLBACK_COMPLETE", "UPDATE_ROLLBACK_FAILED",
@@ -75,7 +76,7 @@ def describe(cfn: Any, name: str) -> dict[str, Any] | None:
 
 
 def database_parameter(target: Target, exists: bool) -> dict[str, Any]:
-    value = os.environ.get(target.database_url_env)
+    value = environment_value(target.database_url_env)
     if value:
         return {"ParameterKey": "DatabaseUrl", "ParameterValue": value}
     if exists:

@@ -8,8 +8,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from locaria_batch.config import settings
 from locaria_batch.deploy.jsonfile import read_json_object
+from locaria_batch.settings import settings
 
 REQUIRED = ("region", "vpcPrivateSubnetA", "vpcPrivateSubnetB", "securityGroup", "themes")
 NAME = re.compile(r"^[a-z][a-z0-9]{0,15}$")

@@ -20,9 +20,9 @@ from typing import Any
 import psycopg
 from psycopg.types.json import Jsonb
 
-from locaria_batch.config import settings
 from locaria_batch.db import connect
 from locaria_batch.dispatch.runner import LaunchError, LaunchRequest, Runner, RunStatus, exit_reason
+from locaria_batch.settings import settings
 
 log = logging.getLogger("locaria_batch.dispatch")
 

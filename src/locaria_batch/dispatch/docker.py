@@ -8,7 +8,6 @@ predecessor started; finished containers are removed after their output is kept 
 from __future__ import annotations
 
 import hashlib
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,10 +16,10 @@ from urllib.parse import urlsplit, urlunsplit
 import docker
 from docker.errors import APIError, DockerException, ImageNotFound, NotFound
 
-from locaria_batch.config import settings
 from locaria_batch.deploy.dockers import local_image
 from locaria_batch.deploy.images import connect_engine
 from locaria_batch.dispatch.runner import Handle, LaunchError, LaunchRequest, RunStatus
+from locaria_batch.settings import settings
 
 LABEL = "io.locaria.batch"
 LABEL_JOB = f"{LABEL}.job-id"
@@ -71,8 +70,8 @@ class DockerRunner:
         from locaria_batch.db.connect import database_url
 
         conf = settings()
-        network = os.environ.get("LOCARIA_DOCKER_NETWORK", "host")
-        db_url = os.environ.get("LOCARIA_JOB_DB_URL") or database_url()
+        network = conf.docker_network
+        db_url = conf.job_db_url or database_url()
         return cls(connect_engine(), container_db_url(db_url, network), conf.storage_url, conf.logs_dir,
                    network_mode=network)
 

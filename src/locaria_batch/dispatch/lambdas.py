@@ -14,7 +14,6 @@ The database URL comes from the Secrets Manager secret named by LOCARIA_DB_SECRE
 from __future__ import annotations
 
 import logging
-import os
 import re
 import time
 from dataclasses import fields
@@ -26,6 +25,7 @@ from psycopg.types.json import Jsonb
 from locaria_batch.db import connect
 from locaria_batch.dispatch.dispatcher import Dispatcher, PassReport
 from locaria_batch.dispatch.ecs import EcsRunner, task_identity, task_status
+from locaria_batch.settings import settings
 
 log = logging.getLogger("locaria_batch.lambdas")
 
@@ -58,13 +58,13 @@ def launcher_handler(event: dict[str, Any] | None, context: Any = None, *, runne
     committed), keep passing until it is or LOCARIA_LAUNCHER_SETTLE_SECONDS (20) run out."""
     event = event or {}
     wanted = int(event["job_id"]) if str(event.get("job_id", "")).isdigit() else None
-    settle = float(os.environ.get("LOCARIA_LAUNCHER_SETTLE_SECONDS", "20"))
+    settle = settings().launcher_settle_seconds
     remaining = _remaining_seconds(context)
     if remaining is not None:
         settle = max(0.0, min(settle, remaining - 10))
     dispatcher = Dispatcher(runner or EcsRunner.from_database(), owner=LAUNCHER_OWNER,
                             lease_seconds=LAUNCHER_LEASE_SECONDS,
-                            concurrency=int(os.environ.get("LOCARIA_LAUNCHER_CONCURRENCY", "100")))
+                            concurrency=settings().launcher_concurrency)
     report = PassReport()
     deadline = time.monotonic() + settle
     waited = 0

@@ -51,10 +51,10 @@ def _forked_job(docker: str, env: dict[str, str], log_path: str) -> None:
     # the fork server started with the environment of its first launch: use this launch's instead
     os.environ.clear()
     os.environ.update(env)
-    from locaria_batch import config
     from locaria_batch.job import main
+    from locaria_batch.settings import reset as reset_settings
 
-    config.reset()
+    reset_settings()
     code = main([docker])
     sys.stdout.flush()
     sys.stderr.flush()

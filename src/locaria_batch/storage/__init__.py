@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from locaria_batch.config import settings
+from locaria_batch.settings import settings
 from locaria_batch.storage.base import ObjectNotFound, Storage, StorageError, download_key, incoming_key
 
 

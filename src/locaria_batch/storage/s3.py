@@ -7,7 +7,6 @@ boto3 honours AWS_ENDPOINT_URL, so any S3-compatible endpoint works.
 
 from __future__ import annotations
 
-import os
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -15,17 +14,16 @@ from contextlib import contextmanager
 from pathlib import Path, PurePosixPath
 from typing import Any, BinaryIO
 
-from locaria_batch.config import settings
+from locaria_batch.settings import settings
 from locaria_batch.storage.base import ObjectNotFound, StorageError
 
 MULTIPART_THRESHOLD = 8 * 1024 * 1024
-UPLOAD_URL_EXPIRY = 3600
 NOT_FOUND_CODES = {"404", "NoSuchKey", "NotFound"}
 
 
 def upload_url_expiry() -> int:
     """Seconds a presigned PUT stays valid (LOCARIA_UPLOAD_URL_EXPIRY, default an hour)."""
-    return int(os.environ.get("LOCARIA_UPLOAD_URL_EXPIRY", str(UPLOAD_URL_EXPIRY)))
+    return settings().upload_url_expiry
 
 
 def _transfer_config() -> Any:

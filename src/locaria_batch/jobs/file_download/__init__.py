@@ -8,7 +8,6 @@ decoded from binary COPY by ADBC's PostgreSQL driver; XLSX streams a server-side
 from __future__ import annotations
 
 import hashlib
-import os
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -19,24 +18,22 @@ from typing import Any
 import psycopg
 from psycopg import IsolationLevel
 
-from locaria_batch.config import settings
 from locaria_batch.job import JobContext, JobError, JobResult
 from locaria_batch.jobs.file_download.copyout import prepare_session
 from locaria_batch.jobs.file_download.formats import FORMATS, Format, find_format
 from locaria_batch.jobs.file_download.request import DownloadRequest, parse_request
 from locaria_batch.jobs.file_download.selection import build_selection
+from locaria_batch.settings import settings
 from locaria_batch.storage import download_key
-
-DEFAULT_MAX_ROWS = 10_000_000
 
 
 def allowed_schemas() -> tuple[str, ...]:
     """Schemas besides locaria_uploads whose tables may be downloaded (LOCARIA_DOWNLOAD_SCHEMAS)."""
-    return tuple(s.strip() for s in os.environ.get("LOCARIA_DOWNLOAD_SCHEMAS", "").split(",") if s.strip())
+    return settings().download_schemas
 
 
 def max_rows() -> int:
-    return int(os.environ.get("LOCARIA_DOWNLOAD_MAX_ROWS") or DEFAULT_MAX_ROWS)
+    return settings().download_max_rows
 
 
 @dataclass(frozen=True)
