@@ -17,10 +17,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from locaria_batch.db import connect
+from locaria_batch.db import connect, dockers
 from locaria_batch.db.cluster import EmbeddedCluster
 from locaria_batch.db.migrate import migrate
-from locaria_batch.deploy import dockers
 
 REPO = Path(__file__).resolve().parent.parent
 

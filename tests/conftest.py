@@ -12,10 +12,9 @@ from typing import Any
 import psycopg
 import pytest
 
-from locaria_batch.db import connect
+from locaria_batch.db import connect, dockers
 from locaria_batch.db.cluster import EmbeddedCluster
 from locaria_batch.db.migrate import migrate
-from locaria_batch.deploy import dockers
 from locaria_batch.dispatch.dispatcher import Dispatcher
 from locaria_batch.settings import reset as reset_settings
 
@@ -63,7 +62,7 @@ def locaria_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Pat
 
 
 RESET_SQL = """
-TRUNCATE locaria_core.files, locaria_core.jobs, locaria_core.job_events, locaria_core.logs,
+TRUNCATE locaria_core.files, locaria_core.jobs, locaria_core.job_events, locaria_core.dispatchers, locaria_core.logs,
          locaria_core.parameters, locaria_data.items, locaria_core.categories RESTART IDENTITY CASCADE;
 DELETE FROM locaria_core.dockers;
 """
@@ -107,8 +106,7 @@ def add_docker(conn: psycopg.Connection[dict[str, Any]]) -> Any:
 
 @pytest.fixture
 def dispatchers() -> Iterator[Callable[..., Dispatcher]]:
-    """Makes dispatchers and closes them after the test: an open one counts as a running worker to
-    everything that looks (wait_for_file would then leave a later test's jobs to nobody)."""
+    """Makes dispatchers and closes them after the test (their connections would outlive it)."""
     made: list[Dispatcher] = []
 
     def make(runner: Any, **options: Any) -> Dispatcher:

@@ -14,7 +14,7 @@ from psycopg.types.json import Jsonb
 from typer.testing import CliRunner
 
 from locaria_batch.cli.main import app
-from locaria_batch.deploy import dockers
+from locaria_batch.db import dockers
 from locaria_batch.dispatch.dispatcher import make_runner
 from locaria_batch.dispatch.wait import wait_for_file
 from locaria_batch.settings import reset as reset_settings

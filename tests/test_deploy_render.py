@@ -16,8 +16,8 @@ import yaml
 from typer.testing import CliRunner
 
 from locaria_batch.cli.main import app
+from locaria_batch.db.dockers import load
 from locaria_batch.deploy import render
-from locaria_batch.deploy.dockers import load
 from locaria_batch.deploy.stages import StageConfigError, Target, load_stages, target
 
 REPO = Path(__file__).resolve().parent.parent

@@ -16,6 +16,7 @@ from psycopg.types.json import Jsonb
 from locaria_batch.dispatch.dispatcher import Dispatcher, job_environment
 from locaria_batch.dispatch.local import LocalRunner
 from locaria_batch.dispatch.runner import LaunchRequest
+from locaria_batch.dispatch.store import JobStore
 from locaria_batch.files import cancel_file
 
 
@@ -163,9 +164,9 @@ def test_adoption_finds_a_process_whose_handle_was_never_recorded(
     add_docker("sleeper", trigger_statuses=["SLEEP"], success_status="SLEPT", handler="tests.jobs_for_tests:sleeper")
     file_id = add(conn, "SLEEP", sleep=1)
     # a dispatcher claims and starts the process, then dies before recording the handle
-    [job] = conn.execute("SELECT * FROM locaria_core.claim_jobs('dead', 1, 30, 'local')").fetchall()
-    docker = conn.execute("SELECT * FROM locaria_core.dockers WHERE name = 'sleeper'").fetchone()
-    runner(locaria_env).launch(LaunchRequest(job["id"], job["attempt"], str(job["attempt_token"]), file_id, docker,
+    [job] = JobStore(conn).claim("dead", 1, 30, "local")
+    docker = JobStore(conn).dockers({"sleeper"})["sleeper"]
+    runner(locaria_env).launch(LaunchRequest(job.id, job.attempt, job.token, file_id, docker,
                                              job_environment(job, db_url)))
     conn.execute("UPDATE locaria_core.jobs SET lease_expires = now() - interval '1 second'")
     adopter = dispatchers(runner(locaria_env), db_url=db_url, job_db_url=db_url)

@@ -13,7 +13,7 @@ import docker
 import pytest
 from docker.errors import NotFound
 
-from locaria_batch.deploy import dockers
+from locaria_batch.db import dockers
 from locaria_batch.dispatch.dispatcher import Dispatcher, make_runner
 from locaria_batch.dispatch.docker import LABEL_ATTEMPT, LABEL_DATABASE, LABEL_JOB, DockerRunner, container_db_url
 from locaria_batch.files import cancel_file, get_file, register_upload
@@ -122,7 +122,7 @@ def test_cancel_stops_the_container(conn: Any, runner: DockerRunner, file_loader
     container = engine.containers.get(job["handle"]["container_id"])
     assert container.labels[LABEL_JOB] == str(job["id"]) and container.labels[LABEL_ATTEMPT] == "1"
     assert container.status == "running"
-    assert runner.status([job["handle"]])[0].state == "running"
+    assert runner.status([runner.handle(job["handle"])])[0].state == "running"
     cancel_file(conn, file_id)
     dispatcher.run_once()
     assert container_state(engine, job["handle"]["container_id"]) is None

@@ -21,11 +21,11 @@ def test_prune_deletes_old_downloads_and_marks_their_rows(conn: Any) -> None:
     _, new_path = completed(conn, format="gpkg")
     conn.execute("UPDATE locaria_core.files SET attributes = attributes || "
                  "jsonb_build_object('completed_at', (now() - interval '8 days')::text) WHERE id = 1")
-    dry = runner.invoke(app, ["downloads", "prune", "--older-than", "7d", "--dry-run", "--json"])
+    dry = runner.invoke(app, ["download", "prune", "--older-than", "7d", "--dry-run", "--json"])
     assert dry.exit_code == 0, dry.output
     assert json.loads(dry.output) == [{"id": 1, "key": "loaderDownloads/1.csv"}] and old_path.is_file()
 
-    result = runner.invoke(app, ["downloads", "prune", "--older-than", "7d", "--json"])
+    result = runner.invoke(app, ["download", "prune", "--older-than", "7d", "--json"])
     assert result.exit_code == 0, result.output
     assert json.loads(result.output) == [{"id": 1, "key": "loaderDownloads/1.csv", "existed": True}]
     assert not old_path.exists() and new_path.is_file()
@@ -35,15 +35,15 @@ def test_prune_deletes_old_downloads_and_marks_their_rows(conn: Any) -> None:
     assert row["attributes"]["log_messages"][-1]["message"].startswith("Download expired: loaderDownloads/1.csv")
     assert "expired" not in get_file(conn, 2)["attributes"]
 
-    again = runner.invoke(app, ["downloads", "prune", "--older-than", "7d"])
+    again = runner.invoke(app, ["download", "prune", "--older-than", "7d"])
     assert again.exit_code == 0 and "pruned 0 download(s)" in again.output
-    everything = runner.invoke(app, ["downloads", "prune", "--older-than", "0s", "--json"])
+    everything = runner.invoke(app, ["download", "prune", "--older-than", "0s", "--json"])
     assert [p["id"] for p in json.loads(everything.output)] == [2] and not new_path.exists()
 
 
 def test_prune_rejects_a_bad_age(db_url: str) -> None:
-    result = runner.invoke(app, ["downloads", "prune", "--older-than", "a week"])
-    assert result.exit_code == 1
+    result = runner.invoke(app, ["download", "prune", "--older-than", "a week"])
+    assert result.exit_code == 2  # a usage error, as for any bad option value
     assert "age 'a week' is not understood" in result.output
 
 

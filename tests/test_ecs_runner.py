@@ -19,12 +19,12 @@ from locaria_batch.dispatch.dispatcher import Dispatcher
 from locaria_batch.dispatch.ecs import (
     JOB_IDENTITY,
     EcsRunner,
-    FargateConfigError,
     TokenBucket,
     backoff_delay,
-    load_fargate_config,
 )
+from locaria_batch.dispatch.handles import TaskHandle
 from locaria_batch.dispatch.runner import LaunchRequest
+from locaria_batch.fargate import FargateConfigError, load_fargate_config
 from locaria_batch.files import cancel_file, get_file, register_upload
 from locaria_batch.storage import open_storage
 from tests.aws_fixtures import CLUSTER, REGION, FargateStack, FaultInjector
@@ -334,7 +334,7 @@ def test_reconciliation_describes_a_hundred_tasks_at_a_time(conn, fargate: Farga
                                                       "securityGroups": [fargate.security_group]}})["tasks"]
     arns = [t["taskArn"] for t in real] + [f"arn:aws:ecs:{REGION}:123456789012:task/{CLUSTER}/gone-{n}"
                                            for n in range(147)]
-    statuses = runner.status([{"task_arn": arn, "cluster": CLUSTER, "region": REGION} for arn in arns])
+    statuses = runner.status([TaskHandle(arn, arn.rsplit("/", 1)[1], CLUSTER, REGION) for arn in arns])
     assert [len(call["tasks"]) for call in described.calls] == [100, 50]
     assert [s.state for s in statuses[:3]] == ["running"] * 3
     assert {s.state for s in statuses[3:]} == {"missing"}

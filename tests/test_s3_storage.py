@@ -15,6 +15,7 @@ import requests
 from typer.testing import CliRunner
 
 from locaria_batch.cli.main import app
+from locaria_batch.errors import ApiError
 from locaria_batch.files import get_file, request_download
 from locaria_batch.files.uploads import UploadNotReady, complete_upload, request_upload
 from locaria_batch.storage import ObjectNotFound, StorageError, open_storage
@@ -116,14 +117,14 @@ def test_upload_url_command_prints_a_curl_line(conn, s3_storage: str) -> None:
 
 
 def test_upload_url_needs_s3_storage(conn) -> None:
-    with pytest.raises(ValueError, match="upload URLs need S3 storage"):
+    with pytest.raises(ApiError, match="upload URLs need S3 storage"):
         request_upload(conn, open_storage(), "parks.geojson")
     result = CliRunner().invoke(app, ["files", "upload-url", "parks.geojson"])
     assert result.exit_code == 1 and "upload URLs need S3 storage" in result.output
 
 
 def test_upload_name_without_extension_is_refused(conn, s3_storage: str) -> None:
-    with pytest.raises(ValueError, match="has no extension"):
+    with pytest.raises(ApiError, match="has no extension"):
         request_upload(conn, open_storage(), "README")
     assert conn.execute("SELECT count(*) AS n FROM locaria_core.files").fetchone()["n"] == 0
 

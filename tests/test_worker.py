@@ -9,7 +9,8 @@ import sys
 import time
 from pathlib import Path
 
-from locaria_batch.dispatch.wait import wait_for_file, worker_running
+from locaria_batch.dispatch.store import JobStore
+from locaria_batch.dispatch.wait import wait_for_file
 from locaria_batch.files import register_upload
 from locaria_batch.storage import open_storage
 
@@ -22,7 +23,7 @@ def test_worker_picks_up_new_files_and_stops_gracefully(conn, db_url: str) -> No
                               text=True)
     try:
         deadline = time.monotonic() + 30
-        while not worker_running(conn):
+        while not JobStore(conn).worker_attached():
             assert worker.poll() is None, worker.stdout.read() if worker.stdout else ""
             assert time.monotonic() < deadline
             time.sleep(0.1)
@@ -39,3 +40,4 @@ def test_worker_picks_up_new_files_and_stops_gracefully(conn, db_url: str) -> No
         output, _ = worker.communicate(timeout=30)
     assert worker.returncode == 0, output
     assert "stopping" in output
+    assert not JobStore(conn).worker_attached()  # a stopped worker no longer counts

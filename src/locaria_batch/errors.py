@@ -35,6 +35,14 @@ class SchemaNotMigrated(LocariaError):
                          + ": run `locaria-batch db migrate`")
 
 
+class StorageError(LocariaError):
+    """Storage (a folder or S3) refused an operation."""
+
+
+class DeployError(LocariaError):
+    """Building, pushing or deploying failed."""
+
+
 class ApiError(LocariaError):
     """A SQL API function (add_file, retry_file, ...) answered with {"error": ...}."""
 

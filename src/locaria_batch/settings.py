@@ -10,15 +10,24 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
+from enum import StrEnum
 from functools import cache
 from pathlib import Path
-from typing import Literal
 
 from locaria_batch.errors import ConfigurationError
 
 PACKAGE_DIR = Path(__file__).resolve().parent
-RunnerName = Literal["local", "docker", "ecs"]
-RUNNERS: tuple[RunnerName, ...] = ("local", "docker", "ecs")
+
+
+class RunnerName(StrEnum):
+    """Where job attempts run: processes on this machine, containers, or ECS Fargate tasks."""
+
+    LOCAL = "local"
+    DOCKER = "docker"
+    ECS = "ecs"
+
+
+RUNNERS = tuple(RunnerName)
 
 
 @dataclass(frozen=True)
@@ -141,17 +150,19 @@ class Settings:
         runner = read.text("LOCARIA_RUNNER") or "local"
         if runner not in RUNNERS:
             raise ConfigurationError(f"LOCARIA_RUNNER is {runner!r}: choose one of {', '.join(RUNNERS)}")
+        runner_name = RunnerName(runner)
         limits = LoaderLimits(**{
             item.name: read.integer(f"LOCARIA_LOADER_{item.name.upper()}", getattr(LoaderLimits, item.name))
             for item in fields(LoaderLimits)})
-        defaults = cls(project_dir=project, home=home, db_url=None, db_secret=None, storage_url="", runner="local")
+        defaults = cls(project_dir=project, home=home, db_url=None, db_secret=None, storage_url="",
+                       runner=RunnerName.LOCAL)
         return cls(
             project_dir=project,
             home=home,
             db_url=read.text("LOCARIA_DB_URL"),
             db_secret=read.text("LOCARIA_DB_SECRET"),
             storage_url=read.text("LOCARIA_STORAGE") or str(home / "storage"),
-            runner=runner,  # type: ignore[arg-type]  # checked against RUNNERS above
+            runner=runner_name,
             pg_options=tuple((read.text("LOCARIA_PG_OPTIONS") or "").split()),
             download_url_expiry=read.integer("LOCARIA_DOWNLOAD_URL_EXPIRY", defaults.download_url_expiry),
             upload_url_expiry=read.integer("LOCARIA_UPLOAD_URL_EXPIRY", defaults.upload_url_expiry),

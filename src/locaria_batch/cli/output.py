@@ -1,29 +1,30 @@
-"""How the CLI prints rows: Rich tables for people, JSON for scripts."""
+"""How the CLI shows file rows and jobs to people (JSON for scripts is `print_json`).
+
+Every value that came from a user (names, attributes, errors, log entries) goes into a `Text`, never
+into markup, so `[bold]` or `[/oops]` in a file name prints as it is.
+"""
 
 from __future__ import annotations
 
 import json
-from typing import Any, NoReturn
+from typing import Any
 
-import typer
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
-ERROR_STATUSES = {"ERROR", "FARGATE_ERROR", "DOWNLOAD_ERROR"}
-DONE_STATUSES = {"FARGATE_PROCESSED", "IMPORTED", "DOWNLOAD_COMPLETED"}
-
-
-def fail(message: str, code: int = 1) -> NoReturn:
-    Console(stderr=True).print(f"[red]error:[/red] {message}", highlight=False)
-    raise typer.Exit(code)
+from locaria_batch.dispatch.handles import where_of
+from locaria_batch.dispatch.store import Job
+from locaria_batch.files import statuses
 
 
-def styled_status(status: str) -> str:
-    if status in ERROR_STATUSES:
-        return f"[red]{status}[/red]"
-    if status in DONE_STATUSES:
-        return f"[green]{status}[/green]"
-    return f"[yellow]{status}[/yellow]"
+def styled_status(status: str) -> Text:
+    style = "red" if status in statuses.FAILED else "green" if status in statuses.DONE else "yellow"
+    return Text(status, style=style)
+
+
+def _text(value: Any) -> Text:
+    return Text(value if isinstance(value, str) else json.dumps(value, default=str))
 
 
 def print_file_list(console: Console, rows: list[dict[str, Any]]) -> None:
@@ -31,48 +32,51 @@ def print_file_list(console: Console, rows: list[dict[str, Any]]) -> None:
     for row in rows:
         attrs = row.get("attributes") or {}
         kind = "download" if attrs.get("download") else "upload" if attrs.get("upload") else ""
-        table.add_row(str(row["id"]), styled_status(row["status"]), str(attrs.get("name", "")), kind,
+        table.add_row(str(row["id"]), styled_status(row["status"]), _text(attrs.get("name", "")), kind,
                       str(row.get("created", "")), str(row.get("last_updated", "")))
     console.print(table)
 
 
-def print_file(console: Console, row: dict[str, Any], jobs: list[dict[str, Any]]) -> None:
+def print_file(console: Console, row: dict[str, Any], jobs: list[Job]) -> None:
     attrs = dict(row.get("attributes") or {})
     log = attrs.pop("log_messages", [])
-    console.print(f"[bold]file {row['id']}[/bold]  {styled_status(row['status'])}  {attrs.get('name', '')}")
+    console.print(Text.assemble(Text(f"file {row['id']}", style="bold"), "  ", styled_status(row["status"]), "  ",
+                                _text(attrs.get("name", ""))))
     if attrs.get("url"):
         expiry = f"  (expires {attrs['expires_at']})" if attrs.get("expires_at") else ""
-        console.print(f"link: {attrs['url']}{expiry}")
+        console.print(Text(f"link: {attrs['url']}{expiry}"))
     if attrs.get("error"):
-        console.print(f"[red]error:[/red] {attrs['error']}", highlight=False)
+        console.print(Text.assemble(Text("error: ", style="red"), _text(attrs["error"])))
     columns = attrs.pop("columns", None)
     attrs.pop("preview", None)  # GeoJSON of the first rows: in --json, too long for a terminal
     if len(attrs.get("layer_details") or []) == 1:
         attrs.pop("layer_details")  # one layer: the same facts as the top-level keys
     facts = Table("attribute", "value", title="attributes", show_header=False)
     for key, value in sorted(attrs.items()):
-        facts.add_row(key, value if isinstance(value, str) else json.dumps(value, default=str))
+        facts.add_row(Text(key), _text(value))
     console.print(facts)
     if isinstance(columns, list) and columns:
         loaded = Table("source column", "loaded as", "type", title="columns")
         for column in columns:
-            loaded.add_row(str(column.get("source", "")), str(column.get("column", "")), str(column.get("type", "")))
+            loaded.add_row(_text(column.get("source", "")), _text(column.get("column", "")),
+                           _text(column.get("type", "")))
         console.print(loaded)
     if log:
         table = Table("time", "entry", title="log")
         for entry in log:
             entry = dict(entry)
             stamp = entry.pop("timestamp", "")
-            text = entry.get("message") if list(entry) == ["message"] else json.dumps(entry, default=str)
-            table.add_row(stamp, str(text))
+            text = entry.get("message") if list(entry) == ["message"] else entry
+            table.add_row(_text(stamp), _text(text))
         console.print(table)
     if jobs:
-        table = Table("job", "docker", "state", "attempt", "exit", "error", "where", title="jobs")
-        for job in jobs:
-            handle = job.get("handle") or {}
-            where = handle.get("log") or handle.get("log_stream") or handle.get("task_arn") or \
-                handle.get("container_id") or ""
-            table.add_row(str(job["id"]), job["docker"], job["state"], f"{job['attempt']}/{job['max_attempts']}",
-                          "" if job.get("exit_code") is None else str(job["exit_code"]), job.get("error") or "",
-                          str(where))
-        console.print(table)
+        print_jobs(console, jobs)
+
+
+def print_jobs(console: Console, jobs: list[Job]) -> None:
+    table = Table("job", "docker", "state", "attempt", "exit", "error", "where", title="jobs")
+    for job in jobs:
+        table.add_row(str(job.id), job.docker, str(job.state), f"{job.attempt}/{job.max_attempts}",
+                      "" if job.exit_code is None else str(job.exit_code), _text(job.error or ""),
+                      _text(where_of(job.handle, job.runner)))
+    console.print(table)

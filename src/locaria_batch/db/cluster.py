@@ -12,13 +12,14 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
+from locaria_batch.errors import LocariaError
 from locaria_batch.settings import settings
 
 DATABASE = "locaria"
 SUPERUSER = "locaria"
 
 
-class ClusterError(RuntimeError):
+class ClusterError(LocariaError):
     pass
 
 

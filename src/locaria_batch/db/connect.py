@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
+import psycopg.errors
 from psycopg.rows import dict_row
 
+from locaria_batch.errors import DatabaseNotConfigured, DatabaseUnavailable, LocariaError, SchemaNotMigrated
 from locaria_batch.settings import settings
-
-
-class DatabaseNotConfigured(RuntimeError):
-    pass
 
 
 def database_url() -> str:
@@ -52,3 +51,27 @@ def connect(url: str | None = None, *, autocommit: bool = False, application_nam
         if not autocommit:
             conn.commit()
     return conn
+
+
+def explain_database_error(exc: psycopg.Error) -> LocariaError | None:
+    """The sentence a user needs for a database error they can act on; None for anything else."""
+    first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    if isinstance(exc, psycopg.OperationalError) and exc.sqlstate is None:
+        return DatabaseUnavailable(f"cannot reach the database: {first_line}. Check that it runs "
+                                   "(`locaria-batch db status`) and that LOCARIA_DB_URL points at it")
+    if isinstance(exc, psycopg.errors.UndefinedTable | psycopg.errors.UndefinedFunction
+                  | psycopg.errors.InvalidSchemaName) and "locaria_" in str(exc):
+        return SchemaNotMigrated(first_line)
+    if isinstance(exc, psycopg.errors.InsufficientPrivilege):
+        return LocariaError(f"the database refused: {first_line}. Connect as a role that `locaria-batch db migrate` "
+                            "granted what this needs")
+    return None
+
+
+def redacted(url: str) -> str:
+    """The URL without its password, for messages and status lines."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return urlunsplit(parts._replace(netloc=netloc))

@@ -7,6 +7,8 @@ import threading
 import time
 from urllib.parse import quote
 
+from locaria_batch.errors import ConfigurationError
+
 CACHE_SECONDS = 300.0  # a warm Lambda re-reads the secret this often (rotation is picked up)
 _cache: dict[str, tuple[float, str]] = {}
 _lock = threading.Lock()
@@ -20,7 +22,7 @@ def secret_to_url(value: str) -> str:
     try:
         data = json.loads(value)
     except json.JSONDecodeError as exc:
-        raise ValueError("the database secret is neither a postgresql:// URL nor JSON") from exc
+        raise ConfigurationError("the database secret is neither a postgresql:// URL nor JSON") from exc
     if "url" in data:
         return str(data["url"])
     try:
@@ -29,8 +31,8 @@ def secret_to_url(value: str) -> str:
             host=data["host"], port=data.get("port", 5432), db=data.get("dbname", "postgres"),
         )
     except KeyError as exc:
-        raise ValueError(f"the database secret lacks {exc.args[0]!r}: give url, or username, password and host") \
-            from exc
+        raise ConfigurationError(
+            f"the database secret lacks {exc.args[0]!r}: give url, or username, password and host") from exc
 
 
 def database_url_from_secret(secret_id: str) -> str:

@@ -16,12 +16,10 @@ from typing import Any
 
 import psycopg
 
-from locaria_batch.db.connect import DatabaseNotConfigured
 from locaria_batch.deploy import workflow
-from locaria_batch.deploy.dockers import DockerRegistryError
-from locaria_batch.deploy.images import DEFAULT_BASE_IMAGE, DockerUnavailable, ImageError
-from locaria_batch.deploy.stack import DeployError
+from locaria_batch.deploy.images import DEFAULT_BASE_IMAGE
 from locaria_batch.deploy.stages import StageConfigError, Target, load_stages, target, themes
+from locaria_batch.errors import DeployError, LocariaError
 
 TOP_HELP = """\
   e  deploy: choose a stage, theme and environment, then build/push dockers or deploy the stack
@@ -32,8 +30,6 @@ DEPLOY_HELP = """\
   stack   render serverless.yml + cloudformation.json and create/update the stack through CloudFormation
   h       this help
   q       back to the main menu"""
-STEP_ERRORS = (DeployError, DockerRegistryError, DockerUnavailable, ImageError, StageConfigError,
-               workflow.ParameterError, DatabaseNotConfigured)
 
 
 @dataclass
@@ -127,7 +123,7 @@ class Menu:
     def step(self, action: Callable[[], None]) -> None:
         try:
             action()
-        except STEP_ERRORS as exc:
+        except LocariaError as exc:
             self.say(f"error: {exc}")
         except psycopg.OperationalError as exc:
             self.say(f"error: cannot reach the database to record fargate_config: {str(exc).strip().splitlines()[0]}")

@@ -9,7 +9,6 @@ needs no network inside the container and no registry but PyPI on the host).
 from __future__ import annotations
 
 import base64
-import os
 import re
 import shutil
 import subprocess
@@ -25,7 +24,9 @@ from typing import Any
 import docker
 from docker.errors import APIError, BuildError, DockerException
 
-from locaria_batch.deploy.dockers import DockerRegistryError, DockerSpec, load, local_image
+from locaria_batch.containers import local_image
+from locaria_batch.db.dockers import DockerRegistryError, DockerSpec, load
+from locaria_batch.errors import DeployError
 from locaria_batch.settings import settings
 
 DEFAULT_BASE_IMAGE = "localhost/locaria-python-base:bookworm"
@@ -36,26 +37,10 @@ STEP = re.compile(r"^\s*step\s+(\d+)\s*/\s*(\d+)", re.IGNORECASE)
 Progress = Callable[[str, int | None, int | None], None]  # (line, step, of steps)
 
 
-class ImageError(RuntimeError):
+class ImageError(DeployError):
     pass
 
 
-class DockerUnavailable(RuntimeError):
-    pass
-
-
-def connect_engine(timeout: int = 900) -> docker.DockerClient:
-    """A client for DOCKER_HOST (else the default socket), checked with a ping."""
-    try:
-        client = docker.from_env(timeout=timeout)
-        client.ping()
-    except DockerException as exc:
-        where = os.environ.get("DOCKER_HOST") or "the default socket (/var/run/docker.sock)"
-        raise DockerUnavailable(
-            f"no Docker daemon answers at {where}: start Docker, or run `podman system service --time=0 "
-            f"unix:///run/podman/podman.sock` and set DOCKER_HOST=unix:///run/podman/podman.sock"
-        ) from exc
-    return client
 
 
 def wheel_cache() -> Path:

@@ -15,7 +15,7 @@ from typing import Any
 
 import yaml
 
-from locaria_batch.deploy.dockers import DockerSpec
+from locaria_batch.db.dockers import DockerSpec
 from locaria_batch.deploy.stages import Target
 
 LAUNCHER_HANDLER = "locaria_batch.dispatch.lambdas.launcher_handler"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from locaria_batch.deploy.dockers import NAME_PATTERN, DockerRegistryError, DockerSpec, load, save
+from locaria_batch.db.dockers import NAME_PATTERN, DockerRegistryError, DockerSpec, load, save
 
 JOB = '''\
 """{description}

@@ -14,10 +14,11 @@ from typing import Any
 import boto3
 from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError, ProfileNotFound
 
-from locaria_batch.deploy.dockers import DockerSpec
+from locaria_batch.db.dockers import DockerSpec
 from locaria_batch.deploy.package import build_lambda_package, digest
 from locaria_batch.deploy.render import cloudformation
 from locaria_batch.deploy.stages import Target
+from locaria_batch.errors import DeployError
 from locaria_batch.settings import environment_value
 
 MAX_INLINE_TEMPLATE = 51_200  # CloudFormation's limit for TemplateBody
@@ -25,10 +26,6 @@ SETTLED_FAILED = ("ROLLBACK_COMPLETE", "ROLLBACK_FAILED", "UPDATE_ROLLBACK_COMPL
                   "CREATE_FAILED", "DELETE_COMPLETE", "DELETE_FAILED")
 
 Report = Callable[[str], None]
-
-
-class DeployError(RuntimeError):
-    pass
 
 
 class StackNotDeployed(DeployError):

@@ -8,14 +8,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from locaria_batch.deploy.jsonfile import read_json_object
+from locaria_batch.errors import ConfigurationError
+from locaria_batch.jsonfile import read_json_object
 from locaria_batch.settings import settings
 
 REQUIRED = ("region", "vpcPrivateSubnetA", "vpcPrivateSubnetB", "securityGroup", "themes")
 NAME = re.compile(r"^[a-z][a-z0-9]{0,15}$")
 
 
-class StageConfigError(ValueError):
+class StageConfigError(ConfigurationError):
     pass
 
 

@@ -8,19 +8,15 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
-from psycopg.types.json import Jsonb
 
 from locaria_batch import __version__
+from locaria_batch.containers import connect_engine, local_image
+from locaria_batch.db.dockers import DockerSpec, load
 from locaria_batch.deploy import images, render, stack
-from locaria_batch.deploy.dockers import DockerSpec, load, local_image
 from locaria_batch.deploy.stages import Target
+from locaria_batch.fargate import FargateTarget, write_fargate_config
 
-ADMINS = {"_groups": ["Admins"]}
 Progress = images.Progress
-
-
-class ParameterError(RuntimeError):
-    pass
 
 
 def specs(project_dir: Path) -> dict[str, DockerSpec]:
@@ -30,7 +26,7 @@ def specs(project_dir: Path) -> dict[str, DockerSpec]:
 def build(project_dir: Path, name: str, *, base_image: str = images.DEFAULT_BASE_IMAGE,
           progress: Progress = images._quiet, engine: Any = None) -> images.BuiltImage:
     images.docker_spec(project_dir, name)
-    engine = engine or images.connect_engine()
+    engine = engine or connect_engine()
     return images.build(engine, project_dir, name, wheel_cache=images.wheel_cache(), base_image=base_image,
                         progress=progress)
 
@@ -50,7 +46,7 @@ def push(target: Target, name: str, *, progress: Progress = images._quiet, engin
     images.docker_spec(target.project_dir, name)
     outputs = stack.load_outputs(target)
     uri = repository_uri(target, name, outputs)
-    engine = engine or images.connect_engine()
+    engine = engine or connect_engine()
     try:
         image = engine.images.get(local_image(name))
     except Exception as exc:  # docker.errors.ImageNotFound and engine errors alike
@@ -63,38 +59,16 @@ def push(target: Target, name: str, *, progress: Progress = images._quiet, engin
     return images.push(engine, built, uri, auth, __version__, progress)
 
 
-def fargate_entry(target: Target, name: str, outputs: dict[str, str], pushed: images.PushedImage) -> dict[str, Any]:
-    """What the ECS runner needs to run docker NAME (the original's keys, plus container and logs)."""
+def fargate_target(target: Target, name: str, outputs: dict[str, str], pushed: images.PushedImage) -> FargateTarget:
+    """What the ECS runner needs to run docker NAME."""
     keys = render.output_keys(name)
-    return {
-        "task": outputs[keys["task_definition"]],
-        "ecsName": outputs["ClusterName"],
-        "vpcPrivateSubnetA": target.config["vpcPrivateSubnetA"],
-        "vpcPrivateSubnetB": target.config["vpcPrivateSubnetB"],
-        "ServerlessSecurityGroup": target.config["securityGroup"],
-        "region": target.region,
-        "arn": outputs["LauncherFunctionArn"],
-        "ecrRepositoryUri": pushed.repository_uri,
-        "image": pushed.image,
-        "containerName": name,
-        "logGroup": outputs[keys["log_group"]],
-        "streamPrefix": name,
-        "assignPublicIp": str(target.config.get("assignPublicIp") or "DISABLED"),
-    }
-
-
-def write_fargate_config(conn: psycopg.Connection[Any], name: str, entry: dict[str, Any]) -> dict[str, Any]:
-    """Merge `entry` into parameters.fargate_config under NAME, keeping the other dockers' entries."""
-    with conn.transaction():
-        found = conn.execute("SELECT locaria_core.get_parameters(%s) AS r",
-                             [Jsonb({"parameter_name": "fargate_config", "acl": ADMINS})]).fetchone()
-        current = found["r"].get("parameters", {}).get("fargate_config", {}).get("data") or {}
-        merged = {**current, name: entry}
-        result = conn.execute("SELECT locaria_core.set_parameters(%s) AS r", [Jsonb(
-            {"parameter_name": "fargate_config", "parameters": merged, "acl": ADMINS})]).fetchone()["r"]
-    if "error" in result:
-        raise ParameterError(f"writing fargate_config failed: {result['error']}")
-    return merged
+    return FargateTarget(
+        docker=name, task_definition=outputs[keys["task_definition"]], cluster=outputs["ClusterName"],
+        subnets=(target.config["vpcPrivateSubnetA"], target.config["vpcPrivateSubnetB"]),
+        security_groups=(target.config["securityGroup"],), region=target.region, container=name,
+        log_group=outputs[keys["log_group"]], stream_prefix=name,
+        assign_public_ip=str(target.config.get("assignPublicIp") or "DISABLED"),
+        launcher_arn=outputs["LauncherFunctionArn"], repository_uri=pushed.repository_uri, image=pushed.image)
 
 
 def deploy(target: Target, name: str, conn: psycopg.Connection[Any], *, base_image: str = images.DEFAULT_BASE_IMAGE,
@@ -102,12 +76,12 @@ def deploy(target: Target, name: str, conn: psycopg.Connection[Any], *, base_ima
     """Build, push, then record where and how the docker runs on Fargate."""
     outputs = stack.load_outputs(target)  # fail before a long build when the stack is missing
     repository_uri(target, name, outputs)
-    engine = engine or images.connect_engine()
+    engine = engine or connect_engine()
     build(target.project_dir, name, base_image=base_image, progress=progress, engine=engine)
     pushed = push(target, name, progress=progress, engine=engine, aws=aws)
-    entry = fargate_entry(target, name, outputs, pushed)
-    write_fargate_config(conn, name, entry)
-    return entry
+    chosen = fargate_target(target, name, outputs, pushed)
+    write_fargate_config(conn, chosen)
+    return chosen.to_entry()
 
 
 def render_stack(target: Target, out_dir: Path, *, with_package: bool = True) -> list[Path]:

@@ -18,26 +18,25 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import psycopg
-from psycopg.types.json import Jsonb
 
 from locaria_batch.db import connect
+from locaria_batch.dispatch.handles import Handle
 from locaria_batch.dispatch.runner import LaunchError, LaunchRequest, Runner, RunStatus, exit_reason
+from locaria_batch.dispatch.store import InFlight, Job, JobState, JobStore
+from locaria_batch.errors import ConfigurationError
 from locaria_batch.settings import settings
 
 log = logging.getLogger("locaria_batch.dispatch")
 
-ACTIVE = ("launching", "running")
-
-
-def job_environment(job: dict[str, Any], db_url: str | None) -> dict[str, str]:
+def job_environment(job: Job, db_url: str | None) -> dict[str, str]:
     """What a job process needs: who it is, its fencing token, and where data lives."""
     conf = settings()
     env = {
-        "LOCARIA_JOB_ID": str(job["id"]),
-        "LOCARIA_JOB_TOKEN": str(job["attempt_token"]),
-        "LOCARIA_JOB_ATTEMPT": str(job["attempt"]),
-        "LOCARIA_FILE_ID": str(job["file_id"]),
-        "LOCARIA_DOCKER": str(job["docker"]),
+        "LOCARIA_JOB_ID": str(job.id),
+        "LOCARIA_JOB_TOKEN": job.token,
+        "LOCARIA_JOB_ATTEMPT": str(job.attempt),
+        "LOCARIA_FILE_ID": str(job.file_id),
+        "LOCARIA_DOCKER": job.docker,
         "LOCARIA_STORAGE": conf.storage_url,
         "LOCARIA_HOME": str(conf.home),
         "LOCARIA_PROJECT_DIR": str(conf.project_dir),
@@ -64,14 +63,14 @@ class PassReport:
 class Dispatcher:
     def __init__(
         self,
-        runner: Runner,
+        runner: Runner[Any],
         *,
         concurrency: int = 4,
         lease_seconds: int = 30,
         owner: str | None = None,
         db_url: str | None = None,
         job_db_url: str | None = None,
-        env_for_job: Callable[[dict[str, Any], str | None], dict[str, str]] = job_environment,
+        env_for_job: Callable[[Job, str | None], dict[str, str]] = job_environment,
     ) -> None:
         self.runner = runner
         self.concurrency = concurrency
@@ -87,21 +86,22 @@ class Dispatcher:
     @property
     def conn(self) -> psycopg.Connection[dict[str, Any]]:
         if self._conn is None or self._conn.closed:
-            self._conn = connect(self.db_url, autocommit=True, application_name=f"locaria-batch worker {self.owner}")
+            self._conn = connect(self.db_url, autocommit=True,
+                                 application_name=f"locaria-batch dispatcher {self.owner}")
         return self._conn
+
+    @property
+    def store(self) -> JobStore:
+        return JobStore(self.conn)
 
     def close(self) -> None:
         if self._conn is not None:
             self._conn.close()
 
-    def _call(self, query: str, params: list[Any]) -> Any:
-        row = self.conn.execute(query, params).fetchone()
-        return next(iter(row.values())) if row else None
-
     # -- one pass --------------------------------------------------------------------
     def run_once(self) -> PassReport:
         report = PassReport()
-        self._call("SELECT locaria_core.renew_leases(%s, %s)", [self.owner, self.lease_seconds])
+        self.store.renew_leases(self.owner, self.lease_seconds)
         self.adopt(report)
         self.reconcile(report)
         self.release_finished()
@@ -110,154 +110,103 @@ class Dispatcher:
 
     def release_finished(self) -> None:
         """Attempts that reported their own verdict: let the runner remove what they left behind
-        (a stopped container) once, then mark the handle released (the lease owner stays as a record)."""
-        done = self.conn.execute(
-            "SELECT id, handle FROM locaria_core.jobs WHERE lease_owner = %s AND handle IS NOT NULL "
-            "AND state IN ('succeeded', 'failed', 'cancelled') AND NOT stop_requested "
-            "AND NOT (handle ? 'released')", [self.owner],
-        ).fetchall()
+        (a stopped container) once, then mark them released (the lease owner stays as a record)."""
+        store = self.store
+        done = store.unreleased(self.owner)
         for job in done:
-            self.runner.cleanup(job["handle"])
-            self._call("UPDATE locaria_core.jobs SET handle = handle || '{\"released\": true}' WHERE id = %s "
-                       "RETURNING id", [job["id"]])
-
-    def in_flight(self) -> int:
-        return int(self._call(
-            "SELECT count(*) FROM locaria_core.jobs WHERE lease_owner = %s AND state IN ('launching', 'running')",
-            [self.owner],
-        ))
+            if job.handle is not None:
+                self.runner.cleanup(self.runner.handle(job.handle))
+        store.mark_released(self.owner, done)
 
     def claim_and_launch(self, report: PassReport) -> None:
-        free = self.concurrency - self.in_flight()
+        store = self.store
+        free = self.concurrency - store.in_flight_count(self.owner)
         if free <= 0:
             return
-        jobs = self.conn.execute(
-            "SELECT * FROM locaria_core.claim_jobs(%s, %s, %s, %s)",
-            [self.owner, free, self.lease_seconds, self.runner.name],
-        ).fetchall()
-        dockers = self._dockers({job["docker"] for job in jobs})
+        jobs = store.claim(self.owner, free, self.lease_seconds, self.runner.name)
+        dockers = store.dockers({job.docker for job in jobs})
         for job in jobs:
-            request = LaunchRequest(
-                job_id=job["id"], attempt=job["attempt"], token=str(job["attempt_token"]), file_id=job["file_id"],
-                docker=dockers[job["docker"]], env=self.env_for_job(job, self.job_db_url),
-            )
+            request = LaunchRequest(job_id=job.id, attempt=job.attempt, token=job.token, file_id=job.file_id,
+                                    docker=dockers[job.docker], env=self.env_for_job(job, self.job_db_url))
             try:
                 handle = self.runner.launch(request)
             except LaunchError as exc:
-                log.warning("job %s: launch failed: %s", job["id"], exc)
+                log.warning("job %s: launch failed: %s", job.id, exc)
                 if exc.requeue:
-                    self._call("SELECT locaria_core.job_requeue(%s, %s, %s, %s)",
-                               [job["id"], job["attempt_token"], str(exc), exc.delay])
+                    store.requeue(job, str(exc), exc.delay)
                 else:
-                    self._call("SELECT locaria_core.job_attempt_failed(%s, %s, NULL, %s)",
-                               [job["id"], job["attempt_token"], f"launch failed: {exc}"])
+                    store.attempt_failed(job, f"launch failed: {exc}")
                 continue
-            self._call("SELECT locaria_core.job_launched(%s, %s, %s)", [job["id"], job["attempt_token"], Jsonb(handle)])
-            report.launched.append(job["id"])
+            store.launched(job, handle.to_json())
+            report.launched.append(job.id)
             log.info("job %s (%s, file %s, attempt %s) launched: %s",
-                     job["id"], job["docker"], job["file_id"], job["attempt"], handle)
-
-    def _dockers(self, names: set[str]) -> dict[str, dict[str, Any]]:
-        if not names:
-            return {}
-        rows = self.conn.execute("SELECT * FROM locaria_core.dockers WHERE name = ANY (%s)", [list(names)]).fetchall()
-        return {row["name"]: row for row in rows}
+                     job.id, job.docker, job.file_id, job.attempt, handle.where)
 
     def adopt(self, report: PassReport) -> None:
         """Take over jobs of a dispatcher that stopped renewing its lease.  An attempt without a
         recorded handle is looked up by job id and attempt before anything is relaunched."""
-        adopted = self.conn.execute(
-            "SELECT * FROM locaria_core.adopt_expired_jobs(%s, %s, %s, %s)",
-            [self.owner, self.lease_seconds, 100, self.runner.name],
-        ).fetchall()
-        for job in adopted:
-            report.adopted.append(job["id"])
-            log.info("job %s adopted from an expired lease", job["id"])
-            if job["handle"] is not None:
+        store = self.store
+        for job in store.adopt_expired(self.owner, self.lease_seconds, 100, self.runner.name):
+            report.adopted.append(job.id)
+            log.info("job %s adopted from an expired lease", job.id)
+            if job.handle is not None:
                 continue  # reconcile() asks the runner about it
-            found = self.runner.find(job["id"], job["attempt"])
+            found = self.runner.find(job.id, job.attempt)
             if found is not None:
-                self._call("SELECT locaria_core.job_launched(%s, %s, %s)",
-                           [job["id"], job["attempt_token"], Jsonb(found)])
-            elif job["state"] == "launching":
+                store.launched(job, found.to_json())
+            elif job.state is JobState.LAUNCHING:
                 # the previous dispatcher died before it started anything: no attempt was spent
-                self._call("SELECT locaria_core.job_requeue(%s, %s, %s, 0)",
-                           [job["id"], job["attempt_token"], "launch lost: its dispatcher stopped before starting it"])
-            elif job["state"] == "running":
-                reason = "the job's process could not be found after its dispatcher stopped"
-                self._call("SELECT locaria_core.job_attempt_failed(%s, %s, NULL, %s)",
-                           [job["id"], job["attempt_token"], reason])
+                store.requeue(job, "launch lost: its dispatcher stopped before starting it")
+            elif job.state is JobState.RUNNING:
+                store.attempt_failed(job, "the job's process could not be found after its dispatcher stopped")
 
     def reconcile(self, report: PassReport) -> None:
-        jobs = self.conn.execute(
-            """SELECT j.*, d.timeout_seconds,
-                      clock_timestamp() > COALESCE(j.started_at, j.launched_at)
-                                          + make_interval(secs => d.timeout_seconds) AS overdue
-                 FROM locaria_core.jobs j JOIN locaria_core.dockers d ON d.name = j.docker
-                WHERE j.lease_owner = %s AND j.handle IS NOT NULL
-                  AND (j.state IN ('launching', 'running') OR j.stop_requested)""",
-            [self.owner],
-        ).fetchall()
-        if not jobs:
+        watched = self.store.in_flight(self.owner)
+        if not watched:
             return
-        statuses = self.runner.status([job["handle"] for job in jobs])
-        for job, status in zip(jobs, statuses, strict=True):
-            if job["stop_requested"]:
-                self._stop_cancelled(job, status, report)
+        handles = [self.runner.handle(item.job.handle or {}) for item in watched]
+        statuses = self.runner.status(handles)
+        for item, handle, status in zip(watched, handles, statuses, strict=True):
+            if item.job.stop_requested:
+                self._stop_cancelled(item.job, handle, status, report)
             elif status.state == "running":
                 report.in_flight += 1
-                if job["overdue"]:
-                    self._time_out(job, report)
+                if item.overdue:
+                    self._time_out(item, handle, report)
             else:
-                self._ended_without_report(job, status, report)
+                self._ended_without_report(item.job, handle, status, report)
 
-    def _stop_cancelled(self, job: dict[str, Any], status: RunStatus, report: PassReport) -> None:
+    def _stop_cancelled(self, job: Job, handle: Handle, status: RunStatus, report: PassReport) -> None:
         if status.state == "running":
-            self.runner.stop(job["handle"], "cancelled")
-        self.runner.cleanup(job["handle"])
-        self._call("UPDATE locaria_core.jobs SET stop_requested = false WHERE id = %s RETURNING id", [job["id"]])
-        report.stopped.append(job["id"])
+            self.runner.stop(handle, "cancelled")
+        self.runner.cleanup(handle)
+        self.store.stop_done(job, self.owner)
+        report.stopped.append(job.id)
 
-    def _time_out(self, job: dict[str, Any], report: PassReport) -> None:
-        reason = f"timed out after {job['timeout_seconds']} s"
-        log.warning("job %s %s: stopping it", job["id"], reason)
-        self.runner.stop(job["handle"], reason)
-        self.runner.cleanup(job["handle"])
-        self._call("SELECT locaria_core.job_attempt_failed(%s, %s, NULL, %s)",
-                   [job["id"], job["attempt_token"], reason])
-        report.timed_out.append(job["id"])
+    def _time_out(self, item: InFlight, handle: Handle, report: PassReport) -> None:
+        reason = f"timed out after {item.timeout_seconds} s"
+        log.warning("job %s %s: stopping it", item.job.id, reason)
+        self.runner.stop(handle, reason)
+        self.runner.cleanup(handle)
+        self.store.attempt_failed(item.job, reason)
+        report.timed_out.append(item.job.id)
 
-    def _ended_without_report(self, job: dict[str, Any], status: RunStatus, report: PassReport) -> None:
+    def _ended_without_report(self, job: Job, handle: Handle, status: RunStatus, report: PassReport) -> None:
         # The job writes its own verdict before it exits; if the row still says in flight, the
-        # process died first.  job_attempt_failed is fenced, so a verdict that lands in between wins.
+        # process died first.  attempt_failed is fenced, so a verdict that lands in between wins.
         reason = status.reason or f"the job process {exit_reason(status.exit_code)}"
-        new_state = self._call(
-            "SELECT locaria_core.job_attempt_failed(%s, %s, %s, %s, %s)",
-            [job["id"], job["attempt_token"], status.exit_code, reason, Jsonb(status.details)],
-        )
-        self.runner.cleanup(job["handle"])
+        new_state = self.store.attempt_failed(job, reason, status.exit_code, status.details)
+        self.runner.cleanup(handle)
         if new_state:
-            log.warning("job %s attempt %s %s -> %s", job["id"], job["attempt"], reason, new_state)
-            report.finished.append(job["id"])
+            log.warning("job %s attempt %s %s -> %s", job.id, job.attempt, reason, new_state)
+            report.finished.append(job.id)
 
     # -- loops -----------------------------------------------------------------------
     def has_pending_work(self) -> bool:
-        return bool(self._call(
-            """SELECT EXISTS (SELECT 1 FROM locaria_core.jobs j JOIN locaria_core.dockers d ON d.name = j.docker
-                               WHERE d.enabled AND (d.runner IS NULL OR d.runner = %s)
-                                 AND (j.state = 'queued' OR (j.lease_owner = %s AND
-                                      (j.state IN ('launching', 'running') OR j.stop_requested))))""",
-            [self.runner.name, self.owner],
-        ))
+        return self.store.has_pending_work(self.owner, self.runner.name)
 
     def next_due_in(self) -> float | None:
-        """Seconds until the next queued job becomes due (retries wait for their backoff)."""
-        value = self._call(
-            "SELECT EXTRACT(EPOCH FROM min(run_after) - clock_timestamp()) AS due "
-            "FROM locaria_core.jobs WHERE state = 'queued'",
-            [],
-        )
-        return None if value is None else max(0.0, float(value))
+        return self.store.next_due_in()
 
     def drain(self, *, poll: float = 0.2, timeout: float | None = None,
               until: Callable[[], bool] | None = None) -> None:
@@ -276,8 +225,10 @@ class Dispatcher:
 
     def serve(self, stop: threading.Event, *, poll: float = 2.0) -> None:
         """LISTEN for new jobs, with a poll as the safety net, until `stop` is set."""
-        listener = connect(self.db_url, autocommit=True, application_name=f"locaria-batch worker {self.owner} listen")
+        listener = connect(self.db_url, autocommit=True,
+                           application_name=f"locaria-batch dispatcher {self.owner} listen")
         listener.execute("LISTEN locaria_jobs")
+        JobStore(listener).attach(self.owner, socket.gethostname(), os.getpid(), self.runner.name, self.concurrency)
         try:
             while not stop.is_set():
                 try:
@@ -290,14 +241,12 @@ class Dispatcher:
                 due = self.next_due_in()
                 self._wait_for_notice(listener, stop, poll if due is None else min(poll, max(due, 0.01)))
         finally:
-            # hand our in-flight jobs over at once instead of making others wait out the lease
             with contextlib.suppress(psycopg.Error):
-                self._call("UPDATE locaria_core.jobs SET lease_expires = clock_timestamp() "
-                           "WHERE lease_owner = %s AND (state IN ('launching', 'running') OR stop_requested) "
-                           "RETURNING 1", [self.owner])
+                self.store.release_leases(self.owner)
+            with contextlib.suppress(psycopg.Error):
+                JobStore(listener).detach(self.owner)
             listener.close()
             self.close()
-
 
     @staticmethod
     def _wait_for_notice(listener: psycopg.Connection[Any], stop: threading.Event, seconds: float) -> None:
@@ -312,7 +261,7 @@ class Dispatcher:
                 return
 
 
-def make_runner(name: str) -> Runner:
+def make_runner(name: str) -> Runner[Any]:
     """The runner called `name`: local, docker or ecs."""
     conf = settings()
     if name == "local":
@@ -327,5 +276,5 @@ def make_runner(name: str) -> Runner:
         from locaria_batch.dispatch.ecs import EcsRunner
 
         return EcsRunner.from_database()
-    raise ValueError(f"unknown runner {name!r}: choose local, docker or ecs")
+    raise ConfigurationError(f"unknown runner {name!r}: choose local, docker or ecs")
 

@@ -16,9 +16,9 @@ from urllib.parse import urlsplit, urlunsplit
 import docker
 from docker.errors import APIError, DockerException, ImageNotFound, NotFound
 
-from locaria_batch.deploy.dockers import local_image
-from locaria_batch.deploy.images import connect_engine
-from locaria_batch.dispatch.runner import Handle, LaunchError, LaunchRequest, RunStatus
+from locaria_batch.containers import connect_engine, local_image
+from locaria_batch.dispatch.handles import ContainerHandle
+from locaria_batch.dispatch.runner import LaunchError, LaunchRequest, RunStatus
 from locaria_batch.settings import settings
 
 LABEL = "io.locaria.batch"
@@ -81,12 +81,12 @@ class DockerRunner:
 
     # -- launch ----------------------------------------------------------------------------
     def image(self, request: LaunchRequest) -> str:
-        return str(request.docker.get("image") or local_image(request.docker_name))
+        return request.docker.image or local_image(request.docker_name)
 
     @staticmethod
     def command(request: LaunchRequest) -> list[str] | None:
         """A docker's declared command (`{python}` is the image's interpreter), else the image's own CMD."""
-        declared = request.docker.get("command")
+        declared = request.docker.command
         return ["python" if part == "{python}" else str(part) for part in declared] if declared else None
 
     def environment(self, request: LaunchRequest) -> dict[str, str]:
@@ -104,7 +104,10 @@ class DockerRunner:
         folder.mkdir(parents=True, exist_ok=True)
         return {str(folder): {"bind": str(folder), "mode": "rw"}}
 
-    def launch(self, request: LaunchRequest) -> Handle:
+    def handle(self, stored: dict[str, Any]) -> ContainerHandle:
+        return ContainerHandle.from_json(stored)
+
+    def launch(self, request: LaunchRequest) -> ContainerHandle:
         spec = request.docker
         name = (f"locaria-{request.docker_name.replace('_', '-')}-job{request.job_id}-a{request.attempt}"
                 f"-{request.token[:8]}")
@@ -114,8 +117,8 @@ class DockerRunner:
         options: dict[str, Any] = {
             "name": name, "labels": labels, "environment": self.environment(request), "detach": True,
             "volumes": self.volumes(), "network_mode": self.network_mode,
-            "mem_limit": f"{int(spec.get('memory') or 512)}m",
-            "nano_cpus": int(float(spec.get("cpu") or 1024) / 1024 * 1e9),
+            "mem_limit": f"{int(spec.memory or 512)}m",
+            "nano_cpus": int(float(spec.cpu or 1024) / 1024 * 1e9),
         }
         if self.network_mode != "host":
             options["extra_hosts"] = {HOST_GATEWAY: "host-gateway"}
@@ -127,33 +130,34 @@ class DockerRunner:
         except APIError as exc:
             # this very attempt (its token is in the name) was started by a dispatcher that died before recording it
             existing = self.find(request.job_id, request.attempt)
-            if existing is not None and existing["name"] == name:
+            if existing is not None and existing.name == name:
                 return existing
             raise LaunchError(f"could not start a container for {request.docker_name}: {exc.explanation or exc}",
                               requeue=exc.status_code in {429, 500, 503}, delay=5.0) from exc
         except DockerException as exc:
             raise LaunchError(f"the container engine is unreachable: {exc}", requeue=True, delay=5.0) from exc
-        return self._handle(container.id, name, request.job_id, request.attempt)
+        return ContainerHandle(container.id, name, request.job_id, request.attempt,
+                               log=str(self._log(request.job_id, request.attempt)))
 
-    @staticmethod
-    def _handle(container_id: str, name: str, job_id: int, attempt: int, **extra: Any) -> Handle:
-        return {"container_id": container_id, "name": name, "job_id": job_id, "attempt": attempt, **extra}
+    def _log(self, job_id: int | None, attempt: int | None) -> Path:
+        """Where a container's output is kept once it has been removed."""
+        return self.logs_dir / f"job-{job_id}-attempt-{attempt}.log"
 
     # -- reconcile -------------------------------------------------------------------------
-    def status(self, handles: list[Handle]) -> list[RunStatus]:
+    def status(self, handles: list[ContainerHandle]) -> list[RunStatus]:
         if not handles:
             return []
         listed = {c["Id"]: c for c in self.client.api.containers(
             all=True, filters={"label": f"{LABEL_DATABASE}={self.scope}"})}
         result = []
         for handle in handles:
-            summary = listed.get(handle["container_id"])
+            summary = listed.get(handle.container_id)
             if summary is None:
                 result.append(RunStatus("missing", None, "the container disappeared before it reported"))
             elif summary["State"] in RUNNING_STATES:
                 result.append(RunStatus("running"))
             else:
-                result.append(self._exited(handle["container_id"]))
+                result.append(self._exited(handle.container_id))
         return result
 
     def _exited(self, container_id: str) -> RunStatus:
@@ -168,7 +172,7 @@ class DockerRunner:
                              details)
         return RunStatus("exited", code, None, details)
 
-    def find(self, job_id: int, attempt: int) -> Handle | None:
+    def find(self, job_id: int, attempt: int) -> ContainerHandle | None:
         found = self.client.api.containers(
             all=True, filters={"label": [f"{LABEL_DATABASE}={self.scope}", f"{LABEL_JOB}={job_id}",
                                          f"{LABEL_ATTEMPT}={attempt}"]}
@@ -176,24 +180,25 @@ class DockerRunner:
         if not found:
             return None
         names = found[0].get("Names") or [""]
-        return self._handle(found[0]["Id"], names[0].lstrip("/"), job_id, attempt, adopted=True)
+        return ContainerHandle(found[0]["Id"], names[0].lstrip("/"), job_id, attempt, adopted=True,
+                               log=str(self._log(job_id, attempt)))
 
     # -- stop and clean up -----------------------------------------------------------------
-    def stop(self, handle: Handle, reason: str) -> None:
+    def stop(self, handle: ContainerHandle, reason: str) -> None:
         try:
-            self.client.api.stop(handle["container_id"], timeout=self.stop_grace)
+            self.client.api.stop(handle.container_id, timeout=self.stop_grace)
         except NotFound:
             return
 
-    def cleanup(self, handle: Handle) -> None:
+    def cleanup(self, handle: ContainerHandle) -> None:
         """Keep the container's output in the job log, then remove the container."""
-        container_id = handle["container_id"]
+        container_id = handle.container_id
         try:
             output = self.client.api.logs(container_id, stdout=True, stderr=True)
         except NotFound:
             return
         self.logs_dir.mkdir(parents=True, exist_ok=True)
-        (self.logs_dir / f"job-{handle['job_id']}-attempt-{handle['attempt']}.log").write_bytes(output)
+        self._log(handle.job_id, handle.attempt).write_bytes(output)
         try:
             self.client.api.remove_container(container_id, force=True)
         except NotFound:

@@ -16,10 +16,11 @@ import random
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from typing import Any
 
-from locaria_batch.dispatch.runner import Handle, LaunchError, LaunchRequest, RunStatus, exit_reason
+from locaria_batch.dispatch.handles import TaskHandle
+from locaria_batch.dispatch.runner import LaunchError, LaunchRequest, RunStatus, exit_reason
+from locaria_batch.fargate import FargateConfigError, FargateTarget, load_fargate_config
 
 log = logging.getLogger("locaria_batch.dispatch.ecs")
 
@@ -32,12 +33,7 @@ RUN_TASK_RATE = 20.0  # Fargate's sustained RunTask rate per second
 THROTTLING_CODES = {"ThrottlingException", "Throttling", "TooManyRequestsException", "RequestLimitExceeded"}
 TRANSIENT_CODES = {"ServerException", "ServiceUnavailable", "ServiceUnavailableException", "InternalFailure",
                    "LimitExceededException"}
-REQUIRED_KEYS = ("task", "ecsName", "vpcPrivateSubnetA", "ServerlessSecurityGroup")
 CAPACITY_RETRY_SECONDS = 15.0
-
-
-class FargateConfigError(RuntimeError):
-    pass
 
 
 class TokenBucket:
@@ -70,55 +66,6 @@ def backoff_delay(attempt: int, base: float = 0.2, cap: float = 10.0) -> float:
     """Exponential backoff with jitter: between half and all of base * 2^attempt (capped)."""
     ceiling = min(cap, base * 2**attempt)
     return ceiling / 2 + random.uniform(0, ceiling / 2)
-
-
-@dataclass(frozen=True)
-class FargateTarget:
-    """Where one docker runs: its fargate_config entry."""
-
-    docker: str
-    task_definition: str
-    cluster: str
-    subnets: tuple[str, ...]
-    security_groups: tuple[str, ...]
-    region: str | None
-    container: str
-    log_group: str | None
-    stream_prefix: str
-    assign_public_ip: str
-
-    @classmethod
-    def from_entry(cls, docker: str, entry: dict[str, Any]) -> FargateTarget:
-        missing = [key for key in REQUIRED_KEYS if not entry.get(key)]
-        if missing:
-            raise FargateConfigError(
-                f"parameters.fargate_config.{docker} lacks {', '.join(missing)}: "
-                f"redeploy it with `locaria-batch docker deploy {docker}`")
-        groups = entry["ServerlessSecurityGroup"]
-        return cls(
-            docker=docker, task_definition=str(entry["task"]), cluster=str(entry["ecsName"]),
-            subnets=tuple(str(s) for s in (entry.get("vpcPrivateSubnetA"), entry.get("vpcPrivateSubnetB")) if s),
-            security_groups=tuple(groups) if isinstance(groups, list) else (str(groups),),
-            region=entry.get("region") or None, container=str(entry.get("containerName") or docker),
-            log_group=entry.get("logGroup") or None, stream_prefix=str(entry.get("streamPrefix") or docker),
-            assign_public_ip=str(entry.get("assignPublicIp") or "DISABLED"),
-        )
-
-    def log_stream(self, task_id: str) -> str:
-        return f"{self.stream_prefix}/{self.container}/{task_id}"
-
-
-def load_fargate_config(conn: Any) -> dict[str, dict[str, Any]]:
-    """parameters.fargate_config, read through the SQL API as an Admin."""
-    from psycopg.types.json import Jsonb
-
-    row = conn.execute("SELECT locaria_core.get_parameters(%s) AS result",
-                       [Jsonb({"parameter_name": "fargate_config", "acl": {"_groups": ["Admins"]}})]).fetchone()
-    result = row["result"] if isinstance(row, dict) else row[0]
-    if "error" in result:
-        return {}
-    data = result["parameters"]["fargate_config"]["data"]
-    return dict(data) if isinstance(data, dict) else {}
 
 
 def started_by(job_id: int, attempt: int) -> str:
@@ -260,7 +207,10 @@ class EcsRunner:
         raise AssertionError("unreachable")
 
     # -- Runner protocol --------------------------------------------------------------
-    def launch(self, request: LaunchRequest) -> Handle:
+    def handle(self, stored: dict[str, Any]) -> TaskHandle:
+        return TaskHandle.from_json(stored)
+
+    def launch(self, request: LaunchRequest) -> TaskHandle:
         from botocore.exceptions import BotoCoreError, ClientError
 
         try:
@@ -303,18 +253,15 @@ class EcsRunner:
                               delay=CAPACITY_RETRY_SECONDS * random.uniform(1, 2))
         return self._handle(tasks[0], target)
 
-    def _handle(self, task: dict[str, Any], target: FargateTarget, **extra: Any) -> Handle:
+    @staticmethod
+    def _handle(task: dict[str, Any], target: FargateTarget, adopted: bool = False) -> TaskHandle:
         arn = str(task["taskArn"])
         task_id = arn.rsplit("/", 1)[-1]
-        identity = task_identity(task)
-        handle: Handle = {"task_arn": arn, "task_id": task_id, "cluster": target.cluster, "region": target.region,
-                          "docker": target.docker, "container": target.container, **extra}
-        if identity is not None:
-            handle["job_id"], handle["attempt"] = identity[0], identity[1]
-        if target.log_group:
-            handle["log_group"] = target.log_group
-            handle["log_stream"] = target.log_stream(task_id)
-        return handle
+        job_id, attempt, _ = task_identity(task) or (None, None, None)
+        return TaskHandle(task_arn=arn, task_id=task_id, cluster=target.cluster, region=target.region,
+                          docker=target.docker, container=target.container, job_id=job_id, attempt=attempt,
+                          log_group=target.log_group,
+                          log_stream=target.log_stream(task_id) if target.log_group else None, adopted=adopted)
 
     def describe(self, region: str | None, cluster: str, arns: list[str]) -> dict[str, dict[str, Any]]:
         """Tasks by ARN, looked up 100 at a time."""
@@ -325,12 +272,12 @@ class EcsRunner:
             found.update({task["taskArn"]: task for task in response.get("tasks") or []})
         return found
 
-    def status(self, handles: list[Handle]) -> list[RunStatus]:
+    def status(self, handles: list[TaskHandle]) -> list[RunStatus]:
         from botocore.exceptions import BotoCoreError, ClientError
 
         groups: dict[tuple[str | None, str], list[str]] = {}
         for handle in handles:
-            groups.setdefault((handle.get("region"), handle["cluster"]), []).append(handle["task_arn"])
+            groups.setdefault((handle.region, handle.cluster), []).append(handle.task_arn)
         tasks: dict[str, dict[str, Any]] = {}
         unanswered: set[str] = set()
         for (region, cluster), arns in groups.items():
@@ -342,17 +289,17 @@ class EcsRunner:
                 unanswered.update(arns)
         result = []
         for handle in handles:
-            arn = handle["task_arn"]
+            arn = handle.task_arn
             if arn in unanswered:
                 result.append(RunStatus("running", details={"unknown": True}))
             elif arn in tasks:
-                result.append(task_status(tasks[arn], handle.get("container")))
+                result.append(task_status(tasks[arn], handle.container))
             else:
                 result.append(RunStatus("missing", None, f"ECS no longer knows task {arn} (stopped tasks are "
                                         "forgotten after about an hour)", {"task_arn": arn}))
         return result
 
-    def find(self, job_id: int, attempt: int) -> Handle | None:
+    def find(self, job_id: int, attempt: int) -> TaskHandle | None:
         marker = started_by(job_id, attempt)
         for region, cluster in self._clusters():
             arns: list[str] = []
@@ -383,15 +330,15 @@ class EcsRunner:
                 return name
         return None
 
-    def stop(self, handle: Handle, reason: str) -> None:
+    def stop(self, handle: TaskHandle, reason: str) -> None:
         from botocore.exceptions import BotoCoreError, ClientError
 
         try:
-            self._call(handle.get("region"), "stop_task", cluster=handle["cluster"], task=handle["task_arn"],
+            self._call(handle.region, "stop_task", cluster=handle.cluster, task=handle.task_arn,
                        reason=reason[:255])
         except (ClientError, BotoCoreError) as exc:
             # already stopped or gone: the attempt's writes are fenced either way
-            log.warning("StopTask %s failed: %s", handle["task_arn"], exc)
+            log.warning("StopTask %s failed: %s", handle.task_arn, exc)
 
-    def cleanup(self, handle: Handle) -> None:
+    def cleanup(self, handle: TaskHandle) -> None:
         """Fargate removes stopped tasks itself."""

@@ -20,11 +20,11 @@ from dataclasses import fields
 from typing import Any
 from urllib.parse import unquote_plus
 
-from psycopg.types.json import Jsonb
-
 from locaria_batch.db import connect
 from locaria_batch.dispatch.dispatcher import Dispatcher, PassReport
 from locaria_batch.dispatch.ecs import EcsRunner, task_identity, task_status
+from locaria_batch.dispatch.store import JobStore
+from locaria_batch.errors import ApiError, ConfigurationError
 from locaria_batch.settings import settings
 
 log = logging.getLogger("locaria_batch.lambdas")
@@ -48,10 +48,6 @@ def _merge(total: PassReport, one: PassReport) -> None:
     total.in_flight = one.in_flight
 
 
-def _job_visible(dispatcher: Dispatcher, job_id: int) -> bool:
-    return dispatcher.conn.execute("SELECT 1 FROM locaria_core.jobs WHERE id = %s", [job_id]).fetchone() is not None
-
-
 def launcher_handler(event: dict[str, Any] | None, context: Any = None, *, runner: EcsRunner | None = None,
                      poll: float = 0.5) -> dict[str, Any]:
     """One dispatch pass; when the event names a job not yet visible (its transaction has not
@@ -69,13 +65,11 @@ def launcher_handler(event: dict[str, Any] | None, context: Any = None, *, runne
     deadline = time.monotonic() + settle
     waited = 0
     try:
-        lost = dispatcher.conn.execute("SELECT locaria_core.release_lost_launches(%s, %s) AS id",
-                                       [LAUNCHER_OWNER, LOST_LAUNCH_GRACE_SECONDS]).fetchall()
+        lost = dispatcher.store.release_lost_launches(LAUNCHER_OWNER, LOST_LAUNCH_GRACE_SECONDS)
         if lost:
-            log.warning("jobs %s: an invocation died before recording their tasks; adopting them",
-                        [row["id"] for row in lost])
+            log.warning("jobs %s: an invocation died before recording their tasks; adopting them", lost)
         while True:
-            visible = wanted is None or _job_visible(dispatcher, wanted)
+            visible = wanted is None or dispatcher.store.job(wanted) is not None
             _merge(report, dispatcher.run_once())
             if visible or time.monotonic() >= deadline:
                 break
@@ -106,20 +100,17 @@ def task_state_handler(event: dict[str, Any], context: Any = None) -> dict[str, 
         return {"ignored": "not a locaria job task"}
     job_id, attempt, token = identity
     with connect(autocommit=True, application_name="locaria-batch task-state") as conn:
-        job = conn.execute("SELECT attempt, attempt_token, state, handle FROM locaria_core.jobs WHERE id = %s",
-                           [job_id]).fetchone()
-        if job is None or job["attempt"] != attempt or job["attempt_token"] is None \
-                or (token is not None and str(job["attempt_token"]) != token):
+        store = JobStore(conn)
+        job = store.job(job_id)
+        if job is None or job.attempt != attempt or job.attempt_token is None \
+                or (token is not None and job.attempt_token != token):
             return {"job_id": job_id, "attempt": attempt, "ignored": "a stale attempt"}
-        status = task_status(task, (job["handle"] or {}).get("container"))
-        new_state = conn.execute(
-            "SELECT locaria_core.job_attempt_failed(%s, %s, %s, %s, %s) AS state",
-            [job_id, job["attempt_token"], status.exit_code, status.reason, Jsonb(status.details)],
-        ).fetchone()["state"]
+        status = task_status(task, (job.handle or {}).get("container"))
+        new_state = store.attempt_failed(job, status.reason or "the task stopped", status.exit_code, status.details)
     if new_state is None:
-        return {"job_id": job_id, "attempt": attempt, "ignored": f"the job had already ended ({job['state']})"}
+        return {"job_id": job_id, "attempt": attempt, "ignored": f"the job had already ended ({job.state})"}
     log.warning("job %s attempt %s: %s -> %s", job_id, attempt, status.reason, new_state)
-    return {"job_id": job_id, "attempt": attempt, "state": new_state, "reason": status.reason}
+    return {"job_id": job_id, "attempt": attempt, "state": str(new_state), "reason": status.reason}
 
 
 def _created_objects(event: dict[str, Any]) -> list[tuple[str, str]]:
@@ -134,14 +125,13 @@ def _created_objects(event: dict[str, Any]) -> list[tuple[str, str]]:
 
 def upload_handler(event: dict[str, Any], context: Any = None) -> dict[str, Any]:
     """Complete the uploads whose objects were just created under incoming/."""
-    from locaria_batch.files import FileNotFound
-    from locaria_batch.files.uploads import UploadNotReady, complete_upload
+    from locaria_batch.files.uploads import complete_upload
     from locaria_batch.storage import open_storage
     from locaria_batch.storage.s3 import S3Storage
 
     storage = open_storage()
     if not isinstance(storage, S3Storage):
-        raise RuntimeError("the upload handler needs LOCARIA_STORAGE=s3://bucket/prefix")
+        raise ConfigurationError("the upload handler needs LOCARIA_STORAGE=s3://bucket/prefix")
     results: list[dict[str, Any]] = []
     with connect(autocommit=True, application_name="locaria-batch upload-event") as conn:
         for bucket, object_key in _created_objects(event):
@@ -153,7 +143,7 @@ def upload_handler(event: dict[str, Any], context: Any = None) -> dict[str, Any]
             file_id = int(match.group(1))
             try:
                 done = complete_upload(conn, storage, file_id)
-            except (FileNotFound, UploadNotReady, ValueError) as exc:
+            except ApiError as exc:
                 results.append({"id": file_id, "key": object_key, "ignored": str(exc)})
                 continue
             results.append({"id": file_id, "status": done["status"], "completed": done["completed"]})

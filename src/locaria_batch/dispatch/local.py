@@ -19,7 +19,8 @@ from multiprocessing.process import BaseProcess
 from pathlib import Path
 from typing import Any
 
-from locaria_batch.dispatch.runner import Handle, LaunchError, LaunchRequest, RunStatus
+from locaria_batch.dispatch.handles import ProcessHandle
+from locaria_batch.dispatch.runner import LaunchError, LaunchRequest, RunStatus
 
 
 def process_start_time(pid: int) -> int | None:
@@ -90,11 +91,14 @@ class LocalRunner:
         stem = self.logs_dir / f"job-{job_id}-attempt-{attempt}"
         return stem.with_suffix(".log"), stem.with_suffix(".pid")
 
-    def launch(self, request: LaunchRequest) -> Handle:
+    def handle(self, stored: dict[str, Any]) -> ProcessHandle:
+        return ProcessHandle.from_json(stored)
+
+    def launch(self, request: LaunchRequest) -> ProcessHandle:
         self.logs_dir.mkdir(parents=True, exist_ok=True)
         log_path, pid_path = self._paths(request.job_id, request.attempt)
         try:
-            if request.docker.get("command"):
+            if request.docker.command:
                 pid = self._spawn(request, log_path)
             else:
                 environment = {**os.environ, **request.env}
@@ -105,14 +109,13 @@ class LocalRunner:
                 self._children[pid] = process
         except OSError as exc:
             raise LaunchError(f"could not start {request.docker_name}: {exc}") from exc
-        handle = {"pid": pid, "start_time": process_start_time(pid), "log": str(log_path),
-                  "job_id": request.job_id, "attempt": request.attempt}
-        pid_path.write_text(f"{pid} {handle['start_time']}\n")
+        handle = ProcessHandle(pid, process_start_time(pid), str(log_path), request.job_id, request.attempt)
+        pid_path.write_text(f"{pid} {handle.start_time}\n")
         self._pid_files[pid] = pid_path
         return handle
 
     def _spawn(self, request: LaunchRequest, log_path: Path) -> int:
-        argv = [self.python if part == "{python}" else part for part in request.docker["command"]]
+        argv = [self.python if part == "{python}" else part for part in request.docker.command or []]
         with log_path.open("ab") as log:
             child = subprocess.Popen(argv, env={**os.environ, **request.env}, stdout=log, stderr=subprocess.STDOUT,
                                      stdin=subprocess.DEVNULL, start_new_session=True, cwd=self.cwd)
@@ -131,15 +134,15 @@ class LocalRunner:
         while len(self._exit_codes) > 10_000:  # jobs that reported their own verdict are never asked about
             del self._exit_codes[next(iter(self._exit_codes))]
 
-    def _alive(self, handle: Handle) -> bool:
-        start = process_start_time(int(handle["pid"]))
-        return start is not None and (handle.get("start_time") is None or start == handle["start_time"])
+    def _alive(self, handle: ProcessHandle) -> bool:
+        start = process_start_time(handle.pid)
+        return start is not None and (handle.start_time is None or start == handle.start_time)
 
-    def status(self, handles: list[Handle]) -> list[RunStatus]:
+    def status(self, handles: list[ProcessHandle]) -> list[RunStatus]:
         self._reap()
         result = []
         for handle in handles:
-            pid = int(handle["pid"])
+            pid = handle.pid
             if pid in self._exit_codes:
                 result.append(RunStatus("exited", self._exit_codes[pid]))
             elif pid in self._children or self._alive(handle):
@@ -149,18 +152,18 @@ class LocalRunner:
                 result.append(RunStatus("missing", None, "the process ended while no dispatcher was watching it"))
         return result
 
-    def find(self, job_id: int, attempt: int) -> Handle | None:
+    def find(self, job_id: int, attempt: int) -> ProcessHandle | None:
         log_path, pid_path = self._paths(job_id, attempt)
         try:
             pid_text, start_text = pid_path.read_text().split()
         except (FileNotFoundError, ValueError):
             return None
-        handle: dict[str, Any] = {"pid": int(pid_text), "start_time": None if start_text == "None" else int(start_text),
-                                  "log": str(log_path), "job_id": job_id, "attempt": attempt, "adopted": True}
+        handle = ProcessHandle(int(pid_text), None if start_text == "None" else int(start_text), str(log_path),
+                               job_id, attempt, adopted=True)
         return handle if self._alive(handle) else None
 
-    def stop(self, handle: Handle, reason: str) -> None:
-        pid = int(handle["pid"])
+    def stop(self, handle: ProcessHandle, reason: str) -> None:
+        pid = handle.pid
         if not self._alive(handle):
             return
         try:
@@ -181,5 +184,5 @@ class LocalRunner:
             self._reap()
             time.sleep(0.02)
 
-    def cleanup(self, handle: Handle) -> None:
-        self._exit_codes.pop(int(handle["pid"]), None)
+    def cleanup(self, handle: ProcessHandle) -> None:
+        self._exit_codes.pop(handle.pid, None)

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, Protocol, TypeVar
 
-Handle = dict[str, Any]  # JSON stored in jobs.handle: pid / container id / task ARN, plus what status() needs
+from locaria_batch.db.dockers import DockerSpec
+from locaria_batch.dispatch.handles import Handle
+from locaria_batch.errors import LocariaError
+
+H = TypeVar("H", bound=Handle)
 
 
 @dataclass(frozen=True)
@@ -14,12 +18,12 @@ class LaunchRequest:
     attempt: int
     token: str
     file_id: int
-    docker: dict[str, Any]  # the locaria_core.dockers row
+    docker: DockerSpec
     env: dict[str, str] = field(default_factory=dict)  # the job environment (ids, token, settings)
 
     @property
     def docker_name(self) -> str:
-        return str(self.docker["name"])
+        return self.docker.name
 
 
 @dataclass(frozen=True)
@@ -30,7 +34,7 @@ class RunStatus:
     details: dict[str, Any] = field(default_factory=dict)  # e.g. ECS stopCode/stoppedReason
 
 
-class LaunchError(RuntimeError):
+class LaunchError(LocariaError):
     """A launch that did not start anything.  `requeue`: try again later without spending an
     attempt (capacity, throttling); otherwise the attempt counts as failed."""
 
@@ -40,20 +44,23 @@ class LaunchError(RuntimeError):
         self.delay = delay
 
 
-class Runner(Protocol):
+class Runner(Protocol[H]):
     name: str
 
-    def launch(self, request: LaunchRequest) -> Handle: ...
+    def handle(self, stored: dict[str, Any]) -> H:
+        """The handle a launch recorded, read back from jobs.handle."""
 
-    def status(self, handles: list[Handle]) -> list[RunStatus]:
+    def launch(self, request: LaunchRequest) -> H: ...
+
+    def status(self, handles: list[H]) -> list[RunStatus]:
         """One status per handle, in order (runners batch their lookups)."""
 
-    def find(self, job_id: int, attempt: int) -> Handle | None:
+    def find(self, job_id: int, attempt: int) -> H | None:
         """Look an attempt up by its job id and attempt number (adoption after a dispatcher died)."""
 
-    def stop(self, handle: Handle, reason: str) -> None: ...
+    def stop(self, handle: H, reason: str) -> None: ...
 
-    def cleanup(self, handle: Handle) -> None:
+    def cleanup(self, handle: H) -> None:
         """Release what a finished attempt left behind (a stopped container)."""
 
 

@@ -11,13 +11,14 @@ import psycopg
 from psycopg import sql
 from psycopg.types.json import Jsonb
 
+from locaria_batch.errors import ApiError, NotFound
 from locaria_batch.storage import Storage, incoming_key
 
 Conn = psycopg.Connection[dict[str, Any]]  # connections from locaria_batch.db.connect (dict rows)
 
 
-class FileNotFound(LookupError):
-    pass
+class FileNotFound(NotFound):
+    """The file row named does not exist."""
 
 
 def _call(conn: Conn, function: str, payload: dict[str, Any]) -> Any:
@@ -74,7 +75,7 @@ def delete_file(conn: Conn, file_id: int) -> dict[str, Any]:
 def retry_file(conn: Conn, file_id: int) -> dict[str, Any]:
     result = conn.execute("SELECT locaria_core.retry_file(%s) AS result", [file_id]).fetchone()["result"]
     if "error" in result:
-        raise ValueError(result["error"])
+        raise ApiError(result["error"])
     return result
 
 

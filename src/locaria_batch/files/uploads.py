@@ -9,11 +9,12 @@ from typing import Any
 
 from psycopg.types.json import Jsonb
 
+from locaria_batch.errors import ApiError
 from locaria_batch.files.api import Conn, get_file, upload_attributes
 from locaria_batch.storage import ObjectNotFound, Storage, incoming_key
 
 
-class UploadNotReady(RuntimeError):
+class UploadNotReady(ApiError):
     """complete_upload was asked for before the object reached storage."""
 
 
@@ -30,16 +31,16 @@ def request_upload(conn: Conn, storage: Storage, name: str, *, attributes: dict[
     """Create the row as UPLOADING and return where to PUT the data."""
     presign = getattr(storage, "upload_url", None)
     if presign is None:
-        raise ValueError("upload URLs need S3 storage: set LOCARIA_STORAGE=s3://bucket/prefix, "
+        raise ApiError("upload URLs need S3 storage: set LOCARIA_STORAGE=s3://bucket/prefix, "
                          "or upload a local file with `locaria-batch files add PATH`")
     attrs = upload_attributes(name, attributes)
     if not attrs["ext"]:
-        raise ValueError(f"{name!r} has no extension: name the file as it is, e.g. parks.geojson or roads.csv")
+        raise ApiError(f"{name!r} has no extension: name the file as it is, e.g. parks.geojson or roads.csv")
     with conn.transaction():
         result = conn.execute("SELECT locaria_core.request_upload(%s) AS result",
                               [Jsonb({"file_attributes": attrs})]).fetchone()["result"]
     if "error" in result:
-        raise ValueError(result["error"])
+        raise ApiError(result["error"])
     file_id = int(result["id"])
     key = incoming_key(file_id, attrs["ext"])
     return UploadTicket(file_id, key, presign(key, expires_in), expires_in)
@@ -61,5 +62,5 @@ def complete_upload(conn: Conn, storage: Storage, file_id: int) -> dict[str, Any
         result = conn.execute("SELECT locaria_core.complete_upload(%s, %s) AS result",
                               [file_id, Jsonb({"size_bytes": size})]).fetchone()["result"]
     if "error" in result:
-        raise ValueError(result["error"])
+        raise ApiError(result["error"])
     return dict(result)

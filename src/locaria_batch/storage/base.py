@@ -7,9 +7,7 @@ from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import BinaryIO, Protocol
 
-
-class StorageError(RuntimeError):
-    pass
+from locaria_batch.errors import StorageError
 
 
 class ObjectNotFound(StorageError):

@@ -1,13 +1,15 @@
-"""docker/dockers.json: one entry per job container, keyed by its folder under docker/.
+"""The job types: docker/dockers.json, one entry per job container keyed by its folder under docker/,
+and its mirror locaria_core.dockers, which the files trigger and the dispatchers read.
 
-Locaria's format ({"name": {"description": ...}}) extended with what dispatch needs.
-`sync` mirrors the file into locaria_core.dockers, which the files trigger reads.
+Locaria's format ({"name": {"description": ...}}) extended with what dispatch needs.  `DockerSpec`
+is the one shape of an entry on both sides; `sync` mirrors the file into the table.
 """
 
 from __future__ import annotations
 
 import json
 import re
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -16,18 +18,14 @@ import psycopg
 from psycopg import sql
 from psycopg.types.json import Jsonb
 
-from locaria_batch.deploy.jsonfile import read_json_object
+from locaria_batch.errors import ConfigurationError
+from locaria_batch.jsonfile import read_json_object
 
 NAME_PATTERN = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
 
 
-class DockerRegistryError(ValueError):
+class DockerRegistryError(ConfigurationError):
     pass
-
-
-def local_image(name: str) -> str:
-    """The tag `docker build NAME` gives its image and the docker runner starts by default."""
-    return f"localhost/locaria-batch/{name}:latest"
 
 
 @dataclass
@@ -67,6 +65,11 @@ class DockerSpec:
             raise DockerRegistryError(f"docker {name!r} needs a `handler` (module:function) or a `command`")
         return spec
 
+    @classmethod
+    def from_row(cls, row: dict[str, Any]) -> DockerSpec:
+        """A locaria_core.dockers row (its bookkeeping columns dropped)."""
+        return cls(**{name: row[name] for name in COLUMNS if name in row})
+
     def to_entry(self) -> dict[str, Any]:
         defaults = DockerSpec(name=self.name)
         return {k: v for k, v in asdict(self).items()
@@ -80,6 +83,12 @@ def load(path: Path) -> dict[str, DockerSpec]:
 
 def save(path: Path, specs: dict[str, DockerSpec]) -> None:
     path.write_text(json.dumps({name: spec.to_entry() for name, spec in specs.items()}, indent=2) + "\n")
+
+
+def read(conn: psycopg.Connection[Any], names: Iterable[str]) -> dict[str, DockerSpec]:
+    """The table's entries for these dockers."""
+    rows = conn.execute("SELECT * FROM locaria_core.dockers WHERE name = ANY (%s)", [list(names)]).fetchall()
+    return {row["name"]: DockerSpec.from_row(row) for row in rows}
 
 
 COLUMNS = [f.name for f in fields(DockerSpec)]

@@ -1,0 +1,102 @@
+"""`locaria-batch db`: the embedded development cluster and migrations."""
+
+from __future__ import annotations
+
+from locaria_batch.cli.common import JsonOption, command, database, group, print_json, say
+from locaria_batch.errors import ConfigurationError
+from locaria_batch.settings import settings
+
+db_app = group("The database: the embedded development cluster and migrations.")
+
+
+def migrate_and_sync(url: str | None = None) -> list[str]:
+    """Apply pending migrations, then load docker/dockers.json into the database."""
+    from locaria_batch.db import connect, dockers
+    from locaria_batch.db.migrate import migrate
+
+    with connect(url, autocommit=True) as conn:
+        applied = [f"{m.version:04d}_{m.name}" for m in migrate(conn)]
+        dockers.sync(conn, dockers.load(settings().dockers_file))
+    return applied
+
+
+def start_embedded() -> tuple[str, list[str]]:
+    """Start (and on first use create) the embedded cluster, then migrate it."""
+    from locaria_batch.db.cluster import EmbeddedCluster
+
+    if settings().db_url:
+        raise ConfigurationError("LOCARIA_DB_URL is set: the embedded cluster is not used. "
+                                 "Run `locaria-batch db migrate` instead.")
+    url = EmbeddedCluster(settings().home).up()
+    return url, migrate_and_sync(url)
+
+
+@command(db_app, "up")
+def db_up(as_json: JsonOption = False) -> None:
+    """Start the embedded PostgreSQL + PostGIS cluster (initialising it the first time) and migrate it."""
+    from locaria_batch.db.connect import redacted
+
+    url, applied = start_embedded()
+    if as_json:
+        print_json({"url": redacted(url), "applied": applied})
+    else:
+        say(f"[green]database up[/green] {redacted(url)}" + (f" (applied {', '.join(applied)})" if applied else ""))
+
+
+@command(db_app, "down")
+def db_down(as_json: JsonOption = False) -> None:
+    """Stop the embedded cluster (its data and its port stay under .locaria/pg)."""
+    from locaria_batch.db.cluster import EmbeddedCluster
+
+    stopped = EmbeddedCluster(settings().home).down()
+    if as_json:
+        print_json({"stopped": stopped})
+    else:
+        say("stopped" if stopped else "not running")
+
+
+@command(db_app, "status")
+def db_status(as_json: JsonOption = False) -> None:
+    """Show whether the database runs, and where (never its password); exit 1 when it is stopped."""
+    import typer
+
+    from locaria_batch.db.cluster import EmbeddedCluster
+    from locaria_batch.db.connect import redacted
+
+    if settings().db_url:
+        url = redacted(settings().db_url or "")
+        if as_json:
+            print_json({"embedded": False, "url": url})
+        else:
+            say(f"using LOCARIA_DB_URL (embedded cluster not used): {url}")
+        return
+    status = EmbeddedCluster(settings().home).status()
+    if as_json:
+        print_json({"embedded": True, "running": status.running, "data_dir": str(status.data_dir),
+                    "port": status.port, "url": redacted(status.url) if status.url else None})
+    else:
+        state = "[green]running[/green]" if status.running else "[red]stopped[/red]"
+        say(f"{state}  data: {status.data_dir}  port: {status.port or '-'}  "
+            f"url: {redacted(status.url) if status.url else '-'}")
+    if not status.running:
+        raise typer.Exit(1)
+
+
+@command(db_app, "url")
+def db_url() -> None:
+    """Print the database URL (for psql "$(locaria-batch db url)")."""
+    from locaria_batch.db.connect import database_url
+
+    print(database_url())
+
+
+@command(db_app, "migrate")
+def db_migrate(as_json: JsonOption = False) -> None:
+    """Apply pending SQL migrations (idempotent, safe to run concurrently) and sync the dockers."""
+    with database():
+        pass  # a clear message when there is no database, before anything else
+    applied = migrate_and_sync()
+    if as_json:
+        print_json({"applied": applied})
+    else:
+        say(f"applied {', '.join(applied)}" if applied else "schema up to date")

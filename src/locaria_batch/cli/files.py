@@ -1,0 +1,202 @@
+"""`locaria-batch files`: upload, list, show, retry, cancel and delete file rows."""
+
+from __future__ import annotations
+
+import shlex
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from locaria_batch.cli.common import (
+    AttrOption,
+    FileIdArgument,
+    JsonOption,
+    RunnerOption,
+    WaitOption,
+    command,
+    consoles,
+    database,
+    group,
+    parse_attrs,
+    print_json,
+    runner_name,
+    say,
+)
+from locaria_batch.cli.output import print_file_list
+from locaria_batch.cli.report import after_queueing, show
+from locaria_batch.files import statuses
+from locaria_batch.settings import settings
+
+files_app = group("File rows: upload, list, show, retry, cancel, delete.")
+
+TableOption = Annotated[str | None, typer.Option(
+    metavar="NAME", help="Target table (upload_file_1 or locaria_uploads.upload_file_1).")]
+
+
+def known_statuses() -> list[str]:
+    """Locaria's statuses and those the project's dockers use."""
+    from locaria_batch.db.dockers import load
+
+    found = list(statuses.ALL)
+    try:
+        specs = load(settings().dockers_file).values()
+    except Exception:  # a missing or broken dockers.json: the built-in statuses still work
+        specs = []  # type: ignore[assignment]
+    for spec in specs:
+        for status in (*spec.trigger_statuses, spec.running_status, spec.success_status, spec.error_status,
+                       spec.cancelled_status):
+            if status and status not in found:
+                found.append(status)
+    return found
+
+
+def check_status(value: str | None) -> str | None:
+    if value is None:
+        return None
+    known = known_statuses()
+    if value.upper() not in known:
+        raise typer.BadParameter(f"{value!r} is not a status. Choose from: {', '.join(known)}")
+    return value.upper()
+
+
+def upload_attributes(attr: list[str], table: str | None) -> dict[str, Any]:
+    extra = parse_attrs(attr)
+    if table:
+        extra["table_name"] = table.removeprefix("locaria_uploads.")
+    return extra
+
+
+@command(files_app, "add")
+def files_add(
+    path: Annotated[Path, typer.Argument(metavar="PATH", help="The data file to upload.", exists=True,
+                                         dir_okay=False)],
+    table: TableOption = None,
+    attr: AttrOption = [],  # noqa: B006 - Typer needs a literal default
+    wait: WaitOption = False,
+    as_json: JsonOption = False,
+    runner: RunnerOption = None,
+) -> None:
+    """Copy a file into storage and register it; the file_loader job loads it into PostGIS."""
+    from locaria_batch.files import register_upload
+    from locaria_batch.storage import open_storage
+
+    with database() as conn:
+        file_id = register_upload(conn, open_storage(), path, attributes=upload_attributes(attr, table))
+    if not as_json:
+        consoles.out.print(f"registered file {file_id} ({path.name})", markup=False, highlight=False)
+    after_queueing(file_id, wait_for_it=wait, as_json=as_json, runner=runner_name(runner))
+
+
+@command(files_app, "list")
+def files_list(
+    status: Annotated[str | None, typer.Option(metavar="STATUS", callback=check_status, help=(
+        "Only this status (DELETED shows deleted rows): " + ", ".join(statuses.ALL)
+        + ", or one a docker in dockers.json uses."))] = None,
+    upload: Annotated[bool, typer.Option("--uploads", help="Only uploads.")] = False,
+    download: Annotated[bool, typer.Option("--downloads", help="Only downloads.")] = False,
+    as_json: JsonOption = False,
+) -> None:
+    """List file rows (DELETED rows are hidden unless asked for)."""
+    from locaria_batch.files import get_files
+
+    kinds = {"upload": upload, "download": download}
+    with database() as conn:
+        rows = get_files(conn, status=status, filter={k: True for k, v in kinds.items() if v} or None)
+    if as_json:
+        print_json(rows)
+    else:
+        print_file_list(consoles.out, rows)
+
+
+@command(files_app, "show")
+def files_show(file_id: FileIdArgument, as_json: JsonOption = False) -> None:
+    """Status, attributes, log and job attempts of one file."""
+    show(file_id, as_json)
+
+
+@command(files_app, "retry")
+def files_retry(file_id: FileIdArgument, wait: WaitOption = False, as_json: JsonOption = False,
+                runner: RunnerOption = None) -> None:
+    """Run the file's job again (it goes back to REGISTERED or DOWNLOAD_REQUESTED)."""
+    from locaria_batch.files import retry_file
+
+    with database() as conn:
+        row = retry_file(conn, file_id)
+    if not as_json:
+        say(f"file {file_id} is {row['status']} again")
+    after_queueing(file_id, wait_for_it=wait, as_json=as_json, runner=runner_name(runner))
+
+
+@command(files_app, "cancel")
+def files_cancel(file_id: FileIdArgument, as_json: JsonOption = False) -> None:
+    """Cancel the file's queued or running job (a running process/container/task is stopped)."""
+    from locaria_batch.files import cancel_file
+
+    with database() as conn:
+        result = cancel_file(conn, file_id)
+    jobs = result["cancelled_jobs"]
+    if as_json:
+        print_json(result)
+    else:
+        say(f"cancelled job(s) {', '.join(map(str, jobs))}" if jobs else f"file {file_id} has no active job")
+
+
+@command(files_app, "delete")
+def files_delete(file_id: FileIdArgument, as_json: JsonOption = False) -> None:
+    """Mark a file DELETED (a soft delete, as Locaria does)."""
+    from locaria_batch.errors import NotFound
+    from locaria_batch.files import delete_file
+
+    with database() as conn:
+        result = delete_file(conn, file_id)
+    if "error" in result:
+        raise NotFound(f"file {file_id} not deleted: it does not exist or is already deleted")
+    if as_json:
+        print_json({"id": file_id, "status": statuses.DELETED})
+    else:
+        say(f"file {file_id} marked as deleted")
+
+
+@command(files_app, "upload-url")
+def files_upload_url(
+    name: Annotated[str, typer.Argument(metavar="NAME", help="The file's name with its extension, e.g. "
+                                        "parks.geojson.")],
+    table: TableOption = None,
+    attr: AttrOption = [],  # noqa: B006 - Typer needs a literal default
+    expires: Annotated[int | None, typer.Option(metavar="SECONDS", min=1, help=(
+        "Seconds the URL stays valid (default: $LOCARIA_UPLOAD_URL_EXPIRY, 3600)."))] = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Create the file row as UPLOADING and print a presigned PUT URL for its data (S3 storage only)."""
+    from locaria_batch.files.uploads import request_upload
+    from locaria_batch.storage import open_storage
+
+    with database() as conn:
+        ticket = request_upload(conn, open_storage(), name, attributes=upload_attributes(attr, table),
+                                expires_in=expires)
+    if as_json:
+        print_json({"id": ticket.file_id, "key": ticket.key, "url": ticket.url})
+        return
+    say(f"file [bold]{ticket.file_id}[/bold] is UPLOADING; send its data with:")
+    print(f"  curl --fail -T {shlex.quote(name)} {shlex.quote(ticket.url)}")
+    say(f"then: locaria-batch files complete {ticket.file_id}")
+
+
+@command(files_app, "complete")
+def files_complete(
+    file_id: Annotated[int, typer.Argument(metavar="ID", min=1, help="File id given by `files upload-url`.")],
+    wait: WaitOption = False,
+    as_json: JsonOption = False,
+    runner: RunnerOption = None,
+) -> None:
+    """Register an uploaded file once its data is in storage (this queues the loader)."""
+    from locaria_batch.files.uploads import complete_upload
+    from locaria_batch.storage import open_storage
+
+    with database() as conn:
+        result = complete_upload(conn, open_storage(), file_id)
+    if not as_json:
+        say(f"file {file_id} registered: the loader is queued" if result["completed"]
+            else f"file {file_id} is {result['status']}: not waiting for an upload, nothing to do")
+    after_queueing(file_id, wait_for_it=wait, as_json=as_json, runner=runner_name(runner))
