@@ -104,3 +104,83 @@ def test_every_command_has_help() -> None:
         result = runner.invoke(app, [*path, "--help"])
         assert result.exit_code == 0, (path, result.output)
         assert "Usage" in result.output
+
+
+def help_of(path: list[str]) -> str:
+    from typer.testing import CliRunner
+
+    result = CliRunner().invoke(app, [*path, "--help"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0, (path, result.output)
+    return result.output
+
+
+def test_help_reads_in_words() -> None:
+    for path in walk(app, []):
+        shown = help_of(path)
+        for typer_type in ("<str>", "<int>", "<float>", "<bool>", "<list[", "<path>", "<file>", "{"):
+            assert typer_type not in shown, (path, typer_type, shown)
+
+
+REPORTS_NOTHING = [["db", "url"], ["worker"], ["configure"], ["demo"]]  # a URL, a service, a menu, a walk-through
+
+
+def test_every_command_that_reports_takes_json() -> None:
+    commands = [path for path in walk(app, []) if path and path not in REPORTS_NOTHING]
+    assert ["files", "cancel"] in commands and ["db", "status"] in commands
+    for path in commands:
+        if "Commands:" not in help_of(path):  # a group has no output of its own
+            assert "--json" in help_of(path), path
+
+
+def test_verbose_is_taken_after_the_subcommand_too(db_url: str) -> None:
+    assert cli("files", "list", "-v").returncode == 0
+    assert cli("-v", "files", "list").returncode == 0
+
+
+def test_fixed_value_sets_are_refused_at_once(db_url: str) -> None:
+    bad_format = cli("download", "request", "--table", "t", "--format", "dwg", check=False)
+    assert bad_format.returncode == 2 and "geojson" in bad_format.stderr and "geoparquet" in bad_format.stderr
+    bad_status = cli("files", "list", "--status", "DONE", check=False)
+    assert bad_status.returncode == 2 and "FARGATE_PROCESSED" in bad_status.stderr
+    bad_runner = cli("files", "add", str(REPO / "samples" / "parks.csv"), "--runner", "k8s", check=False)
+    assert bad_runner.returncode == 2 and "local" in bad_runner.stderr
+    assert cli("files", "list", "--json").stdout.strip() == "[]"  # nothing was registered by the refused add
+
+
+def test_the_cli_formats_are_the_exporters() -> None:
+    from locaria_batch.cli.download import DownloadFormat
+    from locaria_batch.jobs.file_download.formats import FORMATS
+
+    assert [f.value for f in DownloadFormat] == [f.name for f in FORMATS]
+
+
+def test_piped_output_is_whole_and_unwrapped(db_url: str, tmp_path: Path) -> None:
+    name = "a file with a long name " * 8 + "[/oops] [bold]not markup[/bold].csv"
+    cli("files", "add", str(REPO / "samples" / "parks.csv"), "--attr", f"name={name}")
+    listing = cli("files", "list").stdout
+    assert any(name in line for line in listing.splitlines()), listing
+    shown = cli("files", "show", "1").stdout
+    assert name in shown and "…" not in shown
+
+
+def test_replies_as_json(db_url: str) -> None:
+    cli("files", "add", str(REPO / "samples" / "parks.csv"), "--json")
+    assert as_json(cli("files", "cancel", "1", "--json"))["cancelled_jobs"] == [1]
+    assert as_json(cli("files", "delete", "1", "--json")) == {"id": 1, "status": "DELETED"}
+    assert as_json(cli("db", "status", "--json"))["embedded"] is False
+
+
+def test_a_database_without_the_schema_says_to_migrate(db_url: str, conn, monkeypatch: pytest.MonkeyPatch) -> None:
+    conn.execute("DROP DATABASE IF EXISTS locaria_unmigrated")
+    conn.execute("CREATE DATABASE locaria_unmigrated")
+    monkeypatch.setenv("LOCARIA_DB_URL", db_url.rsplit("/", 1)[0] + "/locaria_unmigrated")
+    result = cli("files", "list", check=False)
+    assert result.returncode == 1
+    assert "run `locaria-batch db migrate`" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_an_unreachable_database_is_one_sentence(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LOCARIA_DB_URL", "postgresql://nobody:secret@127.0.0.1:1/none")
+    result = cli("files", "list", check=False)
+    assert result.returncode == 1 and "cannot reach the database" in result.stderr
+    assert "Traceback" not in result.stderr and "secret" not in result.stderr

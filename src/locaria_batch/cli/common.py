@@ -21,6 +21,7 @@ from typer.core import TyperArgument, TyperCommand
 from locaria_batch.errors import LocariaError
 from locaria_batch.settings import RunnerName, settings
 
+DEPLOY_EXTRA = ("docker", "yaml")  # modules of the optional `deploy` dependencies
 P = ParamSpec("P")
 R = TypeVar("R")
 
@@ -69,6 +70,9 @@ def _as_message(exc: Exception) -> tuple[str, int] | None:
 
     if isinstance(exc, LocariaError):
         return str(exc), exc.exit_code
+    if isinstance(exc, ModuleNotFoundError) and exc.name in DEPLOY_EXTRA:
+        return (f"this needs {exc.name}, which comes with the deploy extra: "
+                "pip install 'locaria-batch[deploy]' (`make test` installs it)"), 1
     if isinstance(exc, psycopg.Error):
         explained = explain_database_error(exc)
         return (str(explained), explained.exit_code) if explained else None
@@ -127,7 +131,7 @@ def command(app: typer.Typer, name: str) -> Callable[[Callable[P, R]], Callable[
             kwargs.pop("verbose", None)
             try:
                 return function(*args, **kwargs)
-            except (LocariaError, psycopg.Error) as exc:
+            except (LocariaError, psycopg.Error, ModuleNotFoundError) as exc:
                 explained = _as_message(exc)
                 if explained is None:
                     raise
