@@ -18,7 +18,7 @@ from psycopg import sql
 
 from locaria_batch.job import JobError, RetryableJobError
 from locaria_batch.jobs.file_loader import columns as col
-from locaria_batch.jobs.file_loader.copy import BadRow, Prepared, ahead, copy_prepared, produce
+from locaria_batch.jobs.file_loader.copyin import BadRow, Prepared, ahead, copy_prepared, produce
 from locaria_batch.jobs.file_loader.crs import infer_srid, srid_from_crs
 from locaria_batch.jobs.file_loader.limits import Limits
 from locaria_batch.jobs.file_loader.pgbinary import encode
@@ -272,7 +272,7 @@ class LayerLoader:
                 arrays.append(self._attribute(batch.column(i), types[i], table_names[i + 1], fids))
             if plain < len(originals):
                 arrays.append(_spill(batch, range(plain, len(originals)), originals))
-            before: list[sql.Composable] = []
+            before: list[sql.Composed] = []
             if geometry is not None:
                 arrays.append(self._geometry(batch, geometry, done + 1, before))
             out = pa.RecordBatch.from_arrays(arrays, names=table_names)
@@ -306,7 +306,7 @@ class LayerLoader:
         return column
 
     def _geometry(self, batch: pa.RecordBatch, plan: GeometryPlan, first_row: int,
-                  before: list[sql.Composable]) -> pa.Array:
+                  before: list[sql.Composed]) -> pa.Array:
         if plan.source == "xy":
             assert plan.xy is not None
             names = [f.name for f in self.raw.fields]
