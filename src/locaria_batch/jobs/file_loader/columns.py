@@ -213,6 +213,19 @@ def wkb_kinds(column: pa.Array) -> tuple[np.ndarray, np.ndarray]:
     return kinds, dimensions
 
 
+def point_coordinates(column: pa.Array, kinds: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """x and y of the 2D point values of a WKB column, gathered straight from its bytes."""
+    column = plain_binary(column)
+    offsets, raw = wkb_offsets(column)
+    starts = offsets[:-1][(kinds == 1) & (offsets[1:] - offsets[:-1] >= 21)]
+    little = raw[starts] == 1
+    x_bytes = raw[(starts[:, None] + np.arange(5, 13)).ravel()].reshape(-1, 8)
+    y_bytes = raw[(starts[:, None] + np.arange(13, 21)).ravel()].reshape(-1, 8)
+    x_bytes[~little] = x_bytes[~little, ::-1]
+    y_bytes[~little] = y_bytes[~little, ::-1]
+    return x_bytes.copy().view("<f8").ravel(), y_bytes.copy().view("<f8").ravel()
+
+
 def promote_to_multi(column: pa.Array, kinds: np.ndarray, dimension: int) -> pa.Array:
     """Wrap single Point/LineString/Polygon WKB values as one-part Multi* values."""
     prefixes: list[bytes | None] = [None] * 8

@@ -15,7 +15,8 @@ from psycopg import sql
 
 from locaria_batch.job import JobError
 from locaria_batch.jobs.file_loader.columns import MAX_IDENTIFIER_BYTES, safe_identifier
-from locaria_batch.jobs.file_loader.layer import SCHEMA, LayerLoader, LayerResult
+from locaria_batch.jobs.file_loader.finish import LayerResult
+from locaria_batch.jobs.file_loader.layer import SCHEMA, load_layer
 from locaria_batch.jobs.file_loader.limits import Limits
 from locaria_batch.jobs.file_loader.readers import display_name, layer_names, open_layer
 from locaria_batch.jobs.file_loader.sources import DataFile, find_data_files
@@ -94,9 +95,9 @@ def load_file(conn: psycopg.Connection[Any], path: Path, name: str, options: Loa
                     if progress is not None:
                         progress(before + rows, None if total is None else before + total)
 
-                result = LayerLoader(conn, raw, staging, source_crs=options.source_srid,
-                                     target_srid=options.target_srid, repair=options.repair, limits=limits,
-                                     on_rows=report).load()
+                result = load_layer(conn, raw, staging, source_crs=options.source_srid,
+                                    target_srid=options.target_srid, repair=options.repair, limits=limits,
+                                    on_rows=report)
             done += result.record_count
             if result.record_count == 0 and len(sources) > 1:
                 conn.execute(sql.SQL("DROP TABLE {}").format(sql.Identifier(SCHEMA, staging)))
