@@ -22,6 +22,7 @@ from locaria_batch.jobs.file_download.arrow import GEOMETRY, ArrowRows, arrow_ro
 from locaria_batch.jobs.file_download.copyout import Progress
 from locaria_batch.jobs.file_download.request import DownloadRequest
 from locaria_batch.jobs.file_download.selection import Layer, Selection
+from locaria_batch.jobs.names import unique_name
 
 OGR_NAMES = {"POINT": "Point", "LINESTRING": "LineString", "POLYGON": "Polygon", "MULTIPOINT": "MultiPoint",
              "MULTILINESTRING": "MultiLineString", "MULTIPOLYGON": "MultiPolygon",
@@ -30,6 +31,7 @@ OGR_NAMES = {"POINT": "Point", "LINESTRING": "LineString", "POLYGON": "Polygon",
 SHAPE_GROUPS = {"points": ("POINT",), "multipoints": ("MULTIPOINT",), "lines": ("LINESTRING", "MULTILINESTRING"),
                 "polygons": ("POLYGON", "MULTIPOLYGON")}
 FLATGEOBUF_INDEX_MAX_ROWS = 500_000
+DBF_FIELD_NAME_LIMIT = 10  # characters
 # Written to a temporary file that is read once: durability buys nothing here
 # OGR_GPKG_THREADED_RTREE=NO: GDAL's threaded R-tree build holds every feature's box in memory
 # (312 MB at 1M points); inserting into the R-tree as rows arrive stays near 230 MB, no slower
@@ -110,14 +112,8 @@ def shapefile_field_names(names: list[str]) -> list[str]:
     taken: set[str] = set()
     for name in names:
         ascii_name = unicodedata.normalize("NFKD", name).encode("ascii", "ignore").decode()
-        base = re.sub(r"[^A-Za-z0-9_]+", "_", ascii_name).strip("_")[:10] or "field"
-        candidate, n = base, 1
-        while candidate.lower() in taken:
-            n += 1
-            suffix = f"_{n}"
-            candidate = base[: 10 - len(suffix)] + suffix
-        taken.add(candidate.lower())
-        result.append(candidate)
+        base = re.sub(r"[^A-Za-z0-9_]+", "_", ascii_name).strip("_") or "field"
+        result.append(unique_name(base, taken, max_length=DBF_FIELD_NAME_LIMIT, fold_case=True))
     return result
 
 

@@ -13,6 +13,7 @@ from psycopg import sql
 
 from locaria_batch.job import JobError
 from locaria_batch.jobs.file_download.request import DownloadRequest
+from locaria_batch.jobs.names import unique_name
 
 UPLOADS_SCHEMA = "locaria_uploads"
 LOADER_KEY = "ogc_fid"  # the loader's serial key: an artifact of loading, not data
@@ -154,7 +155,7 @@ def category_selection(conn: psycopg.Connection[Any], request: DownloadRequest) 
         params["categories"] = categories
     columns = [Column(name, sql.SQL(expr), kind, sql.SQL("{}::text").format(sql.SQL(expr)))
                for name, expr, kind in ITEM_COLUMNS]
-    taken = {c.name for c in columns}
+    taken = {c.name.lower() for c in columns}
     leaves = conn.execute(
         sql.SQL("SELECT l.path, array_agg(DISTINCT l.kind) AS kinds FROM {} "
                 "CROSS JOIN LATERAL locaria_core.jsonb_leaves(i.attributes) l WHERE {} "
@@ -163,7 +164,7 @@ def category_selection(conn: psycopg.Connection[Any], request: DownloadRequest) 
     ).fetchall()
     for leaf in leaves:
         path = sql.Literal(leaf["path"])
-        name = unique_name(".".join(leaf["path"]), taken)
+        name = unique_name(".".join(leaf["path"]), taken, fold_case=True)
         text = sql.SQL("(i.attributes #>> {}::text[])").format(path)
         columns.append(Column(name, leaf_expression(path, leaf["kinds"]), leaf_kind(leaf["kinds"]), text))
     selection = Selection(
@@ -192,15 +193,6 @@ def leaf_expression(path: sql.Composable, kinds: list[str]) -> sql.Composable:
         return sql.SQL("(i.attributes #> {}::text[])").format(path)
     cast = {"integer": "::numeric::bigint", "number": "::float8", "boolean": "::boolean", "text": ""}[kind]
     return sql.SQL("(i.attributes #>> {}::text[])" + cast).format(path)
-
-
-def unique_name(name: str, taken: set[str]) -> str:
-    candidate, n = name, 1
-    while candidate.lower() in {t.lower() for t in taken}:
-        n += 1
-        candidate = f"{name}_{n}"
-    taken.add(candidate)
-    return candidate
 
 
 # -- a table -------------------------------------------------------------------------------------
@@ -254,6 +246,7 @@ def table_selection(conn: psycopg.Connection[Any], request: DownloadRequest,
         geometry = sql.SQL("t.{}").format(sql.Identifier(geometry_row["name"]))
         declared = conn.execute("SELECT postgis_typmod_srid(%s) AS srid, upper(postgis_typmod_type(%s)) AS type",
                                 [geometry_row["typmod"]] * 2).fetchone()
+        assert declared is not None  # a SELECT without FROM returns its one row
         source_srid = declared["srid"]
         if declared["type"] in SPECIFIC_TYPES:
             declared_type = declared["type"]
@@ -280,7 +273,7 @@ def apply_filters(selection: Selection, request: DownloadRequest) -> None:
     if filters.bbox is not None:
         if selection.stored_geometry is None:
             raise JobError("a bbox filter needs a geometry column, and this table has none")
-        envelope = sql.SQL("ST_MakeEnvelope(%(bbox_0)s, %(bbox_1)s, %(bbox_2)s, %(bbox_3)s, 4326)")
+        envelope: sql.Composable = sql.SQL("ST_MakeEnvelope(%(bbox_0)s, %(bbox_1)s, %(bbox_2)s, %(bbox_3)s, 4326)")
         if selection.stored_srid != 4326:
             envelope = sql.SQL("ST_Transform({}, {})").format(envelope, sql.Literal(selection.stored_srid))
         selection.where.append(sql.SQL("ST_Intersects({}, {})").format(selection.stored_geometry, envelope))

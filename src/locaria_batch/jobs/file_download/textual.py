@@ -12,7 +12,8 @@ from psycopg import sql
 from locaria_batch.job import JobError
 from locaria_batch.jobs.file_download.copyout import RAW_ROWS, Progress, copy_out
 from locaria_batch.jobs.file_download.request import DownloadRequest
-from locaria_batch.jobs.file_download.selection import Selection, unique_name
+from locaria_batch.jobs.file_download.selection import Selection
+from locaria_batch.jobs.names import unique_name
 
 PROGRESS_EVERY = 50_000
 GEOJSON_GEOMETRY = "__locaria_geometry"
@@ -44,7 +45,12 @@ def _copy_to(out: BinaryIO, conn: psycopg.Connection[Any], query: sql.Composable
 
 def write_csv(conn: psycopg.Connection[Any], selection: Selection, request: DownloadRequest, path: Path,
               progress: Progress) -> int:
-    taken = {c.name for c in selection.columns}
+    taken = {c.name.lower() for c in selection.columns}
+
+    def added(name: str) -> sql.Identifier:
+        """A column added to the selection's, under a name none of them has."""
+        return sql.Identifier(unique_name(name, taken, fold_case=True))
+
     fields = [sql.SQL("{}{} AS {}").format(c.expression, sql.SQL(TEXT_CASTS.get(c.kind, "")), sql.Identifier(c.name))
               for c in selection.columns]
     geometry = selection.geometry
@@ -52,10 +58,10 @@ def write_csv(conn: psycopg.Connection[Any], selection: Selection, request: Down
         if set(selection.geometry_types) - {"POINT"}:
             raise JobError("lon/lat columns need point geometries only; ask for csv_geometry wkt instead")
         x_name, y_name = ("lon", "lat") if selection.srid == 4326 else ("x", "y")
-        fields.append(sql.SQL("ST_X({}) AS {}").format(geometry, sql.Identifier(unique_name(x_name, taken))))
-        fields.append(sql.SQL("ST_Y({}) AS {}").format(geometry, sql.Identifier(unique_name(y_name, taken))))
+        fields.append(sql.SQL("ST_X({}) AS {}").format(geometry, added(x_name)))
+        fields.append(sql.SQL("ST_Y({}) AS {}").format(geometry, added(y_name)))
     elif geometry is not None:
-        fields.append(sql.SQL("ST_AsText({}) AS {}").format(geometry, sql.Identifier(unique_name("wkt", taken))))
+        fields.append(sql.SQL("ST_AsText({}) AS {}").format(geometry, added("wkt")))
     query, params = selection.query(sql.SQL(", ").join(fields))
     with path.open("wb", buffering=1 << 20) as out:
         lines = _copy_to(out, conn, query, params, sql.SQL("(FORMAT csv, HEADER true)"), progress)

@@ -24,7 +24,8 @@ from psycopg.rows import tuple_row
 from locaria_batch.job import JobError
 from locaria_batch.jobs.file_download.copyout import Progress
 from locaria_batch.jobs.file_download.request import DownloadRequest
-from locaria_batch.jobs.file_download.selection import Column, Selection, unique_name
+from locaria_batch.jobs.file_download.selection import Column, Selection
+from locaria_batch.jobs.names import unique_name
 
 SHEET_NAME_LIMIT = 31
 SHEET_FORBIDDEN = re.compile(r"[\[\]:*?/\\]")
@@ -64,14 +65,8 @@ def sheet_names(names: list[str]) -> list[str]:
         base = SHEET_FORBIDDEN.sub("_", XML_ILLEGAL.sub("", name)).strip("'").strip() or "Sheet"
         if base.lower() == "history":
             base = "History_"
-        base = base[:SHEET_NAME_LIMIT].rstrip("'")
-        candidate, n = base, 1
-        while candidate.lower() in taken:
-            n += 1
-            suffix = f"~{n}"
-            candidate = base[: SHEET_NAME_LIMIT - len(suffix)].rstrip("'") + suffix
-        taken.add(candidate.lower())
-        result.append(candidate)
+        result.append(unique_name(base, taken, max_length=SHEET_NAME_LIMIT, separator="~", fold_case=True,
+                                  trim="'"))
     return result
 
 
@@ -153,7 +148,7 @@ def write_xlsx(conn: psycopg.Connection[Any], selection: Selection, request: Dow
     kinds = [c.kind for c in selection.columns]
     if selection.geometry is not None:
         select.append(sql.SQL("ST_AsText({})").format(selection.geometry))
-        header.append(unique_name("wkt", set(header)))
+        header.append(unique_name("wkt", {h.lower() for h in header}, fold_case=True))
         kinds.append("text")
     layers = selection.output_layers(request.name)
     titles = sheet_names([layer.name for layer in layers])

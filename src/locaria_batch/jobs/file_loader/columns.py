@@ -14,6 +14,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.types as pat
 
+from locaria_batch.jobs.names import unique_name
+
 FID_COLUMN = "ogc_fid"
 GEOMETRY_COLUMN = "wkb_geometry"
 SPILL_COLUMN = "extra_attributes"
@@ -40,17 +42,9 @@ def safe_identifier(name: str, fallback: str = "column") -> str:
 def unique_identifiers(originals: list[str], taken: set[str] | None = None) -> list[str]:
     """Safe names, made unique with a numeric suffix (still within 63 bytes)."""
     seen = set(RESERVED if taken is None else taken)
-    result = []
-    for index, original in enumerate(originals, start=1):
-        base = candidate = safe_identifier(original, fallback=f"column_{index}")
-        n = 1
-        while candidate in seen:
-            n += 1
-            suffix = f"_{n}"
-            candidate = f"{base[: MAX_IDENTIFIER_BYTES - len(suffix)]}{suffix}"
-        seen.add(candidate)
-        result.append(candidate)
-    return result
+    return [unique_name(safe_identifier(original, fallback=f"column_{index}"), seen,
+                        max_length=MAX_IDENTIFIER_BYTES, utf8_bytes=True)
+            for index, original in enumerate(originals, start=1)]
 
 
 def pg_type(arrow_type: pa.DataType) -> str:
@@ -177,7 +171,8 @@ def point_wkb(x: np.ndarray, y: np.ndarray) -> pa.Array:
 
 
 def coordinate_array(column: pa.Array, decimal_comma: bool) -> np.ndarray:
-    return to_float(column, decimal_comma).to_numpy(zero_copy_only=False).astype(np.float64, copy=False)
+    values: np.ndarray = to_float(column, decimal_comma).to_numpy(zero_copy_only=False)
+    return values.astype(np.float64, copy=False)
 
 
 # -- WKB as it comes from GDAL or GeoParquet ----------------------------------------------------
@@ -216,6 +211,19 @@ def wkb_kinds(column: pa.Array) -> tuple[np.ndarray, np.ndarray]:
     kinds[present] = base
     dimensions[present] = dims
     return kinds, dimensions
+
+
+def point_coordinates(column: pa.Array, kinds: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """x and y of the 2D point values of a WKB column, gathered straight from its bytes."""
+    column = plain_binary(column)
+    offsets, raw = wkb_offsets(column)
+    starts = offsets[:-1][(kinds == 1) & (offsets[1:] - offsets[:-1] >= 21)]
+    little = raw[starts] == 1
+    x_bytes = raw[(starts[:, None] + np.arange(5, 13)).ravel()].reshape(-1, 8)
+    y_bytes = raw[(starts[:, None] + np.arange(13, 21)).ravel()].reshape(-1, 8)
+    x_bytes[~little] = x_bytes[~little, ::-1]
+    y_bytes[~little] = y_bytes[~little, ::-1]
+    return x_bytes.copy().view("<f8").ravel(), y_bytes.copy().view("<f8").ravel()
 
 
 def promote_to_multi(column: pa.Array, kinds: np.ndarray, dimension: int) -> pa.Array:

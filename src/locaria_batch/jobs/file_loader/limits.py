@@ -1,9 +1,12 @@
-"""Safety limits of the loader, configurable through the environment (LOCARIA_LOADER_*)."""
+"""Safety limits of the loader, configurable through the environment (LOCARIA_LOADER_*), and how
+many row numbers a warning lists."""
 
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass, fields
+
+MAX_REPORTED_ROWS = 20  # a warning names the first rows with a problem, not every one
 
 
 @dataclass(frozen=True)

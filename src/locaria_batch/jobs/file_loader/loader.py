@@ -15,10 +15,12 @@ from psycopg import sql
 
 from locaria_batch.job import JobError
 from locaria_batch.jobs.file_loader.columns import MAX_IDENTIFIER_BYTES, safe_identifier
-from locaria_batch.jobs.file_loader.layer import SCHEMA, LayerLoader, LayerResult
+from locaria_batch.jobs.file_loader.finish import LayerResult
+from locaria_batch.jobs.file_loader.layer import SCHEMA, load_layer
 from locaria_batch.jobs.file_loader.limits import Limits
 from locaria_batch.jobs.file_loader.readers import display_name, layer_names, open_layer
 from locaria_batch.jobs.file_loader.sources import DataFile, find_data_files
+from locaria_batch.jobs.names import unique_name
 
 BATCH_ROWS = 65_536
 
@@ -46,17 +48,9 @@ def table_names(base: str, layers: list[str]) -> list[str]:
     """`base` for one layer; `base_{layer}` for several, unique and within 63 bytes."""
     if len(layers) == 1:
         return [base]
-    names: list[str] = []
-    for layer in layers:
-        suffix = safe_identifier(layer, fallback="layer")
-        candidate = f"{base}_{suffix}"[:MAX_IDENTIFIER_BYTES]
-        n = 1
-        while candidate in names:
-            n += 1
-            tail = f"_{n}"
-            candidate = f"{base}_{suffix}"[: MAX_IDENTIFIER_BYTES - len(tail)] + tail
-        names.append(candidate)
-    return names
+    taken: set[str] = set()
+    return [unique_name(f"{base}_{safe_identifier(layer, fallback='layer')}", taken,
+                        max_length=MAX_IDENTIFIER_BYTES, utf8_bytes=True) for layer in layers]
 
 
 def table_label(data: DataFile, layer: str, several_files: bool) -> str:
@@ -101,9 +95,9 @@ def load_file(conn: psycopg.Connection[Any], path: Path, name: str, options: Loa
                     if progress is not None:
                         progress(before + rows, None if total is None else before + total)
 
-                result = LayerLoader(conn, raw, staging, source_crs=options.source_srid,
-                                     target_srid=options.target_srid, repair=options.repair, limits=limits,
-                                     on_rows=report).load()
+                result = load_layer(conn, raw, staging, source_crs=options.source_srid,
+                                    target_srid=options.target_srid, repair=options.repair, limits=limits,
+                                    on_rows=report)
             done += result.record_count
             if result.record_count == 0 and len(sources) > 1:
                 conn.execute(sql.SQL("DROP TABLE {}").format(sql.Identifier(SCHEMA, staging)))

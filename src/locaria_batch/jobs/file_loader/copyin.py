@@ -33,7 +33,7 @@ class Prepared:
 
     batch: pa.RecordBatch
     first_row: int
-    before: list[sql.Composable] = field(default_factory=list)
+    before: list[sql.Composed] = field(default_factory=list)
     data: bytes | None = None  # the encoded COPY stream
 
 
