@@ -8,6 +8,7 @@ demo:
 test:
 	scripts/bootstrap.sh --test
 	.venv/bin/ruff check src tests bench
+	.venv/bin/mypy
 	.venv/bin/pytest
 
 bench-smoke:
@@ -19,3 +20,4 @@ bench-smoke:
 
 lint:
 	.venv/bin/ruff check src tests bench
+	.venv/bin/mypy

@@ -18,8 +18,8 @@ from pyogrio import write_arrow
 from locaria_batch.db import connect
 from locaria_batch.job import JobError
 from locaria_batch.jobs.file_loader import describe, readers
-from locaria_batch.jobs.file_loader.limits import Limits
 from locaria_batch.jobs.file_loader.loader import LoadOptions, load_file
+from locaria_batch.settings import LoaderLimits
 from tests import loader_fixtures as fx
 
 TABLE = "upload_file_9"
@@ -446,9 +446,9 @@ def test_text_geometry_that_is_not_geometry_is_reported(db_url: str, conn: psyco
 
 def test_limits_are_enforced(db_url: str, conn: psycopg.Connection[Any], tmp_path: Path) -> None:
     csv = fx.write_text(tmp_path / "many.csv", "a,b,c\n" + "1,2,3\n" * 20)
-    load_fails(db_url, conn, csv, "more than 10 features", limits=Limits(max_features=10))
-    load_fails(db_url, conn, csv, "3 columns, over the limit of 2", limits=Limits(max_columns=2))
-    load_fails(db_url, conn, csv, "over the 10-byte limit", limits=Limits(max_file_bytes=10))
+    load_fails(db_url, conn, csv, "more than 10 features", limits=LoaderLimits(max_features=10))
+    load_fails(db_url, conn, csv, "3 columns, over the limit of 2", limits=LoaderLimits(max_columns=2))
+    load_fails(db_url, conn, csv, "over the 10-byte limit", limits=LoaderLimits(max_file_bytes=10))
 
 
 def test_empty_file_and_empty_layer(db_url: str, conn: psycopg.Connection[Any], tmp_path: Path) -> None:

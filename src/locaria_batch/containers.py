@@ -4,12 +4,11 @@
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING
+from typing import Any, TypeAlias
 
 from locaria_batch.errors import LocariaError
 
-if TYPE_CHECKING:
-    import docker
+DockerClient: TypeAlias = Any  # docker.DockerClient: the Docker SDK ships no type information
 
 
 class DockerUnavailable(LocariaError):
@@ -21,7 +20,7 @@ def local_image(name: str) -> str:
     return f"localhost/locaria-batch/{name}:latest"
 
 
-def connect_engine(timeout: int = 900) -> docker.DockerClient:
+def connect_engine(timeout: int = 900) -> DockerClient:
     """A client for DOCKER_HOST (else the default socket), checked with a ping."""
     import docker
     from docker.errors import DockerException

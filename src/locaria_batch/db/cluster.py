@@ -106,7 +106,7 @@ class EmbeddedCluster:
     # -- state -----------------------------------------------------------------------
     def _state(self) -> dict[str, int]:
         if self.state_file.exists():
-            return json.loads(self.state_file.read_text())
+            return dict(json.loads(self.state_file.read_text()))
         return {}
 
     def _url(self, port: int) -> str:

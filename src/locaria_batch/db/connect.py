@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Mapping, Sequence
+from typing import Any, TypeAlias
 from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
 import psycopg.errors
+from psycopg import sql
 from psycopg.rows import dict_row
 
 from locaria_batch.errors import DatabaseNotConfigured, DatabaseUnavailable, LocariaError, SchemaNotMigrated
 from locaria_batch.settings import settings
+
+Query: TypeAlias = str | bytes | sql.SQL | sql.Composed
+Params: TypeAlias = Sequence[Any] | Mapping[str, Any] | None
 
 
 def database_url() -> str:
@@ -75,3 +80,19 @@ def redacted(url: str) -> str:
         return url
     netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
     return urlunsplit(parts._replace(netloc=netloc))
+
+
+def scalar(conn: psycopg.Connection[Any], query: Query, params: Params = None) -> Any:
+    """The first value of the one row a statement returns (None when it returns no row)."""
+    row = conn.execute(query, params).fetchone()
+    if row is None:
+        return None
+    return next(iter(row.values())) if isinstance(row, dict) else row[0]
+
+
+def one(conn: psycopg.Connection[dict[str, Any]], query: Query, params: Params = None) -> dict[str, Any]:
+    """The one row a statement always returns (an aggregate, a function call)."""
+    row = conn.execute(query, params).fetchone()
+    if row is None:
+        raise AssertionError(f"no row from {query!r}")
+    return row

@@ -21,10 +21,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import docker
 from docker.errors import APIError, BuildError, DockerException
 
-from locaria_batch.containers import local_image
+from locaria_batch.containers import DockerClient, local_image
 from locaria_batch.db.dockers import DockerRegistryError, DockerSpec, load
 from locaria_batch.errors import DeployError
 from locaria_batch.settings import settings
@@ -130,7 +129,7 @@ class BuiltImage:
     image_id: str
 
 
-def build(client: docker.DockerClient, project_dir: Path, name: str, *, wheel_cache: Path,
+def build(client: DockerClient, project_dir: Path, name: str, *, wheel_cache: Path,
           base_image: str = DEFAULT_BASE_IMAGE, progress: Progress = _quiet) -> BuiltImage:
     """Build docker NAME's image as `local_image(NAME)`, reporting each line of build output."""
     tag = local_image(name)
@@ -199,7 +198,7 @@ class PushedImage:
         return f"{self.repository_uri}:{self.tags[0]}"
 
 
-def push(client: docker.DockerClient, built: BuiltImage, repository_uri: str, auth: RegistryAuth,
+def push(client: DockerClient, built: BuiltImage, repository_uri: str, auth: RegistryAuth,
          project_version: str, progress: Progress = _quiet) -> PushedImage:
     """Tag the image with the docker's own repository (version tag and latest) and push both."""
     tags = (version_tag(project_version, built.image_id), "latest")

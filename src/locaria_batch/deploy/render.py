@@ -27,7 +27,7 @@ LAMBDA_ZIP = "lambda.zip"
 LOG_RETENTION_DAYS = 30
 # the serverless framework's logical ids for functions `launcher` and `taskState`; the plain
 # template uses the same ids so outputs and policies are shared
-FUNCTIONS = {
+FUNCTIONS: dict[str, dict[str, Any]] = {
     "launcher": {"id": "LauncherLambdaFunction", "handler": LAUNCHER_HANDLER, "timeout": 60},
     "taskState": {"id": "TaskStateLambdaFunction", "handler": TASK_STATE_HANDLER, "timeout": 30},
 }
@@ -259,9 +259,9 @@ def lambda_resources(target: Target) -> dict[str, Any]:
         "Description": "ECS task state changes of the job cluster", "EventPattern": task_state_pattern(),
         "Targets": [{"Id": "taskState", "Arn": get_att("TaskStateLambdaFunction", "Arn")}]}}
     triggers = (("LauncherSchedule", "LauncherLambdaFunction"), ("TaskStateRule", "TaskStateLambdaFunction"))
-    for rule, function in triggers:
+    for rule, invoked in triggers:
         resources[f"{rule}Permission"] = {"Type": "AWS::Lambda::Permission", "Properties": {
-            "Action": "lambda:InvokeFunction", "FunctionName": ref(function), "Principal": "events.amazonaws.com",
+            "Action": "lambda:InvokeFunction", "FunctionName": ref(invoked), "Principal": "events.amazonaws.com",
             "SourceArn": get_att(rule, "Arn")}}
     return resources
 

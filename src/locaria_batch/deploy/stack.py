@@ -65,7 +65,7 @@ def aws_call(what: str, call: Callable[..., Any], *args: Any, **kwargs: Any) -> 
 
 def describe(cfn: Any, name: str) -> dict[str, Any] | None:
     try:
-        return cfn.describe_stacks(StackName=name)["Stacks"][0]
+        return dict(cfn.describe_stacks(StackName=name)["Stacks"][0])
     except ClientError as exc:
         if "does not exist" in str(exc):
             return None

@@ -13,10 +13,9 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-import docker
 from docker.errors import APIError, DockerException, ImageNotFound, NotFound
 
-from locaria_batch.containers import connect_engine, local_image
+from locaria_batch.containers import DockerClient, connect_engine, local_image
 from locaria_batch.dispatch.handles import ContainerHandle
 from locaria_batch.dispatch.runner import LaunchError, LaunchRequest, RunStatus
 from locaria_batch.settings import settings
@@ -55,7 +54,7 @@ def database_scope(url: str) -> str:
 
 @dataclass
 class DockerRunner:
-    client: docker.DockerClient
+    client: DockerClient
     db_url: str  # as the container must see it
     storage_url: str
     logs_dir: Path

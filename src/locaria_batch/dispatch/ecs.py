@@ -65,7 +65,7 @@ class TokenBucket:
 def backoff_delay(attempt: int, base: float = 0.2, cap: float = 10.0) -> float:
     """Exponential backoff with jitter: between half and all of base * 2^attempt (capped)."""
     ceiling = min(cap, base * 2**attempt)
-    return ceiling / 2 + random.uniform(0, ceiling / 2)
+    return float(ceiling / 2 + random.uniform(0, ceiling / 2))
 
 
 def started_by(job_id: int, attempt: int) -> str:

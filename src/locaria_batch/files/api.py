@@ -11,6 +11,7 @@ import psycopg
 from psycopg import sql
 from psycopg.types.json import Jsonb
 
+from locaria_batch.db import scalar
 from locaria_batch.errors import ApiError, NotFound
 from locaria_batch.storage import Storage, incoming_key
 
@@ -23,14 +24,14 @@ class FileNotFound(NotFound):
 
 def _call(conn: Conn, function: str, payload: dict[str, Any]) -> Any:
     query = sql.SQL("SELECT locaria_core.{}(%s) AS result").format(sql.Identifier(function))
-    return conn.execute(query, [Jsonb(payload)]).fetchone()["result"]
+    return scalar(conn, query, [Jsonb(payload)])
 
 
 def add_file(conn: Conn, attributes: dict[str, Any], status: str | None = None) -> dict[str, Any]:
     payload: dict[str, Any] = {"file_attributes": attributes}
     if status:
         payload["status"] = status
-    return _call(conn, "add_file", payload)
+    return dict(_call(conn, "add_file", payload))
 
 
 def update_file(conn: Conn, file_id: int, *, status: str | None = None, attributes: dict[str, Any] | None = None,
@@ -43,7 +44,7 @@ def update_file(conn: Conn, file_id: int, *, status: str | None = None, attribut
     result = _call(conn, "update_file", payload)
     if result is None:
         raise FileNotFound(f"file {file_id} does not exist")
-    return result
+    return dict(result)
 
 
 def get_files(conn: Conn, *, file_id: int | None = None, status: str | None = None,
@@ -69,20 +70,19 @@ def get_file(conn: Conn, file_id: int) -> dict[str, Any]:
 
 
 def delete_file(conn: Conn, file_id: int) -> dict[str, Any]:
-    return _call(conn, "delete_file", {"id": file_id})
+    return dict(_call(conn, "delete_file", {"id": file_id}))
 
 
 def retry_file(conn: Conn, file_id: int) -> dict[str, Any]:
-    result = conn.execute("SELECT locaria_core.retry_file(%s) AS result", [file_id]).fetchone()["result"]
+    result = scalar(conn, "SELECT locaria_core.retry_file(%s)", [file_id])
     if "error" in result:
         raise ApiError(result["error"])
-    return result
+    return dict(result)
 
 
 def cancel_file(conn: Conn, file_id: int, reason: str = "cancelled by user") -> dict[str, Any]:
     get_file(conn, file_id)
-    query = "SELECT locaria_core.cancel_file_jobs(%s, %s) AS result"
-    return conn.execute(query, [file_id, reason]).fetchone()["result"]
+    return dict(scalar(conn, "SELECT locaria_core.cancel_file_jobs(%s, %s)", [file_id, reason]))
 
 
 def upload_attributes(name: str, extra: dict[str, Any] | None = None) -> dict[str, Any]:

@@ -9,6 +9,7 @@ from typing import Any
 
 from psycopg.types.json import Jsonb
 
+from locaria_batch.db import scalar
 from locaria_batch.errors import ApiError
 from locaria_batch.files.api import Conn, get_file, upload_attributes
 from locaria_batch.storage import ObjectNotFound, Storage, incoming_key
@@ -37,8 +38,7 @@ def request_upload(conn: Conn, storage: Storage, name: str, *, attributes: dict[
     if not attrs["ext"]:
         raise ApiError(f"{name!r} has no extension: name the file as it is, e.g. parks.geojson or roads.csv")
     with conn.transaction():
-        result = conn.execute("SELECT locaria_core.request_upload(%s) AS result",
-                              [Jsonb({"file_attributes": attrs})]).fetchone()["result"]
+        result = scalar(conn, "SELECT locaria_core.request_upload(%s)", [Jsonb({"file_attributes": attrs})])
     if "error" in result:
         raise ApiError(result["error"])
     file_id = int(result["id"])
@@ -59,8 +59,7 @@ def complete_upload(conn: Conn, storage: Storage, file_id: int) -> dict[str, Any
         raise UploadNotReady(f"file {file_id} has no object at {key} yet: PUT the data to its upload URL, "
                              f"then complete it again") from exc
     with conn.transaction():
-        result = conn.execute("SELECT locaria_core.complete_upload(%s, %s) AS result",
-                              [file_id, Jsonb({"size_bytes": size})]).fetchone()["result"]
+        result = scalar(conn, "SELECT locaria_core.complete_upload(%s, %s)", [file_id, Jsonb({"size_bytes": size})])
     if "error" in result:
         raise ApiError(result["error"])
     return dict(result)

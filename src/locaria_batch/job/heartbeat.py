@@ -3,7 +3,6 @@ file row, on a connection of its own so a handler's long transaction never delay
 
 from __future__ import annotations
 
-import os
 import sys
 import threading
 from typing import Any
@@ -13,6 +12,7 @@ from psycopg.types.json import Jsonb
 
 from locaria_batch.db import connect
 from locaria_batch.job.context import JobContext
+from locaria_batch.settings import settings
 
 
 class Heartbeat(threading.Thread):
@@ -36,7 +36,7 @@ class Heartbeat(threading.Thread):
         except psycopg.Error as exc:
             print(f"heartbeat: cannot connect: {exc}", file=sys.stderr)
             return
-        heartbeat_seconds = float(os.environ.get("LOCARIA_HEARTBEAT_SECONDS", "5"))
+        heartbeat_seconds = settings().heartbeat_seconds
         with conn:
             while not self.stopping.is_set():
                 self.beat(conn)

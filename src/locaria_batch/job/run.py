@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import importlib
 import json
-import os
 import signal
 import sys
 import traceback
@@ -18,6 +17,7 @@ from psycopg.types.json import Jsonb
 from locaria_batch.db import connect
 from locaria_batch.job.context import JobCancelled, JobContext, JobError, JobResult, RetryableJobError, Terminated
 from locaria_batch.job.heartbeat import Heartbeat
+from locaria_batch.settings import settings
 from locaria_batch.storage import open_storage
 
 
@@ -41,16 +41,15 @@ def user_message(exc: BaseException, docker: str) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
-    docker_name = args[0] if args else os.environ.get("LOCARIA_DOCKER", "")
-    try:
-        job_id = int(os.environ["LOCARIA_JOB_ID"])
-        token = os.environ["LOCARIA_JOB_TOKEN"]
-    except (KeyError, ValueError):
+    identity = settings().job
+    if identity is None:
         print("locaria_batch.job runs a job started by a dispatcher: LOCARIA_JOB_ID and LOCARIA_JOB_TOKEN "
               "must be set (use `locaria-batch worker` to run jobs).", file=sys.stderr)
         return 2
+    job_id, token = identity.job_id, identity.token
+    docker_name = args[0] if args else identity.docker
     signal.signal(signal.SIGTERM, _on_sigterm)
-    db_url = os.environ.get("LOCARIA_DB_URL")
+    db_url = settings().db_url
     conn = connect(db_url, application_name=f"locaria-batch job {job_id}")
     claim = conn.execute("SELECT locaria_core.job_start(%s, %s) AS claim", [job_id, token]).fetchone()
     conn.commit()

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from locaria_batch.errors import StorageError
 from locaria_batch.settings import settings
-from locaria_batch.storage.base import ObjectNotFound, Storage, StorageError, download_key, incoming_key
+from locaria_batch.storage.base import ObjectNotFound, Storage, download_key, incoming_key
 
 
 def open_storage(url: str | None = None) -> Storage:

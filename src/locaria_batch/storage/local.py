@@ -8,7 +8,8 @@ from contextlib import contextmanager
 from pathlib import Path, PurePosixPath
 from typing import BinaryIO
 
-from locaria_batch.storage.base import ObjectNotFound, StorageError
+from locaria_batch.errors import StorageError
+from locaria_batch.storage.base import ObjectNotFound
 
 
 class LocalStorage:

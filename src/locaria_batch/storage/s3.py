@@ -14,8 +14,9 @@ from contextlib import contextmanager
 from pathlib import Path, PurePosixPath
 from typing import Any, BinaryIO
 
+from locaria_batch.errors import StorageError
 from locaria_batch.settings import settings
-from locaria_batch.storage.base import ObjectNotFound, StorageError
+from locaria_batch.storage.base import ObjectNotFound
 
 MULTIPART_THRESHOLD = 8 * 1024 * 1024
 NOT_FOUND_CODES = {"404", "NoSuchKey", "NotFound"}

@@ -16,6 +16,7 @@ import pyarrow as pa
 from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
+from locaria_batch.db import scalar
 from locaria_batch.jobs.file_download.copyout import SESSION_SETTINGS, Progress
 from locaria_batch.jobs.file_download.selection import Column, Layer, Selection
 
@@ -90,7 +91,7 @@ def _statement(connection: adbc_driver_manager.AdbcConnection, query: str,
 @contextmanager
 def arrow_rows(conn: psycopg.Connection[Any]) -> Iterator[ArrowRows]:
     """Open a reading connection that sees what `conn`'s transaction (REPEATABLE READ) sees."""
-    snapshot = conn.execute("SELECT pg_export_snapshot() AS id").fetchone()["id"]
+    snapshot = scalar(conn, "SELECT pg_export_snapshot()")
     parameters = {k: v for k, v in conn.info.get_parameters().items() if k in READER_PARAMETERS}
     if conn.info.password:
         parameters["password"] = conn.info.password

@@ -28,4 +28,5 @@ def copy_out(conn: psycopg.Connection[Any], query: sql.Composable, params: dict[
     because COPY takes no server-side parameters."""
     statement = sql.SQL("COPY ({}) TO STDOUT {}").format(query, options)
     with conn.cursor() as cur, cur.copy(statement, params) as copy:
-        yield from copy
+        for row in copy:
+            yield memoryview(row)

@@ -109,7 +109,7 @@ def _bbox(value: Any) -> tuple[float, float, float, float] | None:
     if len(numbers) != 4 or not all(math.isfinite(n) for n in numbers) \
             or numbers[0] > numbers[2] or numbers[1] > numbers[3]:
         raise JobError("bbox must be four numbers minx, miny, maxx, maxy in longitude/latitude (WGS 84)")
-    return numbers  # type: ignore[return-value]
+    return numbers[0], numbers[1], numbers[2], numbers[3]
 
 
 def _attribute_filters(value: Any) -> dict[str, list[Any]]:

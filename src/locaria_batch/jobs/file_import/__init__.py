@@ -15,6 +15,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
+from locaria_batch.db import one
 from locaria_batch.job import JobContext, JobError, JobResult
 
 SCHEMA = "locaria_uploads"
@@ -118,8 +119,7 @@ def run(ctx: JobContext) -> JobResult:
         mapping = resolve_mappings(attributes, columns, details.get(f"{SCHEMA}.{table}", attributes.get(
             "columns", []) if len(bare) == 1 else []), table)
         source = sql.Identifier(SCHEMA, table)
-        bounds = conn.execute(sql.SQL("SELECT count(*) AS n, coalesce(max(ogc_fid), 0) AS high FROM {}").format(
-            source)).fetchone()
+        bounds = one(conn, sql.SQL("SELECT count(*) AS n, coalesce(max(ogc_fid), 0) AS high FROM {}").format(source))
         total += int(bounds["n"])
         plans.append((table, columns, mapping, source, int(bounds["high"])))
     done = 0

@@ -11,7 +11,7 @@ description of what was loaded.  Only validated attributes steer the load, never
     layers, layer      load only these source layers
     auto_mapped        with category (and title_field ...): load, then import into the search data
 
-Limits come from LOCARIA_LOADER_* variables (see limits.py).
+Limits come from LOCARIA_LOADER_* variables (settings.LoaderLimits).
 """
 
 from __future__ import annotations
@@ -23,8 +23,8 @@ from typing import Any
 from locaria_batch.job import JobContext, JobError, JobResult
 from locaria_batch.jobs.file_loader.crs import srid_from_attribute
 from locaria_batch.jobs.file_loader.layer import SCHEMA
-from locaria_batch.jobs.file_loader.limits import Limits
 from locaria_batch.jobs.file_loader.loader import LoadedLayer, LoadOptions, load_file
+from locaria_batch.settings import settings
 from locaria_batch.storage import ObjectNotFound, incoming_key
 
 TABLE_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
@@ -57,12 +57,12 @@ def options_from_attributes(ctx: JobContext, table: str) -> LoadOptions:
     attributes = ctx.attributes
     source = attributes.get("source_crs", attributes.get("s_srs"))
     key = "source_crs" if "source_crs" in attributes else "s_srs"
-    layers = attributes.get("layers", attributes.get("layer"))
+    layers: Any = attributes.get("layers", attributes.get("layer"))
     if isinstance(layers, str):
         layers = [layers]
     if layers is not None and not (isinstance(layers, list) and all(isinstance(v, str) for v in layers)):
         raise JobError("the layers attribute must be a list of layer names")
-    previous = attributes.get("tables") if isinstance(attributes.get("tables"), list) else []
+    previous: list[Any] = attributes["tables"] if isinstance(attributes.get("tables"), list) else []
     return LoadOptions(
         base_table=table,
         source_srid=srid_from_attribute(ctx.conn, source, key) if source not in (None, "") else None,
@@ -71,7 +71,7 @@ def options_from_attributes(ctx: JobContext, table: str) -> LoadOptions:
         repair=flag(attributes.get("repair_geometries"), True),
         layers=layers,
         previous_tables=[str(t) for t in previous],
-        limits=Limits.from_environment(),
+        limits=settings().loader_limits,
     )
 
 

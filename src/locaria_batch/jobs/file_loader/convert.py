@@ -17,10 +17,11 @@ from psycopg import sql
 from locaria_batch.job import JobError
 from locaria_batch.jobs.file_loader import columns as col
 from locaria_batch.jobs.file_loader.copyin import BadRow, Prepared
-from locaria_batch.jobs.file_loader.limits import MAX_REPORTED_ROWS, Limits
+from locaria_batch.jobs.file_loader.limits import MAX_REPORTED_ROWS
 from locaria_batch.jobs.file_loader.pgbinary import encode
 from locaria_batch.jobs.file_loader.plan import GeometryPlan, TablePlan, kind_code
 from locaria_batch.jobs.file_loader.readers import RawLayer
+from locaria_batch.settings import LoaderLimits
 
 
 @dataclass
@@ -35,7 +36,7 @@ class SetAside:
 class BatchConverter:
     """Converts a layer's batches for its planned table; widens the geometry plan as batches need."""
 
-    def __init__(self, raw: RawLayer, plan: TablePlan, table: sql.Identifier, limits: Limits) -> None:
+    def __init__(self, raw: RawLayer, plan: TablePlan, table: sql.Identifier, limits: LoaderLimits) -> None:
         self.raw = raw
         self.plan = plan
         self.table = table

@@ -14,15 +14,15 @@ from locaria_batch.job import JobError, RetryableJobError
 from locaria_batch.jobs.file_loader.convert import BatchConverter
 from locaria_batch.jobs.file_loader.copyin import ahead, copy_prepared, produce
 from locaria_batch.jobs.file_loader.finish import LayerResult, TableFinisher
-from locaria_batch.jobs.file_loader.limits import Limits
 from locaria_batch.jobs.file_loader.plan import create_table, plan_table
 from locaria_batch.jobs.file_loader.readers import RawLayer
+from locaria_batch.settings import LoaderLimits
 
 SCHEMA = "locaria_uploads"
 
 
 def load_layer(conn: psycopg.Connection[Any], raw: RawLayer, staging: str, *, source_crs: int | None,
-               target_srid: int, repair: bool, limits: Limits, on_rows: Callable[[int], None]) -> LayerResult:
+               target_srid: int, repair: bool, limits: LoaderLimits, on_rows: Callable[[int], None]) -> LayerResult:
     """Load the layer into locaria_uploads.{staging}; a problem the database or Arrow reports becomes
     one sentence about this layer."""
     try:
@@ -40,7 +40,7 @@ def load_layer(conn: psycopg.Connection[Any], raw: RawLayer, staging: str, *, so
 
 
 def _load(conn: psycopg.Connection[Any], raw: RawLayer, staging: str, source_crs: int | None, target_srid: int,
-          repair: bool, limits: Limits, on_rows: Callable[[int], None]) -> LayerResult:
+          repair: bool, limits: LoaderLimits, on_rows: Callable[[int], None]) -> LayerResult:
     if len(raw.fields) > limits.max_columns:
         raise JobError(f"{raw.label} has {len(raw.fields):,} columns, over the limit of "
                        f"{limits.max_columns:,}; remove columns you do not need")

@@ -17,10 +17,10 @@ from locaria_batch.job import JobError
 from locaria_batch.jobs.file_loader.columns import MAX_IDENTIFIER_BYTES, safe_identifier
 from locaria_batch.jobs.file_loader.finish import LayerResult
 from locaria_batch.jobs.file_loader.layer import SCHEMA, load_layer
-from locaria_batch.jobs.file_loader.limits import Limits
 from locaria_batch.jobs.file_loader.readers import display_name, layer_names, open_layer
 from locaria_batch.jobs.file_loader.sources import DataFile, find_data_files
 from locaria_batch.jobs.names import unique_name
+from locaria_batch.settings import LoaderLimits, settings
 
 BATCH_ROWS = 65_536
 
@@ -33,7 +33,7 @@ class LoadOptions:
     repair: bool = True  # ST_MakeValid invalid geometries (else count and report them)
     layers: list[str] | None = None  # load only these source layers
     previous_tables: list[str] = field(default_factory=list)  # this file's tables from an earlier load
-    limits: Limits = field(default_factory=Limits.from_environment)
+    limits: LoaderLimits = field(default_factory=lambda: settings().loader_limits)
     batch_rows: int = BATCH_ROWS
 
 

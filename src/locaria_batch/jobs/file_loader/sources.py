@@ -10,7 +10,7 @@ from pathlib import Path, PurePosixPath
 from typing import IO
 
 from locaria_batch.job import JobError
-from locaria_batch.jobs.file_loader.limits import Limits
+from locaria_batch.settings import LoaderLimits
 
 SHAPEFILE_SIDECARS = {".dbf", ".shx", ".prj", ".cpg", ".qix", ".sbn", ".sbx", ".xml", ".qmd", ".fix", ".aih",
                       ".ain", ".atx", ".ixs", ".mxs"}
@@ -95,7 +95,7 @@ def json_flavour(path: Path) -> str:
     return "GeoJSON"
 
 
-def find_data_files(path: Path, name: str, workdir: Path, limits: Limits) -> list[DataFile]:
+def find_data_files(path: Path, name: str, workdir: Path, limits: LoaderLimits) -> list[DataFile]:
     """Every data file the upload holds, archives unpacked into workdir."""
     size = path.stat().st_size
     if size == 0:
@@ -110,7 +110,7 @@ def find_data_files(path: Path, name: str, workdir: Path, limits: Limits) -> lis
     return found
 
 
-def _examine(path: Path, label: str, workdir: Path, limits: Limits, depth: int, budget: list[int],
+def _examine(path: Path, label: str, workdir: Path, limits: LoaderLimits, depth: int, budget: list[int],
              inside_archive: bool = False) -> list[DataFile]:
     fmt = sniff(path)
     suffix = path.suffix.lower()
@@ -153,7 +153,8 @@ def _safe_member(name: str, label: str) -> PurePosixPath:
     return pure
 
 
-def _unzip(path: Path, label: str, workdir: Path, limits: Limits, depth: int, budget: list[int]) -> list[DataFile]:
+def _unzip(path: Path, label: str, workdir: Path, limits: LoaderLimits, depth: int,
+           budget: list[int]) -> list[DataFile]:
     if depth >= limits.max_nesting:
         raise JobError(f"{label} nests archives more than {limits.max_nesting} deep; unpack it and upload the data")
     target = workdir / f"unpacked_{depth}_{len(list(workdir.iterdir())) if workdir.exists() else 0}"
@@ -193,7 +194,8 @@ def _unzip(path: Path, label: str, workdir: Path, limits: Limits, depth: int, bu
     return [f for f in found if f.kind != "text"] or found
 
 
-def _copy_limited(source: IO[bytes], out: IO[bytes], budget: list[int], label: str, entry_limit: int) -> None:
+def _copy_limited(source: IO[bytes] | gzip.GzipFile, out: IO[bytes], budget: list[int], label: str,
+                  entry_limit: int) -> None:
     written = 0
     while chunk := source.read(1 << 20):
         written += len(chunk)
@@ -204,7 +206,8 @@ def _copy_limited(source: IO[bytes], out: IO[bytes], budget: list[int], label: s
         out.write(chunk)
 
 
-def _gunzip(path: Path, label: str, workdir: Path, limits: Limits, depth: int, budget: list[int]) -> list[DataFile]:
+def _gunzip(path: Path, label: str, workdir: Path, limits: LoaderLimits, depth: int,
+            budget: list[int]) -> list[DataFile]:
     if depth >= limits.max_nesting:
         raise JobError(f"{label} nests archives more than {limits.max_nesting} deep; unpack it and upload the data")
     inner_name = label.rsplit("/", 1)[-1]
