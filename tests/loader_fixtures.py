@@ -120,3 +120,26 @@ def xlsx(path: Path, header: list[str], rows: list[list[Any]]) -> Path:
 
 
 TODAY = dt.date(2024, 5, 17)
+
+
+def loader_fence(conn: Any, file_id: int, name: str | None = None) -> Any:
+    """The attempt a load directly through the Python API belongs to: a file row (created when
+    missing) and a running file_loader job of it, as the dispatcher and job SDK would leave them."""
+    import uuid
+
+    from psycopg.types.json import Jsonb
+
+    from locaria_batch.jobs.file_loader.publish import Fence
+
+    attributes = Jsonb({"name": name or f"file{file_id}.csv", "upload": True})
+    conn.execute("INSERT INTO locaria_core.files (id, status, attributes) VALUES (%s, 'FARGATE_PROCESSING', %s) "
+                 "ON CONFLICT (id) DO NOTHING", [file_id, attributes])
+    conn.execute("SELECT setval('locaria_core.files_id_seq', greatest((SELECT max(id) FROM locaria_core.files), 1))")
+    row = conn.execute("SELECT id, attempt, attempt_token FROM locaria_core.jobs WHERE file_id = %s "
+                       "AND docker = 'file_loader' AND state = 'running'", [file_id]).fetchone()
+    if row is None:
+        row = conn.execute(
+            "INSERT INTO locaria_core.jobs (file_id, docker, trigger_status, max_attempts, state, attempt, "
+            "attempt_token) VALUES (%s, 'file_loader', 'REGISTERED', 3, 'running', 1, %s) "
+            "RETURNING id, attempt, attempt_token", [file_id, uuid.uuid4()]).fetchone()
+    return Fence(int(row["id"]), int(row["attempt"]), str(row["attempt_token"]))

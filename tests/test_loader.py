@@ -26,8 +26,10 @@ TABLE = "upload_file_9"
 
 
 def load(db_url: str, path: Path, name: str | None = None, **options: Any) -> dict[str, Any]:
+    with connect(db_url, autocommit=True) as setup:
+        fence = fx.loader_fence(setup, 9, name or path.name)
     with connect(db_url) as conn:
-        loaded = load_file(conn, path, name or path.name, LoadOptions(base_table=TABLE, **options))
+        loaded = load_file(conn, path, name or path.name, LoadOptions(base_table=TABLE, **options), fence)
         conn.commit()
     return describe(loaded, name or path.name, 0.0)
 

@@ -60,6 +60,8 @@ VARIABLES: tuple[Variable, ...] = (
     Variable("LOCARIA_LOADER_MAX_LAYERS", "`200`", "layers per file"),
     Variable("LOCARIA_LOADER_MAX_BAD_ROWS", "`10000`", "values the database refuses (emptied and reported) "
              "before the load fails"),
+    Variable("LOCARIA_LOADER_MAX_LINE_BYTES", "`134217728`", "the longest line (row) of a CSV/TSV/TXT file, "
+             "its cells included"),
     Variable("LOCARIA_HEARTBEAT_SECONDS", "`5`", "how often a running job reports it is alive"),
     Variable("LOCARIA_DOCKER_NETWORK", "`host`", "network of job containers under the `docker` runner"),
     Variable("LOCARIA_JOB_DB_URL", "the worker's database", "the database URL job containers get "
@@ -95,6 +97,7 @@ class LoaderLimits:
     max_columns: int = 10_000  # attribute columns per layer
     max_layers: int = 200
     max_bad_rows: int = 10_000  # rows with a value the database rejects, reported and emptied
+    max_line_bytes: int = 128 * 1024**2  # one line (row) of delimited text, its longest cell included
 
 
 @dataclass(frozen=True)

@@ -89,14 +89,15 @@ def upload_attributes(name: str, extra: dict[str, Any] | None = None) -> dict[st
     ext = Path(name).suffix.lower().lstrip(".")
     if name.lower().endswith(".gz") and "." in name[:-3]:
         ext = name.lower().rsplit(".", 2)[-2] + ".gz"
+    # the user's attributes first: where the object is stored is not theirs to say
     return {
         "name": name,
+        **(extra or {}),
         "ext": ext,
         "file_type": mimetypes.guess_type(name)[0] or "application/octet-stream",
         "upload": True,
         "path": "incoming/",
         "id_as_filename": True,
-        **(extra or {}),
     }
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from contextlib import AbstractContextManager
 from pathlib import Path
@@ -15,8 +16,10 @@ class ObjectNotFound(StorageError):
 
 
 def incoming_key(file_id: int, ext: str) -> str:
-    """Where an upload's object lives (Locaria's layout)."""
-    return f"incoming/{file_id}.{ext.lower().lstrip('.')}" if ext else f"incoming/{file_id}"
+    """Where an upload's object lives (Locaria's layout): from the file id and its extension only, the
+    extension cut to letters, digits and inner dots (an attribute can never point elsewhere)."""
+    clean = ".".join(part for part in re.sub(r"[^a-z0-9.]", "", ext.lower()).split(".") if part)[:20]
+    return f"incoming/{file_id}.{clean}" if clean else f"incoming/{file_id}"
 
 
 def download_key(file_name: str) -> str:

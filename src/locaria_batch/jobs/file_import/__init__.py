@@ -6,6 +6,8 @@ Triggered by IMPORT_REQUESTED on a file the loader has loaded.  The file's attri
 copied in batches keyed by the table's ogc_fid; each item remembers its source file, table and
 row, so importing again updates the same items (and drops items whose rows have gone) instead of
 duplicating them.  The whole import is one transaction: readers see the old items or the new.
+Items are written through locaria_core.job_import_items / job_import_prune, fenced by the attempt and
+limited to tables the file itself loaded.
 """
 
 from __future__ import annotations
@@ -14,39 +16,16 @@ from typing import Any
 
 import psycopg
 from psycopg import sql
+from psycopg.types.json import Jsonb
 
-from locaria_batch.db import one
-from locaria_batch.job import JobContext, JobError, JobResult
+from locaria_batch.db import one, scalar
+from locaria_batch.job import JobCancelled, JobContext, JobError, JobResult
 
 SCHEMA = "locaria_uploads"
 BATCH_ROWS = 5000
 MAPPINGS = {"title": "title_field", "text": "text_field", "url": "url_field", "tags": "tag_field"}
 DEFAULT_COLUMNS = {"title": ("title", "name", "description"), "text": ("text", "description"),
                    "url": ("url", "website", "link"), "tags": ("tags",)}  # the original's fallbacks
-
-UPSERT = """
-INSERT INTO locaria_data.items AS i
-       (category_id, title, attributes, wkb_geometry, source_file_id, source_table, source_fid)
-SELECT %(category_id)s, {title},
-       jsonb_build_object(
-           'description', jsonb_strip_nulls(jsonb_build_object('title', {title}, 'text', {text}, 'url', {url})),
-           'tags', {tags},
-           'data', to_jsonb(t) - 'wkb_geometry' - 'ogc_fid',
-           'source', jsonb_build_object('file_id', %(file_id)s::bigint, 'table', %(table)s::text, 'fid', t.ogc_fid)),
-       {geometry}, %(file_id)s, %(table)s, t.ogc_fid
-  FROM {source} t
- WHERE t.ogc_fid > %(low)s AND t.ogc_fid <= %(high)s
-ON CONFLICT (source_file_id, source_table, source_fid) DO UPDATE
-   SET category_id = EXCLUDED.category_id, title = EXCLUDED.title, attributes = EXCLUDED.attributes,
-       wkb_geometry = EXCLUDED.wkb_geometry
-"""
-DELETE_STALE = """
-DELETE FROM locaria_data.items i
- WHERE i.source_file_id = %(file_id)s
-   AND (NOT (i.source_table = ANY(%(tables)s))
-        OR (i.source_table = %(table)s AND NOT EXISTS (SELECT 1 FROM {source} t WHERE t.ogc_fid = i.source_fid)))
-"""
-
 
 def category_id(conn: psycopg.Connection[Any], name: str) -> int:
     row = conn.execute("SELECT id FROM locaria_core.categories WHERE category = %s", [name]).fetchone()
@@ -82,15 +61,16 @@ def resolve_mappings(attributes: dict[str, Any], columns: list[str], described: 
     return chosen
 
 
-def value(column: str | None) -> sql.Composable:
-    return sql.SQL("t.{}::text").format(sql.Identifier(column)) if column else sql.SQL("NULL::text")
-
-
-def tags(column: str | None) -> sql.Composable:
-    if column is None:
-        return sql.SQL("'[]'::jsonb")
-    return sql.SQL("CASE WHEN t.{c} IS NULL THEN '[]'::jsonb WHEN jsonb_typeof(to_jsonb(t.{c})) = 'array' "
-                   "THEN to_jsonb(t.{c}) ELSE jsonb_build_array(t.{c}) END").format(c=sql.Identifier(column))
+def fenced(conn: psycopg.Connection[Any], statement: str, params: list[Any]) -> int:
+    """A fenced import function's result; its refusals become the user's sentence."""
+    try:
+        return int(scalar(conn, statement, params))
+    except psycopg.Error as exc:
+        if exc.sqlstate == "LB001":
+            raise JobCancelled(str(exc.diag.message_primary)) from exc
+        if exc.sqlstate == "LB002":
+            raise JobError(str(exc.diag.message_primary)) from exc
+        raise
 
 
 def run(ctx: JobContext) -> JobResult:
@@ -124,19 +104,12 @@ def run(ctx: JobContext) -> JobResult:
         plans.append((table, columns, mapping, source, int(bounds["high"])))
     done = 0
     ctx.progress(0, total)
-    for table, columns, mapping, source, high in plans:
-        geometry = (sql.SQL("ST_Force2D(ST_Transform(t.wkb_geometry, 4326))") if "wkb_geometry" in columns
-                    else sql.SQL("NULL::geometry"))
-        statement = sql.SQL(UPSERT).format(title=value(mapping["title"]), text=value(mapping["text"]),
-                                           url=value(mapping["url"]), tags=tags(mapping["tags"]),
-                                           geometry=geometry, source=source)
+    for table, _columns, mapping, _source, high in plans:
         for low in range(0, high, BATCH_ROWS):
-            cursor = conn.execute(statement, {"category_id": category, "file_id": ctx.file_id, "table": table,
-                                              "low": low, "high": low + BATCH_ROWS})
-            done += cursor.rowcount
-            ctx.progress(done, total)
-        conn.execute(sql.SQL(DELETE_STALE).format(source=source),
-                     {"file_id": ctx.file_id, "tables": bare, "table": table})
+            done += fenced(conn, "SELECT locaria_core.job_import_items(%s, %s, %s, %s, %s, %s, %s)",
+                           [ctx.job_id, ctx.token, table, category, Jsonb(mapping), low, low + BATCH_ROWS])
+            ctx.progress(min(done, total), total)
+        fenced(conn, "SELECT locaria_core.job_import_prune(%s, %s, %s, %s)", [ctx.job_id, ctx.token, bare, table])
     conn.commit()
     return JobResult(
         attributes={"processed": done, "imported_count": done, "category": attributes["category"],

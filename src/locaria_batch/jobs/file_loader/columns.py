@@ -19,7 +19,9 @@ from locaria_batch.jobs.names import unique_name
 FID_COLUMN = "ogc_fid"
 GEOMETRY_COLUMN = "wkb_geometry"
 SPILL_COLUMN = "extra_attributes"
-RESERVED = {FID_COLUMN, GEOMETRY_COLUMN, SPILL_COLUMN}
+# PostgreSQL's system columns exist in every table: a column of the file by one of these names is renamed
+SYSTEM_COLUMNS = {"tableoid", "xmin", "cmin", "xmax", "cmax", "ctid"}
+RESERVED = {FID_COLUMN, GEOMETRY_COLUMN, SPILL_COLUMN, *SYSTEM_COLUMNS}
 MAX_IDENTIFIER_BYTES = 63
 MAX_TABLE_COLUMNS = 1600  # PostgreSQL's hard limit per table
 ROW_WIDTH_BUDGET = 6000  # bytes of fixed-width values per row; a heap row must fit an 8 kB page
@@ -54,10 +56,7 @@ def pg_type(arrow_type: pa.DataType) -> str:
         return "jsonb" if arrow_type.extension_name == "arrow.json" else pg_type(arrow_type.storage_type)
     if pat.is_boolean(arrow_type):
         return "boolean"
-    if pat.is_int8(arrow_type) or pat.is_int16(arrow_type) or pat.is_int32(arrow_type) \
-            or pat.is_uint8(arrow_type) or pat.is_uint16(arrow_type):
-        return "integer"
-    if pat.is_integer(arrow_type):
+    if pat.is_integer(arrow_type):  # one width whatever the format: a CSV's column and a GeoJSON's match
         return "bigint"
     if pat.is_floating(arrow_type) or pat.is_decimal(arrow_type):
         return "double precision"
@@ -179,6 +178,9 @@ def coordinate_array(column: pa.Array, decimal_comma: bool) -> np.ndarray:
 
 KIND_NAMES = {1: "Point", 2: "LineString", 3: "Polygon", 4: "MultiPoint", 5: "MultiLineString",
               6: "MultiPolygon", 7: "GeometryCollection"}
+# ISO WKB codes of curved and surface types; the loader stores them as their straight-segment types
+CURVE_NAMES = {8: "CircularString", 9: "CompoundCurve", 10: "CurvePolygon", 11: "MultiCurve", 12: "MultiSurface",
+               13: "Curve", 14: "Surface", 15: "PolyhedralSurface", 16: "TIN", 17: "Triangle"}
 DIMENSION_SUFFIX = {0: "", 1: "Z", 2: "M", 3: "ZM"}
 
 
@@ -211,6 +213,20 @@ def wkb_kinds(column: pa.Array) -> tuple[np.ndarray, np.ndarray]:
     kinds[present] = base
     dimensions[present] = dims
     return kinds, dimensions
+
+
+def looks_like_wkb(column: pa.Array | pa.ChunkedArray) -> bool:
+    """Whether every value present is WKB of a known type (a binary column without metadata)."""
+    column = plain_binary(column)
+    if column.null_count == len(column):
+        return False
+    offsets, raw = wkb_offsets(column)
+    present = np.asarray(column.is_valid())
+    if np.any((offsets[1:] - offsets[:-1] < 9) & present):
+        return False
+    orders = raw[offsets[:-1][present]]
+    kinds, _ = wkb_kinds(column)
+    return bool(np.all((orders <= 1) & (kinds[present] >= 1) & (kinds[present] <= 17)))
 
 
 def point_coordinates(column: pa.Array, kinds: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -31,6 +31,8 @@ class SetAside:
     bad_values: list[BadRow] = field(default_factory=list)  # text values that are not of their column's type
     out_of_range: list[int] = field(default_factory=list)  # the first rows with lon/lat out of range
     out_of_range_count: int = 0
+    not_finite: list[int] = field(default_factory=list)  # the first rows with a NaN or infinite coordinate
+    not_finite_count: int = 0
 
 
 class BatchConverter:
@@ -82,6 +84,10 @@ class BatchConverter:
             rows = ", ".join(map(str, set_aside.out_of_range[:MAX_REPORTED_ROWS]))
             warnings.append(f"{set_aside.out_of_range_count:,} rows have coordinates out of range for longitude/"
                             f"latitude; their geometry is left empty (rows {rows})")
+        if set_aside.not_finite_count:
+            rows = ", ".join(map(str, set_aside.not_finite[:MAX_REPORTED_ROWS]))
+            warnings.append(f"{set_aside.not_finite_count:,} rows have a coordinate that is not a finite number "
+                            f"(infinity); their geometry is left empty (rows {rows})")
         return warnings
 
     def _attribute(self, column: pa.Array, kind: str, name: str, fids: pa.Array) -> pa.Array:
@@ -119,6 +125,12 @@ class BatchConverter:
             assert plan.xy is not None
             x = col.coordinate_array(batch.column(names.index(plan.xy.x)), self.raw.decimal_comma)
             y = col.coordinate_array(batch.column(names.index(plan.xy.y)), self.raw.decimal_comma)
+            infinite = np.isinf(x) | np.isinf(y)
+            if infinite.any():
+                rows = np.nonzero(infinite)[0] + first_row
+                self.set_aside.not_finite_count += int(infinite.sum())
+                self.set_aside.not_finite.extend(rows[: MAX_REPORTED_ROWS].tolist())
+                x = np.where(infinite, np.nan, x)
             if plan.srid == 4326:
                 bad = (np.abs(x) > 180) | (np.abs(y) > 90)
                 if bad.any():
@@ -138,7 +150,12 @@ class BatchConverter:
             else:
                 plan.only_points = False
         seen = set(np.unique(kinds[kinds > 0]).tolist())
-        if plan.kind == "Geometry" or not seen:
+        if not plan.unsettled and (max(seen, default=0) > 7 or np.any(dims[kinds > 0] != plan.dimension)):
+            # curves, or a dimension the column lacks: a plain geometry column until the finisher settles it
+            plan.unsettled = True
+            before.append(sql.SQL("ALTER TABLE {} ALTER COLUMN {} TYPE geometry").format(
+                self.table, sql.Identifier(col.GEOMETRY_COLUMN)))
+        if plan.unsettled or plan.kind == "Geometry" or not seen:
             plan.kinds_seen |= seen
             return wkb
         family = kind_code(plan.kind) if kind_code(plan.kind) <= 3 else kind_code(plan.kind) - 3

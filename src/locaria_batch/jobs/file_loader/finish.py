@@ -5,7 +5,7 @@ described (extent, geometry type, a preview)."""
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import psycopg
@@ -30,6 +30,11 @@ class LayerResult:
     invalid_geometries: dict[str, Any]
     warnings: list[str]
     preview: dict[str, Any]
+    source_crs_assumed: bool = False
+    linearised: dict[str, int] = field(default_factory=dict)  # curved types straightened: count of each
+    encoding: str | None = None
+    encoding_guessed: bool = False
+    notes: list[str] = field(default_factory=list)  # assumptions made, for the file's log
 
 
 class TableFinisher:
@@ -44,6 +49,8 @@ class TableFinisher:
         self.target_srid = target_srid
         self.repair = repair
         self.warnings: list[str] = []
+        self.notes: list[str] = []
+        self.linearised: dict[str, int] = {}
 
     def finish(self, layer: str, plan: TablePlan, count: int, warnings: list[str]) -> LayerResult:
         conn, table, geometry = self.conn, self.table, plan.geometry
@@ -53,14 +60,26 @@ class TableFinisher:
         source_srid = geometry.srid if geometry is not None else None
         if geometry is not None and geometry.source == "text":
             self._parse_text_geometry(geometry)
+        if geometry is not None and geometry.unsettled:
+            self._settle(geometry)
         if geometry is not None:
             if geometry.srid == 4326:
                 bbox = _points_bbox(geometry, source_srid) or self._extent()
                 if bbox and (bbox[0] < -180.5 or bbox[2] > 180.5 or bbox[1] < -90.5 or bbox[3] > 90.5):
+                    extent = ", ".join(f"{v:.6g}" for v in bbox)
+                    if geometry.crs_assumed:
+                        raise JobError(
+                            f"{self.label} does not say which coordinate system it uses, and its extent ({extent}) "
+                            "is not longitude/latitude; give its coordinate system with --crs (the source_crs "
+                            "attribute, for example EPSG:27700) and load it again")
                     raise JobError(
                         f"{self.label}: coordinates run to {bbox[2]:.6g}, {bbox[3]:.6g}, out of range for "
-                        "longitude/latitude; if the file uses a projected coordinate system set its source_crs "
-                        "attribute (for example EPSG:27700) and load it again")
+                        f"longitude/latitude (extent {extent}); if the file uses a projected coordinate system "
+                        "give it with --crs (the source_crs attribute, for example EPSG:27700) and load it again")
+            if geometry.crs_assumed:
+                self.notes.append(f"{self.label} does not say which coordinate system it uses; its coordinates fit "
+                                  f"{'longitude/latitude' if geometry.srid == 4326 else f'EPSG:{geometry.srid}'}, "
+                                  f"so EPSG:{geometry.srid} was assumed (load it again with --crs if that is wrong)")
             if geometry.srid != self.target_srid:
                 self._transform(geometry)
                 bbox = None
@@ -78,7 +97,9 @@ class TableFinisher:
             layer=layer, table=self.staging, record_count=count, columns=plan.described(), geometry_type=kind,
             source_crs=f"EPSG:{source_srid}" if source_srid else None, srid=(
                 geometry.srid if geometry else None), bbox=bbox, invalid_geometries=invalid,
-            warnings=[*warnings, *self.warnings], preview=self._preview(geometry is not None))
+            warnings=[*warnings, *self.warnings], preview=self._preview(geometry is not None),
+            source_crs_assumed=bool(geometry and geometry.crs_assumed), linearised=self.linearised,
+            notes=self.notes)
 
     def _transform(self, geometry: GeometryPlan) -> None:
         source, geometry.srid = geometry.srid, self.target_srid
@@ -95,7 +116,7 @@ class TableFinisher:
                            "system or set its source_crs attribute") from exc
 
     def _parse_text_geometry(self, geometry: GeometryPlan) -> None:
-        """The text column becomes a geometry column of the one type its values share (or a generic one)."""
+        """The text column becomes a plain geometry column, settled to one type next."""
         geom = sql.Identifier(col.GEOMETRY_COLUMN)
         parse = sql.SQL("locaria_core.loader_parse_geometry({}, {})").format(geom, sql.Literal(geometry.srid))
         unreadable = [r["fid"] for r in self.conn.execute(sql.SQL(
@@ -107,19 +128,45 @@ class TableFinisher:
                                  f"{', '.join(map(str, unreadable[:MAX_REPORTED_ROWS]))})")
         self.conn.execute(sql.SQL("ALTER TABLE {} ALTER COLUMN {} TYPE geometry USING {}").format(
             self.table, geom, parse))
+        geometry.unsettled = True
+
+    def _settle(self, geometry: GeometryPlan) -> None:
+        """A plain geometry column gets one type: curves straightened, every value brought to the
+        dimensions any value has (Z, M), single parts made multi where multi parts are present."""
+        geom = sql.Identifier(col.GEOMETRY_COLUMN)
+        curved = sql.SQL("locaria_core.loader_is_curved({})").format(geom)
+        counts = self.conn.execute(sql.SQL(
+            "SELECT substr(ST_GeometryType({g}), 4) AS kind, count(*) AS n FROM {t} WHERE {c} GROUP BY 1 ORDER BY 1"
+        ).format(g=geom, t=self.table, c=curved)).fetchall()
+        if counts:
+            self.linearised = {r["kind"]: int(r["n"]) for r in counts}
+            self.conn.execute(sql.SQL("UPDATE {t} SET {g} = locaria_core.loader_linear_geometry({g}) WHERE {c}").format(
+                g=geom, t=self.table, c=curved))
+            described = ", ".join(f"{n:,} {kind}" for kind, n in self.linearised.items())
+            self.notes.append(f"{self.label}: curved geometries were converted to straight segments ({described})")
         found = self.conn.execute(sql.SQL(
             "SELECT array_agg(DISTINCT ST_GeometryType({g})) FILTER (WHERE {g} IS NOT NULL) AS kinds, "
-            "coalesce(max(ST_Zmflag({g})), 0) AS zm "
-            "FROM {t}").format(g=geom, t=self.table)).fetchone()
+            "array_agg(DISTINCT ST_Zmflag({g})) FILTER (WHERE {g} IS NOT NULL) AS zm FROM {t}").format(
+            g=geom, t=self.table)).fetchone()
         assert found is not None  # an aggregate without GROUP BY returns one row
         codes = {kind_code(k.removeprefix("ST_")) or 7 for k in (found["kinds"] or [])}
+        flags = set(found["zm"] or [])  # PostGIS's zmflag: 0 2D, 1 M, 2 Z, 3 ZM
+        has_z, has_m = bool(flags & {2, 3}), bool(flags & {1, 3})
         geometry.kinds_seen = codes
         geometry.kind = kind_for(codes, "")
-        geometry.dimension = {0: 0, 1: 2, 2: 1, 3: 3}[int(found["zm"])]  # PostGIS's zmflag to ours
-        multi = geometry.kind.startswith("Multi")
-        using = sql.SQL("ST_Multi({})").format(geom) if multi else geom
-        self.conn.execute(sql.SQL("ALTER TABLE {} ALTER COLUMN {} TYPE {} USING {}").format(
-            self.table, geom, geometry.column_type, using))
+        geometry.dimension = int(has_z) + 2 * int(has_m)
+        geometry.unsettled = False
+        value: sql.Composable = geom
+        if len(flags) > 1:
+            force = {0: "ST_Force2D", 1: "ST_Force3DZ", 2: "ST_Force3DM", 3: "ST_Force4D"}[geometry.dimension]
+            value = sql.SQL(force + "({})").format(value)
+            added = " and ".join(d for d, present in (("Z", has_z), ("M", has_m)) if present)
+            self.warnings.append(f"some geometries have {added} values and others not; those without were given "
+                                 f"{added} = 0")
+        if geometry.kind.startswith("Multi"):
+            value = sql.SQL("ST_Multi({})").format(value)
+        self.conn.execute(sql.SQL("ALTER TABLE {} ALTER COLUMN {} TYPE {} USING ST_SetSRID({}, {})").format(
+            self.table, geom, geometry.column_type, value, sql.Literal(geometry.srid)))
 
     def _extent(self) -> list[float] | None:
         row = self.conn.execute(sql.SQL(

@@ -1,9 +1,8 @@
-"""A whole upload into PostGIS: every layer of every data file it holds, each into its own table,
-swapped in atomically at the end of the one transaction the caller commits."""
+"""A whole upload into PostGIS: every layer of every data file it holds, each into a staging table
+of its own, published under the final names at the end of the one transaction the caller commits."""
 
 from __future__ import annotations
 
-import secrets
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -17,7 +16,8 @@ from locaria_batch.job import JobError
 from locaria_batch.jobs.file_loader.columns import MAX_IDENTIFIER_BYTES, safe_identifier
 from locaria_batch.jobs.file_loader.finish import LayerResult
 from locaria_batch.jobs.file_loader.layer import SCHEMA, load_layer
-from locaria_batch.jobs.file_loader.readers import display_name, layer_names, open_layer
+from locaria_batch.jobs.file_loader.publish import Fence, LoadMode, Target, check_targets, publish
+from locaria_batch.jobs.file_loader.readers import ReadOptions, display_name, layer_names
 from locaria_batch.jobs.file_loader.sources import DataFile, find_data_files
 from locaria_batch.jobs.names import unique_name
 from locaria_batch.settings import LoaderLimits, settings
@@ -28,11 +28,12 @@ BATCH_ROWS = 65_536
 @dataclass
 class LoadOptions:
     base_table: str  # upload_file_{id}, or the file's validated table_name
-    source_srid: int | None = None  # the user's source_crs; None: from the file or inferred
+    mode: LoadMode | None = None  # None: replace this file's own tables, refuse any other existing table
+    source_srid: int | None = None  # the user's source_crs; None: from the file, or assumed from the extent
     target_srid: int = 4326
     repair: bool = True  # ST_MakeValid invalid geometries (else count and report them)
     layers: list[str] | None = None  # load only these source layers
-    previous_tables: list[str] = field(default_factory=list)  # this file's tables from an earlier load
+    encoding: str | None = None  # the user's encoding for text formats; None: detected
     limits: LoaderLimits = field(default_factory=lambda: settings().loader_limits)
     batch_rows: int = BATCH_ROWS
 
@@ -42,6 +43,8 @@ class LoadedLayer:
     name: str  # the source layer
     table: str  # its table in locaria_uploads
     result: LayerResult
+    label: str = ""  # the user's file and layer
+    appended: bool = False  # its rows were added to an existing table
 
 
 def table_names(base: str, layers: list[str]) -> list[str]:
@@ -60,7 +63,20 @@ def table_label(data: DataFile, layer: str, several_files: bool) -> str:
     return f"{stem}_{layer}" if several_files and layer != stem else layer
 
 
-def load_file(conn: psycopg.Connection[Any], path: Path, name: str, options: LoadOptions,
+def layer_label(data: DataFile, layer: str) -> str:
+    """The user's file, and the layer when the file has layers of its own: parks.gpkg, layer wards."""
+    shown = display_name(data, layer)
+    return data.label if shown == PurePosixPath(data.label).stem else f"{data.label}, layer {shown}"
+
+
+def target_srid(conn: psycopg.Connection[Any], table: str, default: int) -> int:
+    """The SRID rows appended to `table` must have: its geometry column's (or `default`)."""
+    row = conn.execute("SELECT srid FROM geometry_columns WHERE f_table_schema = %s AND f_table_name = %s "
+                       "AND srid > 0 LIMIT 1", [SCHEMA, table]).fetchone()
+    return int(row["srid"] if isinstance(row, dict) else row[0]) if row else default
+
+
+def load_file(conn: psycopg.Connection[Any], path: Path, name: str, options: LoadOptions, fence: Fence,
               progress: Callable[[int, int | None], None] | None = None) -> list[LoadedLayer]:
     """Load every layer; the caller commits (or rolls back: then nothing at all is left behind)."""
     limits = options.limits
@@ -82,57 +98,42 @@ def load_file(conn: psycopg.Connection[Any], path: Path, name: str, options: Loa
                            "choose some with the layers attribute")
         labels = [table_label(d, display_name(d, layer), several_files=len(files) > 1) for d, layer in sources]
         finals = table_names(options.base_table, labels)
-        token = secrets.token_hex(4)
+        targets = [Target(final, layer_label(d, layer)) for (d, layer), final in zip(sources, finals, strict=True)]
+        check_targets(conn, fence, targets, options.mode)  # before hours of loading, not after
+        read = ReadOptions(batch_rows=options.batch_rows, encoding=options.encoding,
+                           max_line_bytes=limits.max_line_bytes)
         loaded: list[LoadedLayer] = []
         skipped: list[str] = []
         done = 0
-        for index, ((data, layer), final) in enumerate(zip(sources, finals, strict=True)):
-            staging = f"_lb_{token}_{index}"
-            with open_layer(data, layer, options.batch_rows) as raw:
-                before = done
+        for index, ((data, layer), target) in enumerate(zip(sources, targets, strict=True)):
+            staging = fence.staging_name(index)
+            srid = options.target_srid
+            if options.mode == LoadMode.append:
+                srid = target_srid(conn, target.table, srid)
+            before = done
 
-                def report(rows: int, before: int = before, total: int | None = raw.total) -> None:
-                    if progress is not None:
-                        progress(before + rows, None if total is None else before + total)
+            def report(rows: int, total: int | None, before: int = before) -> None:
+                if progress is not None:  # never past the total: a count GDAL gave may be an estimate
+                    progress(before + rows, None if total is None else before + max(total, rows))
 
-                result = load_layer(conn, raw, staging, source_crs=options.source_srid,
-                                    target_srid=options.target_srid, repair=options.repair, limits=limits,
-                                    on_rows=report)
+            result = load_layer(conn, data, layer, read, staging, label=target.label, source_crs=options.source_srid,
+                                target_srid=srid, repair=options.repair, limits=limits, on_rows=report)
             done += result.record_count
             if result.record_count == 0 and len(sources) > 1:
                 conn.execute(sql.SQL("DROP TABLE {}").format(sql.Identifier(SCHEMA, staging)))
-                skipped.append(raw.label)
+                skipped.append(target.label)
                 continue
             if result.record_count == 0:
-                raise JobError(f"{raw.label} has no rows or features; nothing to load. Check the export and upload "
-                               "the file again")
-            loaded.append(LoadedLayer(result.layer, final, result))
+                raise JobError(f"{target.label} has no rows or features; nothing to load. Check the export and "
+                               "upload the file again")
+            loaded.append(LoadedLayer(result.layer, target.table, result, target.label))
         if not loaded:
             raise JobError(f"{name}: every layer is empty ({', '.join(skipped)}); nothing to load")
         for label in skipped:
             loaded[0].result.warnings.append(f"{label} has no features and was not loaded")
-        swap_in(conn, loaded, options.previous_tables, options.base_table)
+        published = publish(conn, fence, [Target(item.table, item.label, item.result.table)
+                                          for item in loaded], options.mode)
+        for item in loaded:
+            item.appended = item.table in published.get("appended", [])
+            item.result.table = item.table
         return loaded
-
-
-def swap_in(conn: psycopg.Connection[Any], loaded: list[LoadedLayer], previous: list[str], base: str) -> None:
-    """Replace the old tables by the new ones inside the caller's transaction."""
-    finals = {item.table for item in loaded}
-    stale = [t.removeprefix(f"{SCHEMA}.") for t in previous]
-    stale = [t for t in stale if t not in finals and (t == base or t.startswith(f"{base}_"))]
-    try:
-        for table in [*finals, *stale]:
-            conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(sql.Identifier(SCHEMA, table)))
-    except psycopg.errors.DependentObjectsStillExist as exc:
-        raise JobError(f"a view or another table depends on the old table ({exc.diag.message_detail or exc}); "
-                       "drop or change it, then load the file again") from exc
-    for item in loaded:
-        staging = item.result.table
-        conn.execute(sql.SQL("ALTER TABLE {} RENAME TO {}").format(sql.Identifier(SCHEMA, staging),
-                                                                    sql.Identifier(item.table)))
-        conn.execute(sql.SQL("ALTER INDEX {} RENAME TO {}").format(
-            sql.Identifier(SCHEMA, f"{staging}_pkey"), sql.Identifier(f"{item.table[:58]}_pkey")))
-        if item.result.geometry_type is not None:
-            conn.execute(sql.SQL("ALTER INDEX {} RENAME TO {}").format(
-                sql.Identifier(SCHEMA, f"{staging}_geom_idx"), sql.Identifier(f"{item.table[:54]}_geom_idx")))
-        item.result.table = item.table

@@ -15,7 +15,7 @@ from psycopg import sql
 
 from locaria_batch.job import JobError
 from locaria_batch.jobs.file_loader import columns as col
-from locaria_batch.jobs.file_loader.crs import infer_srid, srid_from_crs
+from locaria_batch.jobs.file_loader.crs import WGS84, declared_srid, infer_srid, srid_from_crs
 from locaria_batch.jobs.file_loader.readers import LEADING_ZERO, RawLayer
 
 CONCRETE_KINDS = {"Point", "LineString", "Polygon", "MultiPoint", "MultiLineString", "MultiPolygon"}
@@ -31,13 +31,16 @@ class GeometryPlan:
     dimension: int = 0  # 0 2D, 1 Z, 2 M, 3 ZM
     column: str | None = None  # the WKB or text column in the batches
     xy: col.CoordinateColumns | None = None
-    crs_source: str = ""  # where the CRS came from: file, attribute, inferred
+    crs_source: str = ""  # where the CRS came from: file, attribute, or assumed (the file does not say)
     kinds_seen: set[int] = field(default_factory=set)
+    # the column is a plain `geometry` while loading and gets its type when finished: curves to straighten,
+    # or values of different dimensions (2D and Z ...) to bring to one
+    unsettled: bool = False
     points_bbox: list[float] | None = None  # kept while every value is a 2D point: spares a scan for the extent
     only_points: bool = True
 
     def extend(self, x: np.ndarray, y: np.ndarray) -> None:
-        finite = ~(np.isnan(x) | np.isnan(y))
+        finite = np.isfinite(x) & np.isfinite(y)
         if not finite.any():
             return
         box = [float(x[finite].min()), float(y[finite].min()), float(x[finite].max()), float(y[finite].max())]
@@ -46,7 +49,17 @@ class GeometryPlan:
                                                     max(old[2], box[2]), max(old[3], box[3])]
 
     @property
+    def crs_assumed(self) -> bool:
+        return self.crs_source == "assumed"
+
+    @property
+    def curves(self) -> list[str]:
+        return [col.CURVE_NAMES[k] for k in sorted(self.kinds_seen) if k in col.CURVE_NAMES]
+
+    @property
     def column_type(self) -> sql.Composable:
+        if self.unsettled:
+            return sql.SQL("geometry")
         return sql.SQL("geometry({}, {})").format(sql.SQL(self.kind + col.DIMENSION_SUFFIX[self.dimension]),
                                                   sql.Literal(self.srid))
 
@@ -135,8 +148,12 @@ def plan_geometry(conn: psycopg.Connection[Any], raw: RawLayer, first: pa.Record
             kinds, dims = col.wkb_kinds(first.column(raw.geometry_column))
             present = kinds[kinds > 0]
             plan.kinds_seen = set(np.unique(present).tolist())
-            plan.dimension = int(dims[kinds > 0].max()) if present.size else 0
+            dimensions = set(np.unique(dims[kinds > 0]).tolist())
+            plan.dimension = max(dimensions, default=0)
             plan.kind = kind_for(plan.kinds_seen, declared)
+            plan.unsettled = bool(plan.curves) or len(dimensions) > 1
+        elif declared.removesuffix("Z").removesuffix("M").removesuffix("Z") not in CONCRETE_KINDS:
+            plan.unsettled = bool(declared)  # a curved type declared by an empty layer
         return plan
     if first is None:
         return None
@@ -149,7 +166,7 @@ def plan_geometry(conn: psycopg.Connection[Any], raw: RawLayer, first: pa.Record
             srid, origin = source_crs, "attribute"
         else:
             srid = _infer_from_values(raw.label, x, y, xy)
-            origin = "inferred"
+            origin = "assumed"
         return GeometryPlan("xy", srid, kind="Point", xy=xy, crs_source=origin, kinds_seen={1})
     text = col.find_geometry_text_column(names, pa.Table.from_batches([first]).rename_columns(names))
     if text is not None:
@@ -168,7 +185,7 @@ def kind_for(kinds: set[int], declared: str) -> str:
     if not kinds:
         bare = declared.removesuffix("Z").removesuffix("M").removesuffix("Z")
         return bare if bare in CONCRETE_KINDS else "Geometry"
-    if 7 in kinds or len(families) != 1:
+    if 7 in kinds or len(families) != 1 or max(kinds) > 7:
         return "Geometry"
     family = families.pop()
     multi = any(k > 3 for k in kinds) or declared.startswith("Multi")
@@ -179,26 +196,31 @@ def _srid_for_file(conn: psycopg.Connection[Any], raw: RawLayer, first: pa.Recor
                    source_crs: int | None) -> tuple[int, str]:
     if source_crs is not None:
         return source_crs, "attribute"
+    if raw.declared_crs:
+        srid = declared_srid(conn, raw.declared_crs, raw.label)
+        if srid is not None:
+            return srid, "file"
     if raw.crs:
         return srid_from_crs(conn, raw.crs, raw.label), "file"
     if first is not None and raw.geometry_column is not None:
-        kinds, _ = col.wkb_kinds(first.column(raw.geometry_column))
-        if set(np.unique(kinds).tolist()) <= {0, 1}:
+        kinds, dims = col.wkb_kinds(first.column(raw.geometry_column))
+        if set(np.unique(kinds).tolist()) <= {0, 1} and not dims.any():
             x, y = col.point_coordinates(first.column(raw.geometry_column), kinds)
-            return _infer_from_values(raw.label, x, y, None), "inferred"
-    raise JobError(f"{raw.label} does not say which coordinate system it uses; set the file's source_crs "
-                   "attribute (for example EPSG:27700) and load it again")
+            if np.isfinite(x).any():
+                return _infer_from_values(raw.label, x, y, None), "assumed"
+    # longitude/latitude until the extent says otherwise (the finisher checks it)
+    return WGS84, "assumed"
 
 
 def _infer_from_values(label: str, x: np.ndarray, y: np.ndarray, xy: col.CoordinateColumns | None) -> int:
-    finite = ~(np.isnan(x) | np.isnan(y))
+    finite = np.isfinite(x) & np.isfinite(y)
     if not finite.any():
         raise JobError(f"{label}: the coordinate columns {xy.x if xy else 'x'}/{xy.y if xy else 'y'} "
-                       "hold no numbers in the first rows; fill them in or remove them")
+                       "hold no finite numbers in the first rows; fill them in or remove them")
     srid = infer_srid(x[finite], y[finite])
     if srid is None:
         names = f"{xy.x}/{xy.y}" if xy else "coordinates"
         raise JobError(f"{label}: cannot tell the coordinate system of {names} (values such as "
-                       f"{x[finite][0]:g}, {y[finite][0]:g}); set the file's source_crs attribute "
-                       "(for example EPSG:27700) and load it again")
+                       f"{x[finite][0]:g}, {y[finite][0]:g}, not longitude/latitude); give it with --crs "
+                       "(the source_crs attribute, for example EPSG:27700) and load the file again")
     return srid

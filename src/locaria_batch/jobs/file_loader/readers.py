@@ -28,9 +28,11 @@ from pyogrio.errors import DataLayerError
 from pyogrio.raw import open_arrow
 
 from locaria_batch.job import JobError
+from locaria_batch.jobs.file_loader.columns import looks_like_wkb
 from locaria_batch.jobs.file_loader.sources import DataFile
 
 SAMPLE_BYTES = 1 << 20
+
 CSV_BLOCK_BYTES = 1 << 20  # Arrow reads several blocks ahead: bigger blocks cost memory, not speed
 # formats with one layer, named after the file; opening GeoJSON reads it whole, so it is opened once only
 ONE_LAYER_DRIVERS = {"GeoJSON", "GeoJSONSeq", "FlatGeobuf", "ESRI Shapefile"}
@@ -42,6 +44,32 @@ DELIMITERS = (",", ";", "\t", "|")
 DECIMAL_COMMA = re.compile(r"^\s*-?\d+,\d+\s*$")
 DECIMAL_POINT = re.compile(r"^\s*-?\d+\.\d+\s*$")
 LEADING_ZERO = re.compile(r"^\s*0\d")
+# encodings a text file without a byte-order mark may be in, besides UTF-8 (charset-normalizer picks)
+ENCODING_CANDIDATES = ("cp1252", "cp1250", "cp1251", "cp1253", "cp1254", "cp1255", "cp1256", "cp1257", "cp1258",
+                       "koi8_r", "koi8_u", "iso8859_2", "iso8859_5", "iso8859_7", "iso8859_15", "mac_roman",
+                       "cp437", "cp850", "cp866", "shift_jis", "euc_jp", "gb18030", "big5", "euc_kr",
+                       "utf_16_le", "utf_16_be")
+DETECTION_BYTES = 64 << 10  # of the lines that are not plain ASCII: enough to tell, and quick
+# GeoParquet-like files without `geo` metadata: a binary column by one of these names holding WKB
+WKB_COLUMN_NAMES = ("geometry", "geom", "wkb_geometry", "wkb", "the_geom", "shape", "geog", "geography")
+
+
+@dataclass(frozen=True)
+class ReadOptions:
+    """How to read: rows per batch, the user's text encoding (None: detected), the longest text line."""
+
+    batch_rows: int = 65_536
+    encoding: str | None = None
+    max_line_bytes: int = 128 << 20
+    block_bytes: int | None = None  # Arrow's CSV block (a row must fit one); None: CSV_BLOCK_BYTES
+
+    @property
+    def block(self) -> int:
+        return self.block_bytes or CSV_BLOCK_BYTES
+
+
+class LineTooLong(JobError):
+    """A row of delimited text does not fit the block Arrow reads it in."""
 
 
 @dataclass
@@ -61,6 +89,9 @@ class RawLayer:
     decimal_comma: bool = False
     skipped_rows: list[int] = field(default_factory=list)  # rows the reader could not parse
     skipped_count: list[int] = field(default_factory=lambda: [0])
+    encoding: str | None = None  # the text encoding read with (text formats)
+    encoding_guessed: bool = False  # detected rather than known (a byte-order mark, valid UTF-8, the user's)
+    declared_crs: str | None = None  # a CRS the file names that GDAL may have passed over (GeoJSON's crs member)
 
 
 def display_name(data: DataFile, layer: str) -> str:
@@ -95,17 +126,18 @@ def layer_names(data: DataFile) -> list[str]:
 
 
 @contextmanager
-def open_layer(data: DataFile, layer: str, batch_size: int) -> Iterator[RawLayer]:
+def open_layer(data: DataFile, layer: str, read: ReadOptions, label: str) -> Iterator[RawLayer]:
+    """One layer as batches; `label` (the user's file and layer) names it in messages."""
     if data.kind == "text":
-        raw = open_text(data, batch_size)
+        raw = open_text(data, read, label)
         raw.name = display_name(data, raw.name)
         yield raw
     elif data.kind == "parquet":
-        raw = open_parquet(data, batch_size)
+        raw = open_parquet(data, read.batch_rows, label)
         raw.name = display_name(data, raw.name)
         yield raw
     else:
-        with open_gdal(data, layer, batch_size) as raw:
+        with open_gdal(data, layer, read, label) as raw:
             raw.name = display_name(data, raw.name)
             yield raw
 
@@ -114,16 +146,27 @@ def _gdal_message(exc: BaseException) -> str:
     return str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
 
 
+def _unreadable(label: str, exc: BaseException, part_way: bool = False) -> JobError:
+    """GDAL's complaint as one sentence about the user's file."""
+    message = _gdal_message(exc)
+    if "Too many nested" in message or "nesting" in message.lower():
+        return JobError(f"{label} nests JSON objects or arrays too deeply to be read ({message}); flatten its "
+                        "properties and upload it again")
+    if part_way:
+        return JobError(f"{label} stops being readable part way ({message}); the file is damaged or truncated, "
+                        "export it again")
+    return JobError(f"{label} cannot be read ({message}); the file may be damaged or truncated, export it again")
+
+
 @contextmanager
-def open_gdal(data: DataFile, layer: str, batch_size: int) -> Iterator[RawLayer]:
-    label = f"{data.label}, layer {layer}"
+def open_gdal(data: DataFile, layer: str, read: ReadOptions, label: str) -> Iterator[RawLayer]:
     only = data.driver in ONE_LAYER_DRIVERS
+    encoding, guessed = dbf_encoding(data, read.encoding) if data.driver == "ESRI Shapefile" else (None, False)
     try:
         info = {} if data.driver in SLOW_TO_COUNT else pyogrio.read_info(data.path, layer=None if only else layer,
-                                                                         **data.options)
-        encoding = dbf_encoding(data) if data.driver == "ESRI Shapefile" else None
-        stream = open_arrow(data.path, layer=None if only else layer, batch_size=min(batch_size, GDAL_BATCH_ROWS),
-                            use_pyarrow=True,
+                                                                         encoding=encoding, **data.options)
+        stream = open_arrow(data.path, layer=None if only else layer,
+                            batch_size=min(read.batch_rows, GDAL_BATCH_ROWS), use_pyarrow=True,
                             return_fids=False, encoding=encoding, **data.options)
         meta, reader = stream.__enter__()
     except DataLayerError:
@@ -134,8 +177,7 @@ def open_gdal(data: DataFile, layer: str, batch_size: int) -> Iterator[RawLayer]
                        declared_type=None, total=0)
         return
     except Exception as exc:
-        raise JobError(f"{label} cannot be read ({_gdal_message(exc)}); the file may be damaged or truncated, "
-                       "export it again") from exc
+        raise _unreadable(label, exc) from exc
     try:
         schema: pa.Schema = reader.schema
         geometry = next((f.name for f in schema if (f.metadata or {}).get(b"ARROW:extension:name") == b"geoarrow.wkb"),
@@ -147,49 +189,54 @@ def open_gdal(data: DataFile, layer: str, batch_size: int) -> Iterator[RawLayer]
             try:
                 yield from reader
             except Exception as exc:
-                raise JobError(f"{label} stops being readable part way ({_gdal_message(exc)}); the file is "
-                               "damaged or truncated, export it again") from exc
+                raise _unreadable(label, exc, part_way=True) from exc
 
         yield RawLayer(name=layer, label=label, fields=fields, batches=batches(), geometry_column=geometry,
                        crs=meta.get("crs"), declared_type=meta.get("geometry_type"), total=total,
-                       spreadsheet=data.driver in SPREADSHEET_DRIVERS)
+                       spreadsheet=data.driver in SPREADSHEET_DRIVERS, encoding=encoding, encoding_guessed=guessed,
+                       declared_crs=geojson_crs_member(data.path) if data.driver == "GeoJSON" else None)
     finally:
         stream.__exit__(None, None, None)
 
 
-def dbf_encoding(data: DataFile) -> str | None:
-    """GDAL recodes a shapefile's text when a .cpg or the DBF's language byte names its encoding, but not
-    in its Arrow stream when neither does: then it is UTF-8 if the bytes decode as such, else Windows-1252."""
+def dbf_encoding(data: DataFile, wanted: str | None) -> tuple[str | None, bool]:
+    """The encoding to read a shapefile's text in, and whether it is a guess.  GDAL recodes the text when a
+    .cpg or the DBF's language byte names its encoding (None: leave it to GDAL), but not in its Arrow stream
+    when neither does: then the records' bytes are detected as a text file's would be."""
+    if wanted:
+        return wanted, False
     if any(data.path.with_suffix(s).exists() for s in (".cpg", ".CPG")):
-        return None
+        return None, False
     dbf = next((p for p in (data.path.with_suffix(".dbf"), data.path.with_suffix(".DBF")) if p.exists()), None)
     if dbf is None:
-        return None
+        return None, False
     with dbf.open("rb") as handle:
         head = handle.read(SAMPLE_BYTES)
     if len(head) > 29 and head[29] != 0:
-        return None  # the language driver byte is set: GDAL honours it
-    cut = head[: len(head) - 4]  # a multi-byte character may straddle the sample's end
-    try:
-        cut.decode("utf-8")
-        return "UTF-8"
-    except UnicodeDecodeError:
-        return "CP1252"
+        return None, False  # the language driver byte is set: GDAL honours it
+    records = head[int.from_bytes(head[8:10], "little"):] if len(head) > 10 else b""
+    encoding, guessed = detect_encoding(records[: len(records) - 4])  # a character may straddle the cut
+    return ("UTF-8" if encoding == "utf-8" else encoding), guessed
 
 
-def open_parquet(data: DataFile, batch_size: int) -> RawLayer:
+def open_parquet(data: DataFile, batch_size: int, label: str) -> RawLayer:
     try:
         parquet = pq.ParquetFile(data.path)
     except Exception as exc:
-        raise JobError(f"{data.label} is not a readable Parquet file ({exc}); export it again") from exc
+        raise JobError(f"{label} is not a readable Parquet file ({exc}); export it again") from exc
     schema = parquet.schema_arrow
-    geo = json.loads((schema.metadata or {}).get(b"geo", b"{}") or b"{}")
-    geometry = geo.get("primary_column")
+    try:
+        geo = json.loads((schema.metadata or {}).get(b"geo", b"{}") or b"{}")
+    except ValueError:
+        geo = {}
+    geometry = geo.get("primary_column") if isinstance(geo, dict) else None
     crs: str | None = None
-    if geometry:
+    if not geometry:
+        geometry = _wkb_column(parquet)  # no metadata: a WKB column is still the geometry, CRS unknown
+    elif geometry:
         spec = geo.get("columns", {}).get(geometry, {})
         if spec.get("encoding", "WKB").upper() != "WKB":
-            raise JobError(f"{data.label} stores geometry as {spec.get('encoding')}; write the GeoParquet with "
+            raise JobError(f"{label} stores geometry as {spec.get('encoding')}; write the GeoParquet with "
                            "WKB geometry encoding and upload it again")
         projjson = spec.get("crs", "absent")
         if projjson == "absent" or projjson is None:
@@ -206,10 +253,37 @@ def open_parquet(data: DataFile, batch_size: int) -> RawLayer:
             for batch in parquet.iter_batches(batch_size=batch_size):
                 yield batch.select(order)
         except Exception as exc:
-            raise JobError(f"{data.label} stops being readable part way ({exc}); export it again") from exc
+            raise JobError(f"{label} stops being readable part way ({exc}); export it again") from exc
 
-    return RawLayer(name=data.path.stem, label=data.label, fields=fields, batches=batches(),
+    return RawLayer(name=data.path.stem, label=label, fields=fields, batches=batches(),
                     geometry_column=geometry, crs=crs, declared_type=None, total=parquet.metadata.num_rows)
+
+
+def _wkb_column(parquet: pq.ParquetFile) -> str | None:
+    """A binary column whose first values are all WKB: by a geometry-like name first, then any."""
+    binary: list[str] = [str(f.name) for f in parquet.schema_arrow
+                         if pat.is_binary(f.type) or pat.is_large_binary(f.type)]
+    if not binary or parquet.metadata.num_rows == 0:
+        return None
+    ordered = sorted(binary, key=lambda n: (n.lower() not in WKB_COLUMN_NAMES, binary.index(n)))
+    sample = next(parquet.iter_batches(batch_size=200, columns=ordered))
+    for name in ordered:
+        if looks_like_wkb(sample.column(name)):
+            return name
+    return None
+
+
+GEOJSON_CRS = re.compile(rb'"crs"\s*:\s*\{.*?"name"\s*:\s*"([^"]{1,200})"', re.DOTALL)
+
+
+def geojson_crs_member(path: Any) -> str | None:
+    """The coordinate system a GeoJSON file names in its (2008-style) crs member, if it names one near
+    its start.  GDAL falls back to WGS 84 for a name it does not know; the loader must not."""
+    with open(path, "rb") as handle:
+        head = handle.read(1 << 16)
+    features = head.find(b'"features"')
+    match = GEOJSON_CRS.search(head if features < 0 else head[:features])
+    return str(match.group(1).decode("utf-8", "replace")) if match else None
 
 
 # -- delimited text ------------------------------------------------------------------------------
@@ -220,38 +294,74 @@ class TextFormat:
     delimiter: str
     decimal_comma: bool
     header: list[str]
+    encoding_guessed: bool = False
 
 
-def detect_encoding(sample: bytes, label: str) -> str:
+def detect_encoding(sample: bytes) -> tuple[str, bool]:
+    """(Python codec, whether it is a guess).  A byte-order mark or valid UTF-8 is not a guess; anything
+    else is charset-normalizer's best reading of the lines that are not plain ASCII."""
     if sample.startswith(codecs.BOM_UTF8):
-        return "utf-8-sig"
+        return "utf-8-sig", False
     if sample.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
-        return "utf-16"
-    cut = sample[: sample.rfind(b"\n") + 1] if len(sample) == SAMPLE_BYTES and b"\n" in sample else sample
+        return "utf-16", False
+    cut = sample[: sample.rfind(b"\n") + 1] if b"\n" in sample[:-1] else sample
     try:
         cut.decode("utf-8")
-        return "utf-8"
+        return "utf-8", False
     except UnicodeDecodeError:
         pass
+    import charset_normalizer
+
+    if b"\x00" in cut:  # UTF-16 without a mark: lines cannot be picked out
+        probe = cut[:DETECTION_BYTES]
+    else:
+        probe = b"\n".join(line for line in cut.split(b"\n") if max(line, default=0) >= 0x80)[:DETECTION_BYTES]
+    matches = charset_normalizer.from_bytes(probe, cp_isolation=list(ENCODING_CANDIDATES))
+    best = matches.best()
+    if best is None:
+        return ("cp1252" if _decodes(probe, "cp1252") is not None else "latin-1"), True
+    found = codecs.lookup(best.encoding).name
+    western = next((m for m in matches if codecs.lookup(m.encoding).name == "cp1252"), None)
+    # the most common encoding wins when the text reads the same in it, or when nothing in the text
+    # tells one language from another (a few accented words) and it reads as cleanly
+    if found != "cp1252" and western is not None and (
+            str(western) == str(best) or (best.coherence == 0 and western.chaos <= best.chaos)):
+        found = "cp1252"
+    return found, True
+
+
+def _decodes(data: bytes, encoding: str) -> str | None:
     try:
-        cut.decode("cp1252")
-        return "cp1252"
+        return data.decode(encoding)
     except UnicodeDecodeError:
-        return "latin-1"
+        return None
 
 
-def sniff_text(data: DataFile) -> TextFormat:
+def check_encoding(name: str) -> str:
+    """A user's encoding name as Python's codec name; unknown names are refused."""
+    try:
+        return codecs.lookup(name.strip()).name
+    except LookupError:
+        raise JobError(f"the encoding {name[:60]!r} is not known; use a name such as utf-8, cp1252, cp1251, "
+                       "latin-1 or utf-16") from None
+
+
+def sniff_text(data: DataFile, label: str, wanted: str | None = None) -> TextFormat:
     with data.path.open("rb") as handle:
         sample = handle.read(SAMPLE_BYTES)
-    encoding = detect_encoding(sample, data.label)
+    encoding, guessed = (check_encoding(wanted), False) if wanted else detect_encoding(sample)
     text = sample.decode(encoding, errors="replace")
     lines = text.splitlines()[:50]
     if len(sample) == SAMPLE_BYTES and len(lines) > 1:
         lines = lines[:-1]  # the last line of a sample may be cut
     if not lines or not lines[0].strip():
-        raise JobError(f"{data.label} has no header line; put the column names on the first line")
+        raise JobError(f"{label} has no header line; put the column names on the first line")
+    if len(sample) == SAMPLE_BYTES and b"\n" not in sample and b"\r" not in sample:
+        raise JobError(f"{label}: its first line is longer than {SAMPLE_BYTES:,} bytes, too long for a header of "
+                       "column names; check the file is delimited text with the column names on the first line")
     preferred = "\t" if data.path.suffix.lower() in (".tsv", ".tab") else "|" if data.path.suffix.lower() == ".psv" \
         else None
+    csv.field_size_limit(max(csv.field_size_limit(), SAMPLE_BYTES * 2))  # a sample's long cell is still a cell
     best, best_score = ",", (-1, 0)
     for delimiter in DELIMITERS:
         rows = list(csv.reader(io.StringIO("\n".join(lines)), delimiter=delimiter))
@@ -265,11 +375,32 @@ def sniff_text(data: DataFile) -> TextFormat:
     cells = [c for r in rows[1:] for c in r]
     decimal_comma = best != "," and any(DECIMAL_COMMA.match(c) for c in cells) \
         and not any(DECIMAL_POINT.match(c) for c in cells)
-    return TextFormat(encoding, best, decimal_comma, header)
+    return TextFormat(encoding, best, decimal_comma, header, guessed)
 
 
-def open_text(data: DataFile, batch_size: int) -> RawLayer:
-    fmt = sniff_text(data)
+def _arrow_encoding(encoding: str) -> str:
+    return "utf8" if encoding in ("utf-8", "utf_8") else encoding
+
+
+def _text_problem(exc: BaseException, label: str, read: ReadOptions, encoding: str) -> JobError:
+    """Arrow's complaint about delimited text as one sentence about the user's file."""
+    message = str(exc)
+    if "straddling" in message or "block size" in message:
+        limit = max(read.block, read.max_line_bytes)
+        if read.block < read.max_line_bytes:
+            return LineTooLong(f"{label} has a line longer than {read.block:,} bytes")
+        return JobError(f"{label} has a line longer than {limit:,} bytes (LOCARIA_LOADER_MAX_LINE_BYTES), or a "
+                        "quote (\") that is never closed; split the long values, check the quoting, and upload it "
+                        "again")
+    if "UTF8" in message or isinstance(exc, UnicodeDecodeError):
+        return JobError(f"{label} holds text that is not valid {encoding}; give its encoding with --encoding "
+                        "(the encoding attribute), or save it as UTF-8 CSV and upload it again")
+    return JobError(f"{label} cannot be read as delimited text ({message.splitlines()[0][:200]}); save it as "
+                    "UTF-8 CSV and upload it again")
+
+
+def open_text(data: DataFile, read: ReadOptions, label: str) -> RawLayer:
+    fmt = sniff_text(data, label, read.encoding)
     names = [f"c{i}" for i in range(len(fmt.header))]
     skipped_rows: list[int] = []
     skipped_count = [0]
@@ -280,40 +411,36 @@ def open_text(data: DataFile, batch_size: int) -> RawLayer:
             skipped_rows.append(int(row.number) - 1 if row.number is not None else -1)
         return "skip"
 
-    read = pacsv.ReadOptions(column_names=names, skip_rows=1, block_size=CSV_BLOCK_BYTES,
-                             encoding="utf8" if fmt.encoding == "utf-8" else fmt.encoding)
+    options = pacsv.ReadOptions(column_names=names, skip_rows=1, block_size=read.block,
+                                encoding=_arrow_encoding(fmt.encoding))
     parse = pacsv.ParseOptions(delimiter=fmt.delimiter, newlines_in_values=True, invalid_row_handler=skip_bad)
     inferred = pacsv.ConvertOptions(strings_can_be_null=True, null_values=[""],
                                     decimal_point="," if fmt.decimal_comma else ".")
     try:
-        with pacsv.open_csv(data.path, read_options=read, parse_options=parse, convert_options=inferred) as probe:
+        with pacsv.open_csv(data.path, read_options=options, parse_options=parse, convert_options=inferred) as probe:
             sample = probe.read_next_batch()
     except StopIteration:
         sample = None
     except (pa.ArrowInvalid, UnicodeDecodeError) as exc:
-        raise JobError(f"{data.label} cannot be read as delimited text ({exc}); save it as UTF-8 CSV and "
-                       "upload it again") from exc
+        raise _text_problem(exc, label, read, fmt.encoding) from exc
     types = [text_column_type(sample.column(i)) if sample is not None else "text" for i in range(len(names))]
     as_text = pacsv.ConvertOptions(column_types=dict.fromkeys(names, pa.string()), strings_can_be_null=True,
                                    null_values=[""])
-    reader = pacsv.open_csv(data.path, read_options=pacsv.ReadOptions(
-        column_names=names, skip_rows=1, block_size=CSV_BLOCK_BYTES, encoding=read.encoding),
-        parse_options=parse, convert_options=as_text)
+    reader = pacsv.open_csv(data.path, read_options=options, parse_options=parse, convert_options=as_text)
     fields = [pa.field(h or f"column_{i + 1}", pa.string()) for i, h in enumerate(fmt.header)]
 
     def batches() -> Iterator[pa.RecordBatch]:
         try:
             for batch in reader:
-                for start in range(0, batch.num_rows, batch_size):
-                    yield batch.slice(start, batch_size)
+                for start in range(0, batch.num_rows, read.batch_rows):
+                    yield batch.slice(start, read.batch_rows)
         except (pa.ArrowInvalid, UnicodeDecodeError) as exc:
-            problem = "holds text that is not valid UTF-8" if "UTF8" in str(exc) or isinstance(
-                exc, UnicodeDecodeError) else f"cannot be parsed ({exc})"
-            raise JobError(f"{data.label} {problem}; save it as UTF-8 CSV and upload it again") from exc
+            raise _text_problem(exc, label, read, fmt.encoding) from exc
 
-    return RawLayer(name=data.path.stem, label=data.label, fields=fields, batches=batches(), geometry_column=None,
+    return RawLayer(name=data.path.stem, label=label, fields=fields, batches=batches(), geometry_column=None,
                     crs=None, declared_type=None, total=None, types=types, decimal_comma=fmt.decimal_comma,
-                    skipped_rows=skipped_rows, skipped_count=skipped_count)
+                    skipped_rows=skipped_rows, skipped_count=skipped_count, encoding=fmt.encoding,
+                    encoding_guessed=fmt.encoding_guessed)
 
 
 def text_column_type(column: pa.ChunkedArray | pa.Array) -> str:
