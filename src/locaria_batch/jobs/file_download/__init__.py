@@ -41,6 +41,7 @@ class Export:
     path: Path
     format: Format
     record_count: int
+    notes: list[str]  # what the format made the export change (dimensions dropped, no spatial index)
 
 
 def export(conn: psycopg.Connection[Any], request: DownloadRequest, folder: Path, stem: str,
@@ -58,11 +59,11 @@ def export(conn: psycopg.Connection[Any], request: DownloadRequest, folder: Path
         total = selection.total
         progress(0, total)
         path = folder / f"{stem}.{fmt.extension}"
-        count = fmt.writer(conn, selection, request, path, lambda done: progress(done, total))
+        count = fmt.writer(conn, selection, request, path, lambda done: progress(min(done, total), total))
     finally:
         conn.rollback()
         conn.isolation_level = None
-    return Export(path, fmt, count)
+    return Export(path, fmt, count, selection.notes)
 
 
 def run(ctx: JobContext) -> JobResult:
@@ -70,6 +71,8 @@ def run(ctx: JobContext) -> JobResult:
     with tempfile.TemporaryDirectory(prefix="locaria-download-") as tmp:
         result = export(ctx.conn, request, Path(tmp), str(ctx.file_id), ctx.progress)
         ctx.check_cancelled()
+        for note in result.notes:
+            ctx.log(note)
         with result.path.open("rb") as stream:
             digest = hashlib.file_digest(stream, "sha256").hexdigest()
         size = result.path.stat().st_size
@@ -82,6 +85,7 @@ def run(ctx: JobContext) -> JobResult:
         "record_count": result.record_count, "sha256": digest, "url": ctx.storage.url(key, expiry),
         "completed_at": now.isoformat(timespec="seconds"),
         "expires_at": (now + timedelta(seconds=expiry)).isoformat(timespec="seconds"),
+        **({"warnings": result.notes} if result.notes else {}),
     }
     empty = "" if result.record_count else ": the selection matched no rows, the file is empty"
     return JobResult(attributes=attributes, log={"message": f"Download Completed{empty}"})

@@ -5,7 +5,7 @@ so its rows are exactly the ones the counts saw."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -54,7 +54,7 @@ class ArrowRows:
 
     def batches(self, selection: Selection, layer: Layer | None, schema: pa.Schema, progress: Progress,
                 done: int = 0, condition: sql.Composable | None = None,
-                extra_params: dict[str, Any] | None = None) -> Iterator[pa.RecordBatch]:
+                extra_params: dict[str, Any] | None = None) -> Generator[pa.RecordBatch, None, None]:
         """The selection's rows (or one layer's) as record batches of `schema`, whose last field is
         the WKB geometry when the selection has one."""
         with_geometry = bool(schema.names) and schema.names[-1] == GEOMETRY

@@ -21,7 +21,7 @@ from locaria_batch.job import JobError
 from locaria_batch.jobs.file_download.arrow import GEOMETRY, ArrowRows, arrow_rows, arrow_schema
 from locaria_batch.jobs.file_download.copyout import Progress
 from locaria_batch.jobs.file_download.request import DownloadRequest
-from locaria_batch.jobs.file_download.selection import Layer, Selection
+from locaria_batch.jobs.file_download.selection import Layer, Selection, shape_type
 from locaria_batch.jobs.names import unique_name
 
 OGR_NAMES = {"POINT": "Point", "LINESTRING": "LineString", "POLYGON": "Polygon", "MULTIPOINT": "MultiPoint",
@@ -39,15 +39,24 @@ pyogrio.set_gdal_config_options({"OGR_SQLITE_SYNCHRONOUS": "OFF", "OGR_SQLITE_JO
                                  "OGR_GPKG_THREADED_RTREE": "NO"})
 
 
-def geometry_type(types: tuple[str, ...]) -> str:
-    names = {OGR_NAMES.get(t.removesuffix("M").removesuffix("Z").strip(), "Unknown") for t in types}
+def geometry_type(types: tuple[str, ...], z: bool = False, m: bool = False) -> str:
+    """The layer type GDAL (pyogrio) is asked for: Point, Point Z, PointM, Measured 3D Point ..."""
+    names = {OGR_NAMES.get(t, "Unknown") for t in types}
     if len(names) == 1:
-        return names.pop()
-    if names == {"Polygon", "MultiPolygon"}:
-        return "MultiPolygon"
-    if names == {"LineString", "MultiLineString"}:
-        return "MultiLineString"
-    return "Unknown"
+        name = names.pop()
+    elif names == {"Polygon", "MultiPolygon"}:
+        name = "MultiPolygon"
+    elif names == {"LineString", "MultiLineString"}:
+        name = "MultiLineString"
+    else:
+        name = "Unknown"
+    if name == "Unknown":
+        return name  # a generic layer takes each feature's own dimensions
+    if z and m:
+        return f"Measured 3D {name}"
+    if m:
+        return "PointM" if name == "Point" else f"Measured {name}"
+    return f"{name} Z" if z else name
 
 
 def _write_layer(rows: ArrowRows, selection: Selection, layer: Layer | None, path: Path, driver: str,
@@ -66,17 +75,22 @@ def _write_layer(rows: ArrowRows, selection: Selection, layer: Layer | None, pat
 
     batches = rows.batches(selection, layer, schema, track, done, condition, extra_params)
     reader = pa.RecordBatchReader.from_batches(schema, batches)
-    write_arrow(reader, str(path), layer=layer_name, driver=driver,
-                geometry_name=GEOMETRY if has_geometry else None,
-                geometry_type=geometry_type(geometry_types) if has_geometry else None,
-                crs=f"EPSG:{selection.srid}" if has_geometry else None, encoding="UTF-8" if driver ==
-                "ESRI Shapefile" else None, layer_options=layer_options)
+    try:
+        write_arrow(reader, str(path), layer=layer_name, driver=driver,
+                    geometry_name=GEOMETRY if has_geometry else None,
+                    geometry_type=geometry_type(geometry_types, selection.has_z, selection.has_m) if has_geometry
+                    else ("Unknown" if driver == "FlatGeobuf" else None),
+                    crs=f"EPSG:{selection.srid}" if has_geometry else None, encoding="UTF-8" if driver ==
+                    "ESRI Shapefile" else None, layer_options=layer_options)
+    finally:
+        batches.close()  # ends the rows' query, so that a writer's error is the one reported
     return counter["done"]
 
 
 def write_gpkg(conn: psycopg.Connection[Any], selection: Selection, request: DownloadRequest, path: Path,
                progress: Progress) -> int:
     """One layer per category (or the table)."""
+    selection.keep_dimensions("GeoPackage", z=True, m=True)
     done = 0
     with arrow_rows(conn) as rows:
         for layer in selection.output_layers(request.name):
@@ -87,17 +101,37 @@ def write_gpkg(conn: psycopg.Connection[Any], selection: Selection, request: Dow
 def write_flatgeobuf(conn: psycopg.Connection[Any], selection: Selection, request: DownloadRequest, path: Path,
                      progress: Progress) -> int:
     """GDAL builds a FlatGeobuf's packed R-tree in memory (~150 bytes a feature), so large
-    exports go without one: the file stays valid and streamable, and memory stays bounded."""
-    index = "YES" if selection.total <= FLATGEOBUF_INDEX_MAX_ROWS else "NO"
+    exports go without one: the file stays valid and streamable, and memory stays bounded.  The
+    index cannot hold a missing or empty geometry either: such files are written without it."""
+    selection.keep_dimensions("FlatGeobuf", z=True, m=True)
+    index = selection.geometry is not None and selection.total <= FLATGEOBUF_INDEX_MAX_ROWS
+    if index and selection.null_geometries:
+        index = False
+        selection.notes.append("some rows have no geometry, which a FlatGeobuf spatial index cannot hold: the "
+                               "file was written without a spatial index")
+    try:
+        return _flatgeobuf(conn, selection, request, path, progress, index)
+    except Exception as exc:
+        if not index or "NULL geometry not supported with spatial index" not in str(exc):
+            raise
+    path.unlink(missing_ok=True)  # empty geometries (GDAL finds them only while writing): again without index
+    selection.notes.append("some geometries are empty, which a FlatGeobuf spatial index cannot hold: the file "
+                           "was written without a spatial index")
+    return _flatgeobuf(conn, selection, request, path, progress, index=False)
+
+
+def _flatgeobuf(conn: psycopg.Connection[Any], selection: Selection, request: DownloadRequest, path: Path,
+                progress: Progress, index: bool) -> int:
     with arrow_rows(conn) as rows:
         return _write_layer(rows, selection, None, path, "FlatGeobuf", request.name, selection.geometry_types,
-                            progress, 0, layer_options={"SPATIAL_INDEX": index})
+                            progress, 0, layer_options={"SPATIAL_INDEX": "YES" if index else "NO"})
 
 
 def write_kml(conn: psycopg.Connection[Any], selection: Selection, request: DownloadRequest, path: Path,
               progress: Progress) -> int:
     if selection.srid != 4326:
         raise JobError("KML is always WGS 84 longitude/latitude: leave srid at 4326 or choose another format")
+    selection.keep_dimensions("KML", z=True, m=False)
     # KML data are text; GDAL would write dates as 2024/05/01, so they go as ISO text instead
     columns = [replace(c, expression=sql.SQL("{}::text").format(c.expression), kind="text")
                if c.kind in ("date", "datetime", "timestamp") else c for c in selection.columns]
@@ -120,6 +154,7 @@ def shapefile_field_names(names: list[str]) -> list[str]:
 def write_shapefile_zip(conn: psycopg.Connection[Any], selection: Selection, request: DownloadRequest, path: Path,
                         progress: Progress) -> int:
     """One shapefile per shape type, zipped with a CSV mapping dBASE field names to the originals."""
+    selection.keep_dimensions("Shapefile", z=True, m=True)
     present = set(selection.geometry_types)
     unsupported = present - {t for group in SHAPE_GROUPS.values() for t in group}
     if unsupported:
@@ -137,7 +172,8 @@ def write_shapefile_zip(conn: psycopg.Connection[Any], selection: Selection, req
             if selection.geometry is None:
                 condition, extra = None, None
             elif types:
-                condition = sql.SQL("GeometryType({}) = ANY (%(shape_types)s)").format(selection.geometry)
+                assert selection.stored_geometry is not None
+                condition = sql.SQL("{} = ANY (%(shape_types)s)").format(shape_type(selection.stored_geometry))
                 extra = {"shape_types": list(types)}
             else:
                 condition, extra = sql.SQL("{} IS NULL").format(selection.geometry), None

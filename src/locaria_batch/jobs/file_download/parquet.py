@@ -21,9 +21,12 @@ GEOPARQUET_TYPES = {"POINT": "Point", "LINESTRING": "LineString", "POLYGON": "Po
 
 
 def geo_metadata(selection: Selection) -> dict[str, Any]:
+    """GeoParquet 1.1 names 3D types "Point Z"; a layer with some 2D and some 3D values lists both."""
+    suffixes = [""] * any(not layer.has_z for layer in selection.layers) + [" Z"] * selection.has_z
     column: dict[str, Any] = {
         "encoding": "WKB",
-        "geometry_types": sorted({GEOPARQUET_TYPES[t] for t in selection.geometry_types if t in GEOPARQUET_TYPES}),
+        "geometry_types": sorted({GEOPARQUET_TYPES[t] + suffix for t in selection.geometry_types
+                                  if t in GEOPARQUET_TYPES for suffix in suffixes}),
     }
     if selection.srid != 4326:  # absent means OGC:CRS84, PostGIS's 4326 axis order
         column["crs"] = CRS.from_epsg(selection.srid).to_json_dict()
@@ -32,6 +35,7 @@ def geo_metadata(selection: Selection) -> dict[str, Any]:
 
 def write_geoparquet(conn: psycopg.Connection[Any], selection: Selection, request: DownloadRequest, path: Path,
                      progress: Progress) -> int:
+    selection.keep_dimensions("GeoParquet", z=True, m=False)  # GeoParquet 1.1 has no M
     has_geometry = selection.geometry is not None
     schema = arrow_schema(selection.columns, with_geometry=has_geometry)
     if has_geometry:

@@ -3,6 +3,7 @@
     {"format": "gpkg", "name": "parks", "srid": 27700,
      "categories": ["Parks"]            (or "table": "upload_file_12" / "myschema.mytable"),
      "csv_geometry": "wkt" | "lonlat",
+     "csv_keep_formulas": false         (true: text that looks like a spreadsheet formula is not neutralised),
      "filters": {"bbox": [minx, miny, maxx, maxy],          (WGS 84 longitude/latitude)
                  "attributes": {"kind": "oak", "ward": ["A", "B"]},
                  "created_after": "2024-01-01", "created_before": "2024-02-01T12:00:00Z",
@@ -41,6 +42,7 @@ class DownloadRequest:
     table: str | None
     filters: Filters
     csv_geometry: str = "wkt"
+    csv_keep_formulas: bool = False  # CSV text starting with = + - @ tab or CR is written as is, not neutralised
 
 
 def parse_request(attributes: dict[str, Any], file_id: int) -> DownloadRequest:
@@ -68,7 +70,19 @@ def parse_request(attributes: dict[str, Any], file_id: int) -> DownloadRequest:
         table=table or None,
         filters=parse_filters(attributes.get("filters")),
         csv_geometry=csv_geometry,
+        csv_keep_formulas=_flag(attributes.get("csv_keep_formulas"), "csv_keep_formulas"),
     )
+
+
+def _flag(value: Any, key: str) -> bool:
+    if value in (None, "", False):
+        return False
+    text = str(value).strip().lower()
+    if text in ("true", "yes", "1", "on"):
+        return True
+    if text in ("false", "no", "0", "off"):
+        return False
+    raise JobError(f"{key} {value!r} must be true or false")
 
 
 def _srid(value: Any) -> int:

@@ -42,8 +42,10 @@ class Layer:
     condition: sql.Composable  # restricts the selection to this layer
     params: dict[str, Any]
     count: int  # rows this layer holds (after the limit)
-    geometry_types: tuple[str, ...]  # GeometryType() values present, e.g. ('POINT', 'MULTIPOINT')
+    geometry_types: tuple[str, ...]  # the types present, without dimensions: ('POINT', 'MULTIPOINT')
     null_geometries: bool = False  # some rows have no geometry
+    has_z: bool = False  # some geometries have Z values
+    has_m: bool = False  # some geometries have M values
 
 
 @dataclass
@@ -59,14 +61,40 @@ class Selection:
     row_key: sql.Composable  # identifies a row of the relation (its ctid)
     limit: int | None
     declared_type: str | None = None  # the geometry column's type when declared specific, e.g. POINT
+    declared_dims: tuple[bool, bool] | None = None  # (Z, M) when the column's type says
     layers: list[Layer] = field(default_factory=list)
+    force: str | None = None  # a PostGIS function dropping the dimensions a format lacks, e.g. ST_Force3DZ
+    notes: list[str] = field(default_factory=list)  # what the export changed, for the file's log
 
     @property
     def geometry(self) -> sql.Composable | None:
-        """The geometry in the output srid."""
-        if self.stored_geometry is None or self.stored_srid == self.srid:
-            return self.stored_geometry
-        return sql.SQL("ST_Transform({}, {})").format(self.stored_geometry, sql.Literal(self.srid))
+        """The geometry in the output srid, with the dimensions the format keeps."""
+        if self.stored_geometry is None:
+            return None
+        value = self.stored_geometry
+        if self.stored_srid != self.srid:
+            value = sql.SQL("ST_Transform({}, {})").format(value, sql.Literal(self.srid))
+        if self.force is not None:
+            value = sql.SQL(self.force + "({})").format(value)
+        return value
+
+    @property
+    def has_z(self) -> bool:
+        return self.force not in ("ST_Force2D", "ST_Force3DM") and any(layer.has_z for layer in self.layers)
+
+    @property
+    def has_m(self) -> bool:
+        return self.force not in ("ST_Force2D", "ST_Force3DZ") and any(layer.has_m for layer in self.layers)
+
+    def keep_dimensions(self, format_name: str, z: bool, m: bool) -> None:
+        """Drop the Z or M values a format cannot hold, and say so in the notes."""
+        dropped = [d for d, present, kept in (("Z", self.has_z, z), ("M", self.has_m, m)) if present and not kept]
+        if not dropped:
+            return
+        keep_z = z and self.has_z
+        self.force = "ST_Force3DZ" if keep_z else "ST_Force2D"
+        self.notes.append(f"{' and '.join(dropped)} values were dropped: {format_name} cannot hold them "
+                          "(GeoPackage, FlatGeobuf and Shapefile keep Z and M; CSV and XLSX keep them in the WKT)")
 
     @property
     def null_geometries(self) -> bool:
@@ -170,7 +198,7 @@ def category_selection(conn: psycopg.Connection[Any], request: DownloadRequest) 
     selection = Selection(
         columns=columns, stored_geometry=sql.SQL("i.wkb_geometry"), stored_srid=4326, srid=request.srid,
         relation=ITEMS, where=where, params=params, order=sql.SQL("c.category, i.id"),
-        row_key=sql.SQL("i.ctid"), limit=None)
+        row_key=sql.SQL("i.ctid"), limit=None, declared_dims=(False, False))  # items are 2D by their type
     return selection, sql.SQL("c.category")
 
 
@@ -241,21 +269,27 @@ def table_selection(conn: psycopg.Connection[Any], request: DownloadRequest,
             kind = PG_KINDS.get(row["type"], "text")
             expression = ident if kind != "text" else sql.SQL("{}::text").format(ident)
         columns.append(Column(row["name"], expression, kind, sql.SQL("{}::text").format(ident)))
-    geometry, source_srid, declared_type = None, request.srid, None
+    geometry, source_srid, declared_type, declared_dims = None, request.srid, None, None
     if geometry_row is not None:
         geometry = sql.SQL("t.{}").format(sql.Identifier(geometry_row["name"]))
         declared = conn.execute("SELECT postgis_typmod_srid(%s) AS srid, upper(postgis_typmod_type(%s)) AS type",
                                 [geometry_row["typmod"]] * 2).fetchone()
         assert declared is not None  # a SELECT without FROM returns its one row
         source_srid = declared["srid"]
-        if declared["type"] in SPECIFIC_TYPES:
-            declared_type = declared["type"]
+        bare = str(declared["type"])
+        suffix = "ZM" if bare.endswith("ZM") else "Z" if bare.endswith("Z") else "M" if bare.endswith("M") else ""
+        bare = bare.removesuffix(suffix)
+        if bare in SPECIFIC_TYPES:
+            declared_type = bare
+        if geometry_row["typmod"] is not None and geometry_row["typmod"] >= 0:
+            declared_dims = ("Z" in suffix, "M" in suffix)
         source_srid = source_srid or _data_srid(conn, geometry, schema, table) or request.srid
     relation = sql.SQL("{}.{} t").format(sql.Identifier(schema), sql.Identifier(table))
     selection = Selection(columns=columns, stored_geometry=geometry, stored_srid=source_srid, srid=request.srid,
                           relation=relation, where=[],
                           params={"table_name": table}, order=sql.SQL(", ").join(keys or [sql.SQL("true")]),
-                          row_key=sql.SQL("t.ctid"), limit=None, declared_type=declared_type)
+                          row_key=sql.SQL("t.ctid"), limit=None, declared_type=declared_type,
+                          declared_dims=declared_dims)
     return selection, sql.SQL("%(table_name)s")
 
 
@@ -264,6 +298,11 @@ def _data_srid(conn: psycopg.Connection[Any], ident: sql.Composable, schema: str
     row = conn.execute(sql.SQL("SELECT ST_SRID({}) AS srid FROM {}.{} t WHERE {} IS NOT NULL LIMIT 1").format(
         ident, sql.Identifier(schema), sql.Identifier(table), ident)).fetchone()
     return int(row["srid"]) if row else 0
+
+
+def shape_type(geometry: sql.Composable) -> sql.Composable:
+    """A geometry's type in capitals without its dimensions: POINT for POINT, POINT Z and POINT M."""
+    return sql.SQL("upper(substr(ST_GeometryType({}), 4))").format(geometry)
 
 
 # -- filters ---------------------------------------------------------------------------------------
@@ -305,12 +344,16 @@ def count_layers(conn: psycopg.Connection[Any], selection: Selection, group: sql
                  request: DownloadRequest) -> list[Layer]:
     """Rows and geometry types per layer; a limit is shared out in layer order, as the rows come."""
     geometry = selection.stored_geometry if selection.stored_geometry is not None else sql.SQL("NULL::geometry")
-    types = sql.SQL("array_remove(array_agg(DISTINCT GeometryType({})), NULL)").format(geometry)
+    types = sql.SQL("array_remove(array_agg(DISTINCT {}), NULL)").format(shape_type(geometry))
     if selection.declared_type is not None:  # no need to look at every row (a sort of them all)
         types = sql.SQL("ARRAY[{}]::text[]").format(sql.Literal(selection.declared_type))
+    dims: sql.Composable = sql.SQL("bool_or(ST_Zmflag({g}) >= 2) AS has_z, bool_or(ST_Zmflag({g}) IN (1, 3)) AS has_m"
+                                   ).format(g=geometry)
+    if selection.declared_dims is not None:  # the column's type says: no need to look at every row
+        dims = sql.SQL("{} AS has_z, {} AS has_m").format(*map(sql.Literal, selection.declared_dims))
     query, params = selection.query(
-        sql.SQL("{} AS layer, count(*) AS n, {} AS types, bool_or({} IS NULL) AS nulls").format(
-            group, types, geometry),
+        sql.SQL("{} AS layer, count(*) AS n, {} AS types, bool_or({} IS NULL) AS nulls, {}").format(
+            group, types, geometry, dims),
         ordered=False, limited=False)
     rows = conn.execute(sql.SQL("{} GROUP BY 1 ORDER BY 1").format(query), params).fetchall()
     budget = selection.limit
@@ -321,9 +364,11 @@ def count_layers(conn: psycopg.Connection[Any], selection: Selection, group: sql
             budget -= count
         if count == 0:
             continue
+        present = {"has_z": bool(row["has_z"]), "has_m": bool(row["has_m"])}
         if request.table:
-            layers.append(Layer(str(row["layer"]), sql.SQL("true"), {}, count, tuple(row["types"]), row["nulls"]))
+            layers.append(Layer(str(row["layer"]), sql.SQL("true"), {}, count, tuple(row["types"]), row["nulls"],
+                                **present))
         else:
             layers.append(Layer(str(row["layer"]), sql.SQL("c.category = %(layer)s"), {"layer": row["layer"]},
-                                count, tuple(row["types"]), row["nulls"]))
+                                count, tuple(row["types"]), row["nulls"], **present))
     return layers

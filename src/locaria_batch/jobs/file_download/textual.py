@@ -19,12 +19,16 @@ PROGRESS_EVERY = 50_000
 GEOJSON_GEOMETRY = "__locaria_geometry"
 GEOJSON_DIGITS = 15  # full double precision: coordinates come back as they went in
 TEXT_CASTS = {"boolean": "::text", "json": "::text"}
+# A cell a spreadsheet would take for a formula starts with one of these (OWASP's CSV injection list);
+# such text is written after an apostrophe, which spreadsheets show as text and do not evaluate
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 
 
 def _copy_to(out: BinaryIO, conn: psycopg.Connection[Any], query: sql.Composable, params: dict[str, Any],
-             options: sql.Composable, progress: Progress, separator: bytes | None = None) -> int:
-    """Copy rows into `out`; with a separator, rows are joined by it instead of ending in newlines."""
-    count = 0
+             options: sql.Composable, progress: Progress, separator: bytes | None = None, header: int = 0) -> int:
+    """Copy rows into `out`; with a separator, rows are joined by it instead of ending in newlines.
+    `header` lines come first and are not counted as rows in the progress."""
+    count = -header
     pending: list[bytes | memoryview] = []
     for message in copy_out(conn, query, params, options):
         if separator is not None:
@@ -37,10 +41,21 @@ def _copy_to(out: BinaryIO, conn: psycopg.Connection[Any], query: sql.Composable
         if count % PROGRESS_EVERY == 0:
             out.write(b"".join(pending))
             pending.clear()
-            progress(count)
+            progress(max(count, 0))
     out.write(b"".join(pending))
-    progress(count)
+    progress(max(count, 0))
     return count
+
+
+def neutralised(value: sql.Composable) -> sql.Composable:
+    """Text that a spreadsheet would evaluate as a formula, with an apostrophe in front."""
+    starts = sql.SQL(", ").join(sql.Literal(c) for c in FORMULA_STARTS)
+    return sql.SQL("CASE WHEN left({v}, 1) IN ({s}) THEN {q} || {v} ELSE {v} END").format(
+        v=value, s=starts, q=sql.Literal("'"))
+
+
+def safe_header(name: str) -> str:
+    return f"'{name}" if name.startswith(FORMULA_STARTS) else name
 
 
 def write_csv(conn: psycopg.Connection[Any], selection: Selection, request: DownloadRequest, path: Path,
@@ -51,8 +66,15 @@ def write_csv(conn: psycopg.Connection[Any], selection: Selection, request: Down
         """A column added to the selection's, under a name none of them has."""
         return sql.Identifier(unique_name(name, taken, fold_case=True))
 
-    fields = [sql.SQL("{}{} AS {}").format(c.expression, sql.SQL(TEXT_CASTS.get(c.kind, "")), sql.Identifier(c.name))
-              for c in selection.columns]
+    keep = request.csv_keep_formulas
+    fields: list[sql.Composable] = []
+    for c in selection.columns:
+        value: sql.Composable = sql.SQL("{}{}").format(c.expression, sql.SQL(TEXT_CASTS.get(c.kind, "")))
+        if not keep and c.kind in ("text", "json"):
+            value = neutralised(value)
+        fields.append(sql.SQL("{} AS {}").format(value, sql.Identifier(c.name if keep else safe_header(c.name))))
+    if request.csv_geometry == "lonlat":
+        selection.keep_dimensions("CSV with lon/lat columns", z=False, m=False)
     geometry = selection.geometry
     if geometry is not None and request.csv_geometry == "lonlat":
         if set(selection.geometry_types) - {"POINT"}:
@@ -64,8 +86,7 @@ def write_csv(conn: psycopg.Connection[Any], selection: Selection, request: Down
         fields.append(sql.SQL("ST_AsText({}) AS {}").format(geometry, added("wkt")))
     query, params = selection.query(sql.SQL(", ").join(fields))
     with path.open("wb", buffering=1 << 20) as out:
-        lines = _copy_to(out, conn, query, params, sql.SQL("(FORMAT csv, HEADER true)"), progress)
-    return lines - 1  # the header
+        return _copy_to(out, conn, query, params, sql.SQL("(FORMAT csv, HEADER true)"), progress, header=1)
 
 
 def _features(selection: Selection) -> tuple[sql.Composable, dict[str, Any]]:
@@ -86,6 +107,7 @@ def _features(selection: Selection) -> tuple[sql.Composable, dict[str, Any]]:
 
 def write_geojson(conn: psycopg.Connection[Any], selection: Selection, request: DownloadRequest, path: Path,
                   progress: Progress) -> int:
+    selection.keep_dimensions("GeoJSON", z=True, m=False)
     query, params = _features(selection)
     header: dict[str, Any] = {"type": "FeatureCollection", "name": request.name}
     if selection.srid != 4326:  # RFC 7946 has no crs member; GDAL and QGIS still honour the 2008 one
@@ -102,6 +124,7 @@ def write_geojsonseq(conn: psycopg.Connection[Any], selection: Selection, reques
                      progress: Progress) -> int:
     if selection.srid != 4326:
         raise JobError("GeoJSONSeq is always WGS 84 longitude/latitude: leave srid at 4326 or choose GeoJSON")
+    selection.keep_dimensions("GeoJSONSeq", z=True, m=False)
     query, params = _features(selection)
     with path.open("wb", buffering=1 << 20) as out:
         return _copy_to(out, conn, query, params, RAW_ROWS, progress)

@@ -112,11 +112,15 @@ CELL_WRITERS: dict[str, Callable[[str, Any], str]] = {
 }
 
 
-def _write_sheet(out: IO[bytes], header: list[str], kinds: list[str], rows: Any, progress: Progress, done: int) -> int:
+def _write_sheet(out: IO[bytes], header: list[str], kinds: list[str], rows: Any, progress: Progress, done: int,
+                 count: int) -> int:
+    """One sheet: its <dimension> (readers such as openpyxl's read-only mode rely on it) from the
+    row count known before the rows are read, the header row, then the rows."""
     letters = [column_letter(n) for n in range(len(header))]
     writers = [CELL_WRITERS[kind] for kind in kinds]
+    extent = f"A1:{letters[-1]}{count + 1}" if letters else "A1"
     out.write(f'<?xml version="1.0" encoding="UTF-8" standalone="yes"?>\n<worksheet xmlns="{MAIN_NS}">'
-              '<sheetData><row r="1">'.encode())
+              f'<dimension ref="{extent}"/><sheetData><row r="1">'.encode())
     out.write("".join(text_cell(f"{letter}1", name) for letter, name in zip(letters, header, strict=True)).encode())
     out.write(b"</row>")
     pending: list[str] = []
@@ -160,7 +164,7 @@ def write_xlsx(conn: psycopg.Connection[Any], selection: Selection, request: Dow
                     archive.open(f"xl/worksheets/sheet{number}.xml", "w", force_zip64=True) as out:
                 cur.itersize = FETCH_ROWS
                 cur.execute(query, params)
-                done = _write_sheet(out, header, kinds, cur, progress, done)
+                done = _write_sheet(out, header, kinds, cur, progress, done, layer.count)
         _write_package(archive, titles)
     progress(done)
     return done

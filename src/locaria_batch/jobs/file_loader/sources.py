@@ -4,6 +4,7 @@ archives unpacked safely, and the data files inside listed."""
 from __future__ import annotations
 
 import gzip
+import stat
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -27,6 +28,9 @@ GDAL_OPTIONS = {
     "ODS": {"HEADERS": "FORCE", "FIELD_TYPES": "AUTO"},
 }
 OLE2 = b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1"  # old binary Office files (.xls)
+# GDAL picks a driver by the extension too: content sniffed as another format is read under its own
+DRIVER_EXTENSIONS = {"GeoJSON": ".geojson", "GeoJSONSeq": ".geojsonl", "GPKG": ".gpkg", "FlatGeobuf": ".fgb",
+                     "LIBKML": ".kml", "GPX": ".gpx"}
 SUPPORTED = ("CSV/TSV/TXT, Excel .xlsx, GeoJSON, GeoJSONSeq, zipped Shapefile, GeoPackage, KML/KMZ, GPX, "
              "FlatGeobuf or GeoParquet")
 
@@ -86,7 +90,7 @@ def json_flavour(path: Path) -> str:
         second = handle.readline(1 << 20).strip()
     try:
         value = json.loads(first)
-    except ValueError:
+    except (ValueError, RecursionError):  # not one object on its own line, or nested beyond Python's reach
         return "GeoJSON"
     if isinstance(value, dict) and value.get("type") in ("Feature", "Point", "LineString", "Polygon", "MultiPoint",
                                                           "MultiLineString", "MultiPolygon", "GeometryCollection") \
@@ -115,8 +119,11 @@ def _examine(path: Path, label: str, workdir: Path, limits: LoaderLimits, depth:
     fmt = sniff(path)
     suffix = path.suffix.lower()
     if fmt == "zip":
-        with zipfile.ZipFile(path) as archive:
-            names = archive.namelist()
+        try:
+            with zipfile.ZipFile(path) as archive:
+                names = archive.namelist()
+        except (zipfile.BadZipFile, OSError, ValueError) as exc:
+            raise JobError(f"{label} is a damaged zip ({exc}); upload it again") from exc
         if any(n.startswith("xl/") for n in names) and "[Content_Types].xml" in names:
             return [DataFile(path, "gdal", label, "XLSX", GDAL_OPTIONS["XLSX"])]
         if "mimetype" in names and "content.xml" in names:  # OpenDocument spreadsheet
@@ -142,7 +149,22 @@ def _examine(path: Path, label: str, workdir: Path, limits: LoaderLimits, depth:
     if fmt == "ESRI Shapefile" and not path.with_suffix(".dbf").exists() and not path.with_suffix(".DBF").exists():
         raise JobError(f"{label} has no .dbf next to it; zip the .shp with its .dbf, .shx, .prj "
                        "(and .cpg) and upload the zip")
-    return [DataFile(path, "gdal", label, fmt, GDAL_OPTIONS.get(fmt, {}))]
+    return [DataFile(_named_for(path, fmt, workdir), "gdal", label, fmt, GDAL_OPTIONS.get(fmt, {}))]
+
+
+def _named_for(path: Path, driver: str, workdir: Path) -> Path:
+    """`path`, or a link to it named with its format's extension when its own name says otherwise
+    (GeoJSON content in parks.csv): GDAL would open it with the driver its extension names."""
+    wanted = DRIVER_EXTENSIONS.get(driver)
+    if wanted is None or path.suffix.lower() == wanted or (driver == "GeoJSON" and path.suffix.lower() == ".json"):
+        return path
+    if driver == "GeoJSONSeq" and path.suffix.lower() in (".geojsons", ".geojsonseq", ".ndjson", ".jsonl", ".json"):
+        return path
+    folder = workdir / f"renamed_{len(list(workdir.glob('renamed_*')))}"
+    folder.mkdir(parents=True)
+    link = folder / f"{path.stem}{wanted}"
+    link.symlink_to(path.resolve())
+    return link
 
 
 def _safe_member(name: str, label: str) -> PurePosixPath:
@@ -175,16 +197,26 @@ def _unzip(path: Path, label: str, workdir: Path, limits: LoaderLimits, depth: i
                            f"{limits.max_expansion_ratio} and {budget[0]:,} bytes in all")
         for member in members:
             relative = _safe_member(member.filename, label)
+            if stat.S_ISLNK(member.external_attr >> 16):
+                raise JobError(f"{label} contains the symbolic link {member.filename!r}; zips with links are refused, "
+                               "zip the data files themselves and upload that")
             if relative.name.startswith(".") or "__MACOSX" in relative.parts:
                 continue
             destination = target.joinpath(*relative.parts)
-            destination.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                destination.parent.mkdir(parents=True, exist_ok=True)
+                if destination.exists():
+                    raise FileExistsError(member.filename)
+            except OSError as exc:
+                raise JobError(f"{label} holds the entry {member.filename!r} twice, or as both a file and a folder; "
+                               "re-create the zip from the data folder itself") from exc
             try:
                 with archive.open(member) as source, destination.open("wb") as out:
                     _copy_limited(source, out, budget, label, max(member.compress_size, 1) * limits.max_expansion_ratio)
-            except (zipfile.BadZipFile, EOFError, OSError) as exc:
+            except (zipfile.BadZipFile, EOFError, OSError, NotImplementedError, RuntimeError) as exc:
                 raise JobError(f"{label}: the entry {member.filename!r} cannot be unpacked ({exc}); "
-                               "the zip is damaged, upload it again") from exc
+                               "the zip is damaged, encrypted or uses a compression we do not read; "
+                               "zip it again without a password and upload it") from exc
     found: list[DataFile] = []
     for item in sorted(target.rglob("*")):
         if item.is_file() and item.suffix.lower() not in SHAPEFILE_SIDECARS:
