@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from enum import StrEnum
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -24,7 +25,7 @@ from locaria_batch.cli.common import (
     runner_name,
     say,
 )
-from locaria_batch.cli.report import after_queueing
+from locaria_batch.cli.report import after_queueing, wait
 
 download_app = group("Downloads (exports) of search data or loaded tables: request them, prune old ones.")
 
@@ -72,7 +73,12 @@ def download_request(
     created_before: Annotated[str | None, typer.Option(metavar="TIME", help="Only rows created before "
                                                        "(ISO date/time).")] = None,
     limit: Annotated[int | None, typer.Option(metavar="ROWS", min=1, help="At most this many rows.")] = None,
-    wait: WaitOption = False,
+    keep_formulas: Annotated[bool, typer.Option("--keep-formulas", help=(
+        "CSV: write text starting with = + - @ as it is (by default it gets an apostrophe in front, so that "
+        "spreadsheets do not run it as a formula)."))] = False,
+    out: Annotated[Path | None, typer.Option("--out", metavar="PATH", dir_okay=True, help=(
+        "Wait for the download, then copy the file here (a folder keeps its stored name)."))] = None,
+    wait_for_it: WaitOption = False,
     as_json: JsonOption = False,
     runner: RunnerOption = None,
 ) -> None:
@@ -81,7 +87,11 @@ def download_request(
 
     if table and category:
         raise UsageError("give either --table or --category, not both")
+    if out is not None and not (out.parent if not out.is_dir() else out).is_dir():
+        raise UsageError(f"--out {out}: the folder {out.parent} does not exist")
     attributes: dict[str, Any] = {"format": fmt.value, **parse_attrs(attr)}
+    if keep_formulas:
+        attributes["csv_keep_formulas"] = True
     filters = download_filters(bbox, where, created_after, created_before, limit)
     if filters:
         attributes["filters"] = filters
@@ -96,7 +106,27 @@ def download_request(
         file_id = request_download(conn, attributes)
     if not as_json:
         say(f"download requested: file [bold]{file_id}[/bold]")
-    after_queueing(file_id, wait_for_it=wait, as_json=as_json, runner=runner_name(runner))
+    if out is not None:
+        row = wait(file_id, runner_name(runner), quiet=as_json)
+        if row["status"] == "DOWNLOAD_COMPLETED":
+            copied = copy_download(row, out)
+            if not as_json:
+                consoles.out.print(f"saved to {copied}", markup=False, highlight=False)
+    after_queueing(file_id, wait_for_it=wait_for_it or out is not None, as_json=as_json, runner=runner_name(runner),
+                   waited=out is not None)
+
+
+def copy_download(row: dict[str, Any], out: Path) -> Path:
+    """The finished download's file, from storage (a folder or S3) to `out`."""
+    import shutil
+
+    from locaria_batch.storage import download_key, open_storage
+
+    name = str(row["attributes"]["fileName"])
+    target = out / name if out.is_dir() else out
+    with open_storage().open(download_key(name)) as source, target.open("wb") as sink:
+        shutil.copyfileobj(source, sink, 1 << 20)
+    return target
 
 
 @command(download_app, "prune")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shlex
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -34,6 +35,22 @@ TableOption = Annotated[str | None, typer.Option(
     metavar="NAME", help="Target table (upload_file_1 or locaria_uploads.upload_file_1).")]
 
 
+class LoadMode(StrEnum):
+    """The loader's modes (jobs/file_loader/publish.py; a test keeps the two equal)."""
+
+    fail = "fail"
+    overwrite = "overwrite"
+    append = "append"
+
+
+CrsOption = Annotated[str | None, typer.Option(
+    "--crs", metavar="EPSG", help="The file's coordinate system when it does not say (or says wrongly), "
+    "e.g. EPSG:27700 (the source_crs attribute).")]
+EncodingOption = Annotated[str | None, typer.Option(
+    metavar="NAME", help="Text encoding of a CSV/TSV/TXT file or a shapefile without .cpg, e.g. cp1251 "
+    "(the encoding attribute; default: detected).")]
+
+
 def known_statuses() -> list[str]:
     """Locaria's statuses and those the project's dockers use."""
     from locaria_batch.db.dockers import load
@@ -60,10 +77,14 @@ def check_status(value: str | None) -> str | None:
     return value.upper()
 
 
-def upload_attributes(attr: list[str], table: str | None) -> dict[str, Any]:
+def upload_attributes(attr: list[str], table: str | None, **options: Any) -> dict[str, Any]:
+    """--attr pairs, then the first-class options as the attributes of the same names."""
     extra = parse_attrs(attr)
     if table:
         extra["table_name"] = table.removeprefix("locaria_uploads.")
+    for key, value in options.items():
+        if value not in (None, [], ""):
+            extra[key] = value.value if isinstance(value, StrEnum) else value
     return extra
 
 
@@ -72,6 +93,15 @@ def files_add(
     path: Annotated[Path, typer.Argument(metavar="PATH", help="The data file to upload.", exists=True,
                                          dir_okay=False)],
     table: TableOption = None,
+    mode: Annotated[LoadMode | None, typer.Option(help=(
+        "When the table exists: fail, overwrite (replace it) or append (add the rows; the columns must match). "
+        "Default: replace this file's own table, refuse one another file loaded."))] = None,
+    layer: Annotated[list[str], typer.Option("--layer", metavar="NAME", help=(
+        "Load only this layer (repeatable; the layers attribute)."))] = [],  # noqa: B006
+    crs: CrsOption = None,
+    target_crs: Annotated[str | None, typer.Option("--target-crs", metavar="EPSG", help=(
+        "Coordinate system of the tables (the target_crs attribute; default EPSG:4326)."))] = None,
+    encoding: EncodingOption = None,
     attr: AttrOption = [],  # noqa: B006 - Typer needs a literal default
     wait: WaitOption = False,
     as_json: JsonOption = False,
@@ -81,11 +111,40 @@ def files_add(
     from locaria_batch.files import register_upload
     from locaria_batch.storage import open_storage
 
+    attributes = upload_attributes(attr, table, mode=mode, layers=list(layer), source_crs=crs,
+                                   target_crs=target_crs, encoding=encoding)
     with database() as conn:
-        file_id = register_upload(conn, open_storage(), path, attributes=upload_attributes(attr, table))
+        file_id = register_upload(conn, open_storage(), path, attributes=attributes)
     if not as_json:
         consoles.out.print(f"registered file {file_id} ({path.name})", markup=False, highlight=False)
     after_queueing(file_id, wait_for_it=wait, as_json=as_json, runner=runner_name(runner))
+
+
+@command(files_app, "inspect")
+def files_inspect(
+    path: Annotated[Path, typer.Argument(metavar="PATH", help="The data file to look into.", exists=True,
+                                         dir_okay=False)],
+    crs: CrsOption = None,
+    encoding: EncodingOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """What a file holds, without loading it: layers, feature counts, geometry types, coordinate
+    systems, columns and their types, the encoding, and any problem a load would hit."""
+    from locaria_batch.cli.output import print_inspection
+    from locaria_batch.jobs.file_loader.crs import srid_from_attribute
+    from locaria_batch.jobs.file_loader.inspect import inspect_file
+    from locaria_batch.jobs.file_loader.readers import check_encoding
+
+    with database() as conn:
+        srid = srid_from_attribute(conn, crs, "source_crs") if crs else None
+        report = inspect_file(conn, path, path.name, encoding=check_encoding(encoding) if encoding else None,
+                              source_srid=srid)
+    if as_json:
+        print_json(report)
+    else:
+        print_inspection(consoles.out, report)
+    if report["problems"] or any(layer["problems"] for layer in report["layers"]):
+        raise typer.Exit(1)
 
 
 @command(files_app, "list")

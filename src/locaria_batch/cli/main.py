@@ -9,6 +9,7 @@ import typer
 
 from locaria_batch import __version__
 from locaria_batch.cli import demo, deploy, worker
+from locaria_batch.cli.categories import categories_app
 from locaria_batch.cli.common import command, set_verbose
 from locaria_batch.cli.db import db_app
 from locaria_batch.cli.docker import docker_app
@@ -38,6 +39,7 @@ def main(
 app.add_typer(db_app, name="db")
 app.add_typer(files_app, name="files")
 app.add_typer(download_app, name="download")
+app.add_typer(categories_app, name="categories")
 app.add_typer(docker_app, name="docker")
 app.add_typer(deploy.deploy_app, name="deploy")
 command(app, "worker")(worker.worker)

@@ -80,3 +80,28 @@ def print_jobs(console: Console, jobs: list[Job]) -> None:
                       "" if job.exit_code is None else str(job.exit_code), _text(job.error or ""),
                       _text(where_of(job.handle, job.runner)))
     console.print(table)
+
+
+def print_inspection(console: Console, report: dict[str, Any]) -> None:
+    """`files inspect`: each layer as ogrinfo -so shows it, then its columns, notes and problems."""
+    console.print(Text(f"{report['file']} ({report['size_bytes']:,} bytes)", style="bold"))
+    for problem in report["problems"]:
+        console.print(Text(f"problem: {problem}", style="red"))
+    for layer in report["layers"]:
+        crs = f"{layer['crs']} (assumed)" if layer["crs_assumed"] else layer["crs"] or "-"
+        console.print(Text(f"\nlayer {layer['layer']}", style="bold"))
+        features = "-" if layer["features"] is None else f"{layer['features']:,}"
+        for key, value in (("features", features), ("geometry", layer["geometry_type"] or "none"),
+                           ("coordinate system", crs if layer["geometry_type"] else "-"),
+                           ("extent", ", ".join(f"{v:.6g}" for v in layer["extent"]) if layer["extent"] else "-"),
+                           ("encoding", f"{layer['encoding']}{' (guessed)' if layer['encoding_guessed'] else ''}"
+                            if layer["encoding"] else "-")):
+            console.print(Text(f"  {key}: {value}"))
+        table = Table("column", "loaded as", "type")
+        for column in layer["columns"]:
+            table.add_row(Text(column["source"]), Text(column["column"]), column["type"])
+        console.print(table)
+        for note in layer["notes"]:
+            console.print(Text(f"  note: {note}"))
+        for problem in layer["problems"]:
+            console.print(Text(f"  problem: {problem}", style="red"))

@@ -49,9 +49,9 @@ def show(file_id: int, as_json: bool) -> dict[str, Any]:
     return row
 
 
-def after_queueing(file_id: int, *, wait_for_it: bool, as_json: bool, runner: str) -> None:
-    """Wait if asked, then show the row (always with --json)."""
-    if wait_for_it:
+def after_queueing(file_id: int, *, wait_for_it: bool, as_json: bool, runner: str, waited: bool = False) -> None:
+    """Wait if asked (unless the caller has), then show the row (always with --json)."""
+    if wait_for_it and not waited:
         wait(file_id, runner, quiet=as_json)
     if wait_for_it or as_json:
         show(file_id, as_json)
