@@ -143,3 +143,27 @@ def loader_fence(conn: Any, file_id: int, name: str | None = None) -> Any:
             "attempt_token) VALUES (%s, 'file_loader', 'REGISTERED', 3, 'running', 1, %s) "
             "RETURNING id, attempt, attempt_token", [file_id, uuid.uuid4()]).fetchone()
     return Fence(int(row["id"]), int(row["attempt"]), str(row["attempt_token"]))
+
+
+def load_as(db_url: str, file_id: int, path: Path, name: str | None = None, **options: Any) -> dict[str, Any]:
+    """Load `path` as file `file_id` through the loader's Python API (its default table
+    upload_file_{id}), commit, and return the result attributes."""
+    from locaria_batch.db import connect
+    from locaria_batch.jobs.file_loader import describe
+    from locaria_batch.jobs.file_loader.loader import LoadOptions, load_file
+
+    with connect(db_url, autocommit=True) as setup:
+        fence = loader_fence(setup, file_id, name or path.name)
+    options.setdefault("base_table", f"upload_file_{file_id}")
+    with connect(db_url) as conn:
+        loaded = load_file(conn, path, name or path.name, LoadOptions(**options), fence)
+        conn.commit()
+    result = describe(loaded, name or path.name, 0.0)
+    result["appended"] = [item.table for item in loaded if item.appended]
+    result["notes"] = [note for item in loaded for note in item.result.notes]
+    return result
+
+
+def wkb_of(conn: Any, wkt: str) -> bytes:
+    """ISO WKB of a WKT geometry, as PostGIS writes it (curves, Z and M included)."""
+    return bytes(conn.execute("SELECT ST_AsBinary(%s::geometry) AS b", [wkt]).fetchone()["b"])

@@ -225,11 +225,15 @@ DECLARE
     v_count BIGINT;
 BEGIN
     FOR v_column IN
-        WITH s AS (SELECT a.attname AS name, pg_catalog.format_type(a.atttypid, a.atttypmod) AS type
+        -- types as users know them: geometry(Point,4326), not public.geometry(...) (search_path is pg_catalog)
+        WITH s AS (SELECT a.attname AS name, pg_catalog.regexp_replace(
+                              pg_catalog.format_type(a.atttypid, a.atttypmod), '^[a-z_][a-z0-9_]*\.', '') AS type
                      FROM pg_catalog.pg_attribute a
                     WHERE a.attrelid = pg_catalog.format('locaria_uploads.%I', p_staging)::regclass
                       AND a.attnum > 0 AND NOT a.attisdropped),
-             t AS (SELECT a.attname AS name, pg_catalog.format_type(a.atttypid, a.atttypmod) AS type, a.attnum
+             t AS (SELECT a.attname AS name, pg_catalog.regexp_replace(
+                              pg_catalog.format_type(a.atttypid, a.atttypmod), '^[a-z_][a-z0-9_]*\.', '') AS type,
+                          a.attnum
                      FROM pg_catalog.pg_attribute a
                     WHERE a.attrelid = pg_catalog.format('locaria_uploads.%I', p_target)::regclass
                       AND a.attnum > 0 AND NOT a.attisdropped)

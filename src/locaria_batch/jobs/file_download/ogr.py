@@ -7,6 +7,7 @@ import csv
 import re
 import unicodedata
 import zipfile
+from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -74,7 +75,17 @@ def _write_layer(rows: ArrowRows, selection: Selection, layer: Layer | None, pat
         progress(n)
 
     batches = rows.batches(selection, layer, schema, track, done, condition, extra_params)
-    reader = pa.RecordBatchReader.from_batches(schema, batches)
+    failures: list[BaseException] = []
+
+    def guarded() -> Iterator[pa.RecordBatch]:
+        """GDAL reports a failing stream as "Error while accessing batch": keep the real error."""
+        try:
+            yield from batches
+        except Exception as exc:
+            failures.append(exc)
+            raise
+
+    reader = pa.RecordBatchReader.from_batches(schema, guarded())
     try:
         write_arrow(reader, str(path), layer=layer_name, driver=driver,
                     geometry_name=GEOMETRY if has_geometry else None,
@@ -82,6 +93,10 @@ def _write_layer(rows: ArrowRows, selection: Selection, layer: Layer | None, pat
                     else ("Unknown" if driver == "FlatGeobuf" else None),
                     crs=f"EPSG:{selection.srid}" if has_geometry else None, encoding="UTF-8" if driver ==
                     "ESRI Shapefile" else None, layer_options=layer_options)
+    except RuntimeError:
+        if failures:
+            raise failures[0] from None
+        raise
     finally:
         batches.close()  # ends the rows' query, so that a writer's error is the one reported
     return counter["done"]

@@ -287,7 +287,7 @@ def table_selection(conn: psycopg.Connection[Any], request: DownloadRequest,
     relation = sql.SQL("{}.{} t").format(sql.Identifier(schema), sql.Identifier(table))
     selection = Selection(columns=columns, stored_geometry=geometry, stored_srid=source_srid, srid=request.srid,
                           relation=relation, where=[],
-                          params={"table_name": table}, order=sql.SQL(", ").join(keys or [sql.SQL("true")]),
+                          params={"table_name": table}, order=sql.SQL(", ").join(keys or [sql.SQL("t.ctid")]),
                           row_key=sql.SQL("t.ctid"), limit=None, declared_type=declared_type,
                           declared_dims=declared_dims)
     return selection, sql.SQL("%(table_name)s")

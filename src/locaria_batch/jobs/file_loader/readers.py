@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
@@ -29,7 +30,7 @@ from pyogrio.raw import open_arrow
 
 from locaria_batch.job import JobError
 from locaria_batch.jobs.file_loader.columns import looks_like_wkb
-from locaria_batch.jobs.file_loader.sources import DataFile
+from locaria_batch.jobs.file_loader.sources import DataFile, utf16_without_mark
 
 SAMPLE_BYTES = 1 << 20
 
@@ -49,6 +50,7 @@ ENCODING_CANDIDATES = ("cp1252", "cp1250", "cp1251", "cp1253", "cp1254", "cp1255
                        "koi8_r", "koi8_u", "iso8859_2", "iso8859_5", "iso8859_7", "iso8859_15", "mac_roman",
                        "cp437", "cp850", "cp866", "shift_jis", "euc_jp", "gb18030", "big5", "euc_kr",
                        "utf_16_le", "utf_16_be")
+COHERENCE_TIE = 0.02  # charset-normalizer's language coherence this close counts as the same
 DETECTION_BYTES = 64 << 10  # of the lines that are not plain ASCII: enough to tell, and quick
 # GeoParquet-like files without `geo` metadata: a binary column by one of these names holding WKB
 WKB_COLUMN_NAMES = ("geometry", "geom", "wkb_geometry", "wkb", "the_geom", "shape", "geog", "geography")
@@ -186,8 +188,13 @@ def open_gdal(data: DataFile, layer: str, read: ReadOptions, label: str) -> Iter
         total = int(info["features"]) if info.get("features") is not None and info["features"] >= 0 else None
 
         def batches() -> Iterator[pa.RecordBatch]:
+            start = 0
             try:
-                yield from reader
+                for batch in reader:
+                    if geometry is not None and data.driver == "FlatGeobuf" and _broken_binary(batch.column(geometry)):
+                        batch = _reread_geometry(data, batch, geometry, start)
+                    start += batch.num_rows
+                    yield batch
             except Exception as exc:
                 raise _unreadable(label, exc, part_way=True) from exc
 
@@ -197,6 +204,29 @@ def open_gdal(data: DataFile, layer: str, read: ReadOptions, label: str) -> Iter
                        declared_crs=geojson_crs_member(data.path) if data.driver == "GeoJSON" else None)
     finally:
         stream.__exit__(None, None, None)
+
+
+def _broken_binary(column: pa.Array | pa.ChunkedArray) -> bool:
+    """GDAL's FlatGeobuf Arrow stream garbles the geometry column of a batch holding a missing
+    geometry (offsets going back, no data): such a batch's geometries are read again."""
+    from locaria_batch.jobs.file_loader.columns import plain_binary, wkb_offsets
+
+    offsets, raw = wkb_offsets(plain_binary(column))
+    return bool(len(offsets) > 1 and (np.any(np.diff(offsets) < 0) or int(offsets[-1]) > len(raw)))
+
+
+def _reread_geometry(data: DataFile, batch: pa.RecordBatch, geometry: str, start: int) -> pa.RecordBatch:
+    """The batch with its geometries read again one feature at a time (single-feature batches are sound)."""
+    values: list[bytes | None] = []
+    with open_arrow(data.path, skip_features=start, batch_size=1, use_pyarrow=True, columns=[],
+                    **data.options) as (_meta, reader):
+        for single in reader:
+            value = single.column(single.num_columns - 1)[0].as_py() if single.num_rows else None
+            values.append(value or None)
+            if len(values) == batch.num_rows:
+                break
+    index = batch.schema.get_field_index(geometry)
+    return batch.set_column(index, batch.schema.field(index), pa.array(values, pa.binary()))
 
 
 def dbf_encoding(data: DataFile, wanted: str | None) -> tuple[str | None, bool]:
@@ -304,6 +334,9 @@ def detect_encoding(sample: bytes) -> tuple[str, bool]:
         return "utf-8-sig", False
     if sample.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
         return "utf-16", False
+    wide = utf16_without_mark(sample[:DETECTION_BYTES])
+    if wide is not None:
+        return wide, True
     cut = sample[: sample.rfind(b"\n") + 1] if b"\n" in sample[:-1] else sample
     try:
         cut.decode("utf-8")
@@ -312,10 +345,7 @@ def detect_encoding(sample: bytes) -> tuple[str, bool]:
         pass
     import charset_normalizer
 
-    if b"\x00" in cut:  # UTF-16 without a mark: lines cannot be picked out
-        probe = cut[:DETECTION_BYTES]
-    else:
-        probe = b"\n".join(line for line in cut.split(b"\n") if max(line, default=0) >= 0x80)[:DETECTION_BYTES]
+    probe = b"\n".join(line for line in cut.split(b"\n") if max(line, default=0) >= 0x80)[:DETECTION_BYTES]
     matches = charset_normalizer.from_bytes(probe, cp_isolation=list(ENCODING_CANDIDATES))
     best = matches.best()
     if best is None:
@@ -324,8 +354,8 @@ def detect_encoding(sample: bytes) -> tuple[str, bool]:
     western = next((m for m in matches if codecs.lookup(m.encoding).name == "cp1252"), None)
     # the most common encoding wins when the text reads the same in it, or when nothing in the text
     # tells one language from another (a few accented words) and it reads as cleanly
-    if found != "cp1252" and western is not None and (
-            str(western) == str(best) or (best.coherence == 0 and western.chaos <= best.chaos)):
+    if found != "cp1252" and western is not None and (str(western) == str(best) or (
+            western.chaos <= best.chaos and western.coherence >= best.coherence - COHERENCE_TIE)):
         found = "cp1252"
     return found, True
 

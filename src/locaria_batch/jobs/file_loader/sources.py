@@ -76,9 +76,24 @@ def sniff(path: Path) -> str | None:
         return None
     if text.startswith(b"{") or text.startswith(b"["):
         return json_flavour(path)
-    if b"\x00" in head and not head.startswith((b"\xff\xfe", b"\xfe\xff")):
+    if b"\x00" in head and not head.startswith((b"\xff\xfe", b"\xfe\xff")) and not utf16_without_mark(head):
         return None  # binary we do not know
     return "text"
+
+
+def utf16_without_mark(head: bytes) -> str | None:
+    """'utf-16-le' or 'utf-16-be' for UTF-16 text without a byte-order mark: zero bytes in one byte
+    position of the pairs (the high byte of ASCII characters), hardly any in the other."""
+    first, second = head[0::2], head[1::2]
+    pairs = min(len(first), len(second))
+    if pairs < 8:
+        return None
+    zeros_first, zeros_second = first.count(0) / pairs, second.count(0) / pairs
+    if zeros_first <= 0.02 and zeros_second >= 0.2:
+        return "utf-16-le"
+    if zeros_second <= 0.02 and zeros_first >= 0.2:
+        return "utf-16-be"
+    return None
 
 
 def json_flavour(path: Path) -> str:
