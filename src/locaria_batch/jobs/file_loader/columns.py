@@ -126,7 +126,7 @@ def find_geometry_text_column(names: list[str], sample: pa.Table) -> str | None:
     candidates = [n for n in names if _key(n) in {_key(g) for g in GEOMETRY_TEXT_NAMES}]
     candidates += [n for n in names if n not in candidates]
     for name in candidates:
-        column = sample.column(name)
+        column = sample.column(names.index(name))  # by position: a file may repeat a name
         if not (pat.is_string(column.type) or pat.is_large_string(column.type)):
             continue
         values = [v for v in column.slice(0, 200).drop_null().to_pylist()[:50] if v and v.strip()]
@@ -149,6 +149,16 @@ def to_float(column: pa.Array | pa.ChunkedArray, decimal_comma: bool = False) ->
         text = pc.replace_substring(text, ",", ".")
     text = pc.if_else(pc.match_substring_regex(text, NUMBER), text, pa.scalar(None, pa.string()))
     return pc.cast(text, pa.float64())
+
+
+def has_value(column: pa.Array | pa.ChunkedArray) -> np.ndarray:
+    """Per row: whether a value is there (not null, not blank text)."""
+    if isinstance(column, pa.ChunkedArray):
+        column = column.combine_chunks()
+    present = pc.is_valid(column)
+    if pat.is_string(column.type) or pat.is_large_string(column.type):
+        present = pc.and_(present, pc.fill_null(pc.not_equal(pc.utf8_trim_whitespace(column), ""), False))
+    return np.asarray(present)
 
 
 _POINT = np.dtype([("order", "u1"), ("kind", "<u4"), ("x", "<f8"), ("y", "<f8")])  # packed: 21 bytes

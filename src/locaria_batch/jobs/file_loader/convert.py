@@ -87,7 +87,7 @@ class BatchConverter:
         if set_aside.not_finite_count:
             rows = ", ".join(map(str, set_aside.not_finite[:MAX_REPORTED_ROWS]))
             warnings.append(f"{set_aside.not_finite_count:,} rows have a coordinate that is not a finite number "
-                            f"(infinity); their geometry is left empty (rows {rows})")
+                            f"(such as inf, NaN or text); their geometry is left empty (rows {rows})")
         return warnings
 
     def _attribute(self, column: pa.Array, kind: str, name: str, fids: pa.Array) -> pa.Array:
@@ -123,9 +123,11 @@ class BatchConverter:
         names = self._field_names
         if plan.source == "xy":
             assert plan.xy is not None
-            x = col.coordinate_array(batch.column(names.index(plan.xy.x)), self.raw.decimal_comma)
-            y = col.coordinate_array(batch.column(names.index(plan.xy.y)), self.raw.decimal_comma)
-            infinite = np.isinf(x) | np.isinf(y)
+            x_text, y_text = batch.column(names.index(plan.xy.x)), batch.column(names.index(plan.xy.y))
+            x = col.coordinate_array(x_text, self.raw.decimal_comma)
+            y = col.coordinate_array(y_text, self.raw.decimal_comma)
+            # a coordinate that is there but no finite number (inf, NaN, text): reported, not guessed at
+            infinite = ~(np.isfinite(x) & np.isfinite(y)) & (col.has_value(x_text) | col.has_value(y_text))
             if infinite.any():
                 rows = np.nonzero(infinite)[0] + first_row
                 self.set_aside.not_finite_count += int(infinite.sum())

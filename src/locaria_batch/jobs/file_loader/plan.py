@@ -159,16 +159,15 @@ def plan_geometry(conn: psycopg.Connection[Any], raw: RawLayer, first: pa.Record
         return None
     xy = col.find_coordinate_columns(names)
     if xy is not None:
-        table = pa.Table.from_batches([first]).rename_columns(names)
-        x = col.coordinate_array(table.column(xy.x), raw.decimal_comma)
-        y = col.coordinate_array(table.column(xy.y), raw.decimal_comma)
+        x = col.coordinate_array(first.column(names.index(xy.x)), raw.decimal_comma)
+        y = col.coordinate_array(first.column(names.index(xy.y)), raw.decimal_comma)
         if source_crs is not None:
             srid, origin = source_crs, "attribute"
         else:
             srid = _infer_from_values(raw.label, x, y, xy)
             origin = "assumed"
         return GeometryPlan("xy", srid, kind="Point", xy=xy, crs_source=origin, kinds_seen={1})
-    text = col.find_geometry_text_column(names, pa.Table.from_batches([first]).rename_columns(names))
+    text = col.find_geometry_text_column(names, pa.Table.from_batches([first]))
     if text is not None:
         srid = source_crs or 4326
         return GeometryPlan("text", srid, column=text, crs_source="attribute" if source_crs else "default")

@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 import pyarrow.types as pat
@@ -119,7 +120,7 @@ def layer_names(data: DataFile) -> list[str]:
     try:
         listed = pyogrio.list_layers(data.path)
     except Exception as exc:
-        raise JobError(f"{data.label} cannot be opened as {data.driver} ({_gdal_message(exc)}); "
+        raise JobError(f"{data.label} cannot be opened as {data.driver} ({_gdal_message(exc, data)}); "
                        "the file may be damaged or truncated, export it again") from exc
     names = [str(row[0]) for row in listed]
     if data.driver == "GPX":
@@ -144,13 +145,18 @@ def open_layer(data: DataFile, layer: str, read: ReadOptions, label: str) -> Ite
             yield raw
 
 
-def _gdal_message(exc: BaseException) -> str:
-    return str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
+def _gdal_message(exc: BaseException, data: DataFile | None = None) -> str:
+    """GDAL's first line, with the path of our working copy replaced by the name the user knows."""
+    message = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
+    if data is not None:
+        for path in {str(data.path), str(data.path.resolve())}:
+            message = message.replace(path, data.label)
+    return message
 
 
-def _unreadable(label: str, exc: BaseException, part_way: bool = False) -> JobError:
+def _unreadable(label: str, exc: BaseException, data: DataFile, part_way: bool = False) -> JobError:
     """GDAL's complaint as one sentence about the user's file."""
-    message = _gdal_message(exc)
+    message = _gdal_message(exc, data)
     if "Too many nested" in message or "nesting" in message.lower():
         return JobError(f"{label} nests JSON objects or arrays too deeply to be read ({message}); flatten its "
                         "properties and upload it again")
@@ -179,7 +185,7 @@ def open_gdal(data: DataFile, layer: str, read: ReadOptions, label: str) -> Iter
                        declared_type=None, total=0)
         return
     except Exception as exc:
-        raise _unreadable(label, exc) from exc
+        raise _unreadable(label, exc, data) from exc
     try:
         schema: pa.Schema = reader.schema
         geometry = next((f.name for f in schema if (f.metadata or {}).get(b"ARROW:extension:name") == b"geoarrow.wkb"),
@@ -196,7 +202,7 @@ def open_gdal(data: DataFile, layer: str, read: ReadOptions, label: str) -> Iter
                     start += batch.num_rows
                     yield batch
             except Exception as exc:
-                raise _unreadable(label, exc, part_way=True) from exc
+                raise _unreadable(label, exc, data, part_way=True) from exc
 
         yield RawLayer(name=layer, label=label, fields=fields, batches=batches(), geometry_column=geometry,
                        crs=meta.get("crs"), declared_type=meta.get("geometry_type"), total=total,
@@ -460,8 +466,11 @@ def open_text(data: DataFile, read: ReadOptions, label: str) -> RawLayer:
     fields = [pa.field(h or f"column_{i + 1}", pa.string()) for i, h in enumerate(fmt.header)]
 
     def batches() -> Iterator[pa.RecordBatch]:
+        done = 0
         try:
             for batch in reader:
+                _check_line_lengths(batch, done, label, read.max_line_bytes)
+                done += batch.num_rows
                 for start in range(0, batch.num_rows, read.batch_rows):
                     yield batch.slice(start, read.batch_rows)
         except (pa.ArrowInvalid, UnicodeDecodeError) as exc:
@@ -471,6 +480,21 @@ def open_text(data: DataFile, read: ReadOptions, label: str) -> RawLayer:
                     crs=None, declared_type=None, total=None, types=types, decimal_comma=fmt.decimal_comma,
                     skipped_rows=skipped_rows, skipped_count=skipped_count, encoding=fmt.encoding,
                     encoding_guessed=fmt.encoding_guessed)
+
+
+def _check_line_lengths(batch: pa.RecordBatch, before: int, label: str, limit: int) -> None:
+    """Refuse a row whose values add up to more than the limit (LOCARIA_LOADER_MAX_LINE_BYTES): a
+    cheap bound, checked on the whole batch at once, before any of it reaches the database."""
+    if batch.num_rows == 0 or batch.num_columns == 0 or batch.nbytes <= limit:
+        return
+    lengths = pc.fill_null(pc.binary_length(batch.column(0)), 0)
+    for column in batch.columns[1:]:
+        lengths = pc.add(lengths, pc.fill_null(pc.binary_length(column), 0))
+    longest = pc.max(lengths).as_py() or 0
+    if longest > limit:
+        row = before + int(pc.index(lengths, longest).as_py()) + 1
+        raise JobError(f"{label}: row {row} holds {longest:,} bytes, more than the {limit:,}-byte limit of one line "
+                       "(LOCARIA_LOADER_MAX_LINE_BYTES); split its long values and upload it again")
 
 
 def text_column_type(column: pa.ChunkedArray | pa.Array) -> str:

@@ -76,9 +76,20 @@ def sniff(path: Path) -> str | None:
         return None
     if text.startswith(b"{") or text.startswith(b"["):
         return json_flavour(path)
-    if b"\x00" in head and not head.startswith((b"\xff\xfe", b"\xfe\xff")) and not utf16_without_mark(head):
+    if b"\x00" in head and not head.startswith((b"\xff\xfe", b"\xfe\xff")) and not utf16_without_mark(head) \
+            and not _text_with_stray_nuls(head):
         return None  # binary we do not know
     return "text"
+
+
+def _text_with_stray_nuls(head: bytes) -> bool:
+    """Text with a NUL byte or two in it (the loader reports the values holding them)."""
+    return head.count(0) <= max(len(head) // 100, 1) and _printable(head.replace(b"\x00", b""), "utf-8")
+
+
+def _printable(data: bytes, encoding: str) -> bool:
+    text = data.decode(encoding, errors="replace")
+    return bool(text) and sum(c.isprintable() or c in "\t\r\n" for c in text) >= 0.95 * len(text)
 
 
 def utf16_without_mark(head: bytes) -> str | None:
@@ -89,11 +100,9 @@ def utf16_without_mark(head: bytes) -> str | None:
     if pairs < 8:
         return None
     zeros_first, zeros_second = first.count(0) / pairs, second.count(0) / pairs
-    if zeros_first <= 0.02 and zeros_second >= 0.2:
-        return "utf-16-le"
-    if zeros_second <= 0.02 and zeros_first >= 0.2:
-        return "utf-16-be"
-    return None
+    found = "utf-16-le" if zeros_first <= 0.02 and zeros_second >= 0.2 else \
+        "utf-16-be" if zeros_second <= 0.02 and zeros_first >= 0.2 else None
+    return found if found and _printable(head[: pairs * 2], found) else None
 
 
 def json_flavour(path: Path) -> str:
