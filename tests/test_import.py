@@ -79,3 +79,29 @@ def test_auto_mapped_loads_and_imports_in_one_go(conn: psycopg.Connection[Any], 
     assert {i["title"] for i in got} >= {"Start", "End", "Route", "Walk"}
     missing = loaded(conn, fx.gpx(tmp_path / "walk2.gpx"), auto_mapped=True)
     assert missing["status"] == "ERROR" and "auto_mapped needs a category" in missing["attributes"]["error"]
+
+
+def test_a_retry_that_works_clears_the_error(conn: psycopg.Connection[Any], tmp_path: Path) -> None:
+    from locaria_batch.files import get_file, retry_file
+    from locaria_batch.files.categories import add_category
+
+    row = loaded(conn, fx.write_text(tmp_path / "parks.csv", PARKS))
+    failed = request_import(conn, row["id"], category="Gardens")
+    assert failed["status"] == "ERROR" and "category 'Gardens' does not exist" in failed["attributes"]["error"]
+    add_category(conn, "Gardens")
+    retry_file(conn, row["id"])
+    done = wait_for_file(row["id"], timeout=90)
+    assert done["status"] == "IMPORTED", done["attributes"].get("log_messages")
+    attributes = get_file(conn, row["id"])["attributes"]
+    assert "error" not in attributes and "exit_code" not in attributes
+    assert any("does not exist" in str(entry.get("message")) for entry in attributes["log_messages"])
+
+
+def test_a_file_imports_only_its_own_tables(conn: psycopg.Connection[Any], tmp_path: Path) -> None:
+    conn.execute("INSERT INTO locaria_core.categories (category) VALUES ('Parks')")
+    first = loaded(conn, fx.write_text(tmp_path / "parks.csv", PARKS))
+    second = loaded(conn, fx.write_text(tmp_path / "other.csv", PARKS))
+    done = request_import(conn, second["id"], category="Parks", table=f"upload_file_{first['id']}")
+    assert done["status"] == "ERROR"
+    assert f"belongs to parks.csv (file {first['id']})" in done["attributes"]["error"]
+    assert items(conn) == []

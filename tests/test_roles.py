@@ -63,4 +63,5 @@ def test_every_function_has_a_role(conn) -> None:
             assert "search_path=locaria_core, public, pg_temp" in (row["config"] or ""), row
             assert row["job"] != row["dispatcher"] or not row["job"], row  # no function serves both sides
     job = sorted(row["name"] for row in rows if row["job"] and row["definer"])
-    assert job == ["job_finish", "job_heartbeat", "job_log", "job_start"]
+    assert job == ["job_finish", "job_heartbeat", "job_import_items", "job_import_prune", "job_log",
+                   "job_publish_tables", "job_start"]

@@ -8,9 +8,11 @@
 -- the job and console roles.  So a job needs no ownership of, nor DDL rights on, published tables,
 -- and one file cannot replace or drop another's table unless its user asked for it (--mode).
 --
--- Privileges a loader job needs (granted elsewhere): USAGE on locaria_core and locaria_uploads,
+-- Privileges a loader job needs (locaria_core.grant_roles): USAGE on locaria_core and locaria_uploads,
 -- CREATE on locaria_uploads, EXECUTE on job_publish_tables and locaria_core.loader_*, SELECT on
--- spatial_ref_sys; published tables get SELECT for locaria_job and locaria_console from here.
+-- spatial_ref_sys; published tables get SELECT for the job, dispatcher and console roles from here.
+-- job_publish_tables runs as its owner (SECURITY DEFINER, set by grant_roles); it qualifies every name,
+-- so it does not depend on the search_path it is given.
 
 CREATE TABLE IF NOT EXISTS locaria_core.upload_tables (
     table_name   TEXT PRIMARY KEY,                 -- a table in locaria_uploads
@@ -55,7 +57,7 @@ $$;
 CREATE OR REPLACE FUNCTION locaria_core.job_publish_tables(p_job BIGINT, p_token UUID, p_tables JSONB, p_mode TEXT,
                                                           p_check_only BOOLEAN DEFAULT false)
 RETURNS JSONB
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = locaria_core, public, pg_temp AS $$
 DECLARE
     v_file BIGINT;
     v_attempt INTEGER;
@@ -187,7 +189,7 @@ $$;
 -- The staging table under its published name: indexes renamed after it, owned by this function's
 -- owner (so the job that made it can no longer drop or change it), readable by jobs and the console.
 CREATE OR REPLACE FUNCTION locaria_core.upload_table_adopt(p_staging TEXT, p_target TEXT) RETURNS VOID
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     v_index RECORD;
     v_suffix TEXT;
@@ -202,7 +204,8 @@ BEGIN
                                   pg_catalog.left(p_target, 63 - pg_catalog.length(v_suffix)) || v_suffix);
     END LOOP;
     EXECUTE pg_catalog.format('ALTER TABLE locaria_uploads.%I OWNER TO %I', p_target, current_user);
-    EXECUTE pg_catalog.format('GRANT SELECT ON locaria_uploads.%I TO locaria_job, locaria_console', p_target);
+    EXECUTE pg_catalog.format('GRANT SELECT ON locaria_uploads.%I TO locaria_job, locaria_dispatcher, locaria_console',
+                              p_target);
 END;
 $$;
 
@@ -210,7 +213,7 @@ $$;
 -- single-part geometry goes into a Multi* column of its kind).  ogc_fid continues the table's.
 CREATE OR REPLACE FUNCTION locaria_core.upload_table_append(p_staging TEXT, p_target TEXT, p_label TEXT)
 RETURNS BIGINT
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     v_postgis TEXT := (SELECT n.nspname FROM pg_catalog.pg_extension e
                          JOIN pg_catalog.pg_namespace n ON n.oid = e.extnamespace WHERE e.extname = 'postgis');
@@ -290,7 +293,7 @@ BEGIN
 END;
 $$;
 
--- Only job_publish_tables may call its helpers (they are not fenced themselves).
+-- Its helpers are not fenced themselves: only their owner (so job_publish_tables) may call them.
 REVOKE ALL ON FUNCTION locaria_core.upload_table_adopt(TEXT, TEXT) FROM PUBLIC;
 REVOKE ALL ON FUNCTION locaria_core.upload_table_append(TEXT, TEXT, TEXT) FROM PUBLIC;
 

@@ -2,11 +2,11 @@
 -- the attempt (job id + attempt token + state running) like the other job_* functions, and only from
 -- tables the job's own file loaded (locaria_core.upload_tables).  The job itself then needs no write
 -- privilege on items: SELECT on locaria_core.categories and on the file's tables (granted when they
--- are published) and EXECUTE on these two.
+-- are published) and EXECUTE on these two, which run as their owner and qualify every name.
 
 -- The file a running attempt works on, or LB001 (the attempt is stale: write nothing).
 CREATE OR REPLACE FUNCTION locaria_core.job_live_file(p_job BIGINT, p_token UUID) RETURNS BIGINT
-LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     v_file BIGINT;
 BEGIN
@@ -21,7 +21,7 @@ $$;
 
 -- A table in locaria_uploads the file loaded (else LB002 naming its owner).
 CREATE OR REPLACE FUNCTION locaria_core.upload_table_of_file(p_file BIGINT, p_table TEXT) RETURNS VOID
-LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     v_owner BIGINT;
 BEGIN
@@ -44,7 +44,7 @@ $$;
 CREATE OR REPLACE FUNCTION locaria_core.job_import_items(p_job BIGINT, p_token UUID, p_table TEXT, p_category BIGINT,
                                                         p_mapping JSONB, p_low BIGINT, p_high BIGINT)
 RETURNS BIGINT
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = locaria_core, public, pg_temp AS $$
 DECLARE
     v_file BIGINT := locaria_core.job_live_file(p_job, p_token);
     v_postgis TEXT := (SELECT n.nspname FROM pg_catalog.pg_extension e
@@ -88,7 +88,7 @@ $$;
 -- Drop the file's items whose table is no longer among p_tables, or whose row has gone from p_table.
 CREATE OR REPLACE FUNCTION locaria_core.job_import_prune(p_job BIGINT, p_token UUID, p_tables TEXT[], p_table TEXT)
 RETURNS BIGINT
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = locaria_core, public, pg_temp AS $$
 DECLARE
     v_file BIGINT := locaria_core.job_live_file(p_job, p_token);
     v_count BIGINT;
