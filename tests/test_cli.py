@@ -184,3 +184,64 @@ def test_an_unreachable_database_is_one_sentence(monkeypatch: pytest.MonkeyPatch
     result = cli("files", "list", check=False)
     assert result.returncode == 1 and "cannot reach the database" in result.stderr
     assert "Traceback" not in result.stderr and "secret" not in result.stderr
+
+
+def test_the_cli_load_modes_are_the_loaders() -> None:
+    from locaria_batch.cli.files import LoadMode as CliMode
+    from locaria_batch.jobs.file_loader.publish import LoadMode
+
+    assert [m.value for m in CliMode] == [m.value for m in LoadMode]
+
+
+def test_files_add_options_become_the_loaders_attributes(db_url: str, tmp_path: Path) -> None:
+    path = tmp_path / "towns.csv"
+    path.write_bytes("name,x,y\nМосква,4187000,7508000\nТверь,3990000,7700000\n".encode("cp1251"))
+    loaded = as_json(cli("files", "add", str(path), "--crs", "EPSG:3857", "--target-crs", "EPSG:4326",
+                         "--encoding", "cp1251", "--layer", "towns", "--mode", "overwrite", "--wait", "--json"))
+    attributes = loaded["attributes"]
+    assert loaded["status"] == "FARGATE_PROCESSED", attributes["log_messages"]
+    assert (attributes["source_crs"], attributes["target_crs"], attributes["encoding"], attributes["layers"],
+            attributes["mode"]) == ("EPSG:3857", "EPSG:4326", "cp1251", ["towns"], "overwrite")
+    assert attributes["preview"]["features"][0]["properties"]["name"] == "Москва"
+    refused = cli("files", "add", str(path), "--mode", "merge", check=False)
+    assert refused.returncode == 2 and "append" in refused.stderr
+
+
+def test_files_inspect(db_url: str, tmp_path: Path) -> None:
+    path = tmp_path / "towns.csv"
+    path.write_bytes("name,lon,lat,count\nМосква,37.6,55.7,1\nТверь,35.9,56.8,2\nКазань,49.1,55.8,3\n"
+                     .encode("cp1251"))
+    report = as_json(cli("files", "inspect", str(path), "--json"))
+    layer = report["layers"][0]
+    assert (layer["features"], layer["geometry_type"], layer["crs"], layer["crs_assumed"]) == (3, "Point",
+                                                                                              "EPSG:4326", True)
+    assert (layer["encoding"], layer["encoding_guessed"]) == ("cp1251", True)
+    assert {c["source"]: c["type"] for c in layer["columns"]}["count"] == "bigint"
+    assert layer["extent"] == [35.9, 55.7, 49.1, 56.8] and layer["problems"] == []
+    shown = cli("files", "inspect", str(path)).stdout
+    assert "layer towns" in shown and "EPSG:4326 (assumed)" in shown and "cp1251 (guessed)" in shown
+    assert as_json(cli("files", "list", "--json")) == []  # nothing was loaded or registered
+    bad = tmp_path / "far.csv"
+    bad.write_text("name,x,y\na,5000000,9000000\n")
+    result = cli("files", "inspect", str(bad), check=False)
+    assert result.returncode == 1 and "--crs" in result.stdout
+
+
+def test_categories_and_a_download_copied_out(db_url: str, tmp_path: Path) -> None:
+    assert as_json(cli("categories", "add", "Parks", "--json"))["created"] is True
+    assert as_json(cli("categories", "add", "Parks", "--json"))["created"] is False
+    assert [c["category"] for c in as_json(cli("categories", "list", "--json"))] == ["Parks"]
+    cli("files", "add", str(REPO / "samples" / "parks.csv"), "--attr", "auto_mapped=true", "--attr",
+        "category=Parks", "--attr", "title_field=name", "--wait")
+    assert as_json(cli("categories", "list", "--json"))[0]["items"] == 20
+    kept = cli("categories", "remove", "Parks", check=False)
+    assert kept.returncode == 1 and "holds 20 items" in kept.stderr and "--with-items" in kept.stderr
+    out = tmp_path / "parks.csv"
+    copied = cli("download", "request", "--category", "Parks", "--format", "csv", "--out", str(out))
+    assert f"saved to {out}" in copied.stdout and "DOWNLOAD_COMPLETED" in copied.stdout
+    assert len(out.read_text().splitlines()) == 21
+    folder = tmp_path / "exports"
+    folder.mkdir()
+    cli("download", "request", "--category", "Parks", "--format", "geojson", "--out", str(folder))
+    assert [p.suffix for p in folder.iterdir()] == [".geojson"]
+    assert "removed category Parks and its 20 items" in cli("categories", "remove", "Parks", "--with-items").stdout
