@@ -140,3 +140,19 @@ def best_of(repeat: int, run: Callable[..., Timing], *args: Any, **kwargs: Any) 
 def add_repeat_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--repeat", type=int, default=1, help="run each command this many times and keep the "
                         "fastest (default 1)")
+
+
+def loader_fence(conn: Any, name: str) -> Any:
+    """A file row and a running file_loader job for it: what a load through the Python API publishes under."""
+    import uuid
+
+    from psycopg.types.json import Jsonb
+
+    from locaria_batch.jobs.file_loader.publish import Fence
+
+    file_id = conn.execute("INSERT INTO locaria_core.files (status, attributes) VALUES ('FARGATE_PROCESSING', %s) "
+                           "RETURNING id", [Jsonb({"name": name, "upload": True})]).fetchone()["id"]
+    row = conn.execute("INSERT INTO locaria_core.jobs (file_id, docker, trigger_status, max_attempts, state, attempt, "
+                       "attempt_token) VALUES (%s, 'file_loader', 'REGISTERED', 1, 'running', 1, %s) "
+                       "RETURNING id, attempt, attempt_token", [file_id, uuid.uuid4()]).fetchone()
+    return Fence(int(row["id"]), int(row["attempt"]), str(row["attempt_token"]))

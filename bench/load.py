@@ -23,7 +23,7 @@ import time
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urlparse
+from urllib.parse import unquote, urlparse
 
 import numpy as np
 import pyarrow as pa
@@ -39,6 +39,7 @@ from bench.common import (  # noqa: E402
     add_repeat_option,
     benchmark_database,
     best_of,
+    loader_fence,
     timed,
     wait_for_go,
     work_done,
@@ -222,8 +223,9 @@ def sql(url: str, statement: str) -> None:
 
 def pg_connection_string(url: str) -> str:
     parts = urlparse(url)
+    password = f" password={unquote(parts.password)}" if parts.password else ""
     return (f"PG:host={parts.hostname} port={parts.port} dbname={parts.path.lstrip('/')} "
-            f"user={parts.username}")
+            f"user={parts.username}{password}")
 
 
 def run_ours(url: str, data: Dataset) -> Timing:
@@ -267,9 +269,11 @@ def load_one(path: Path, name: str, url: str) -> None:
     """The loader as a job runs it (one transaction, committed), in this process so its RSS is its own."""
     from locaria_batch.jobs.file_loader.loader import LoadOptions, load_file
 
+    with connect(url, autocommit=True) as conn:
+        fence = loader_fence(conn, path.name)
     wait_for_go()
     with connect(url) as conn:
-        load_file(conn, path, path.name, LoadOptions(base_table=f"bench_ours_{name}"))
+        load_file(conn, path, path.name, LoadOptions(base_table=f"bench_ours_{name}"), fence)
         conn.commit()
     work_done()
     with connect(url, autocommit=True) as conn:
