@@ -195,7 +195,7 @@ def test_the_cli_load_modes_are_the_loaders() -> None:
 
 def test_files_add_options_become_the_loaders_attributes(db_url: str, tmp_path: Path) -> None:
     path = tmp_path / "towns.csv"
-    path.write_bytes("name,x,y\nМосква,4187000,7508000\nТверь,3990000,7700000\n".encode("cp1251"))
+    path.write_bytes("name,x,y\nМосква,4187000,7508000\nТверь,3990000,7700000\n".encode("cp1251"))  # noqa: RUF001
     loaded = as_json(cli("files", "add", str(path), "--crs", "EPSG:3857", "--target-crs", "EPSG:4326",
                          "--encoding", "cp1251", "--layer", "towns", "--mode", "overwrite", "--wait", "--json"))
     attributes = loaded["attributes"]
@@ -209,8 +209,8 @@ def test_files_add_options_become_the_loaders_attributes(db_url: str, tmp_path: 
 
 def test_files_inspect(db_url: str, tmp_path: Path) -> None:
     path = tmp_path / "towns.csv"
-    path.write_bytes("name,lon,lat,count\nМосква,37.6,55.7,1\nТверь,35.9,56.8,2\nКазань,49.1,55.8,3\n"
-                     .encode("cp1251"))
+    towns = "Москва,37.6,55.7,1\nТверь,35.9,56.8,2\nКазань,49.1,55.8,3\n"  # noqa: RUF001
+    path.write_bytes(f"name,lon,lat,count\n{towns}".encode("cp1251"))
     report = as_json(cli("files", "inspect", str(path), "--json"))
     layer = report["layers"][0]
     assert (layer["features"], layer["geometry_type"], layer["crs"], layer["crs_assumed"]) == (3, "Point",
