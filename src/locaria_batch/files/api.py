@@ -120,6 +120,32 @@ def register_upload(conn: Conn, storage: Storage, source: Path, *, name: str | N
     return file_id
 
 
+def download_attributes(fmt: str, *, table: str | None = None, categories: list[str] | None = None,
+                        name: str | None = None, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A download request's attributes: its format, its source (a table, or categories: none means
+    every category with data) and the name users see."""
+    attributes: dict[str, Any] = {"format": fmt, **(extra or {})}
+    if table:
+        attributes["table"] = table
+    else:
+        attributes["categories"] = list(categories or [])
+    attributes["name"] = name or table or "-".join(categories or []) or "all-data"
+    return attributes
+
+
+def download_sources(conn: Conn, limit: int = 500) -> dict[str, list[str]]:
+    """What a download can be asked of: the loaded tables and the categories of search data."""
+    tables = conn.execute(
+        """SELECT DISTINCT t.name FROM locaria_core.files f,
+                  jsonb_array_elements_text(CASE WHEN jsonb_typeof(f.attributes->'tables') = 'array'
+                                                 THEN f.attributes->'tables' ELSE '[]'::jsonb END) AS t(name)
+            WHERE f.status IN ('FARGATE_PROCESSED', 'IMPORTED', 'IMPORT_REQUESTED', 'IMPORTING')
+            ORDER BY t.name LIMIT %s""", [limit]).fetchall()
+    categories = conn.execute("SELECT category FROM locaria_core.categories ORDER BY category LIMIT %s",
+                              [limit]).fetchall()
+    return {"tables": [row["name"] for row in tables], "categories": [row["category"] for row in categories]}
+
+
 def request_download(conn: Conn, attributes: dict[str, Any]) -> int:
     """A download request: a row in DOWNLOAD_REQUESTED whose attributes name format, name and source."""
     attrs = {"download": True, "type": "all_data", **attributes}
