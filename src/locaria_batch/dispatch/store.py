@@ -376,10 +376,14 @@ class JobStore:
             conditions.append("EXISTS (SELECT 1 FROM locaria_core.jobs j WHERE j.file_id = f.id AND j.docker = %s)")
             params.append(query.docker)
         if query.text:
-            conditions.append("(f.attributes->>'name' ILIKE %s OR f.attributes->>'imported_table_name' ILIKE %s"
-                              " OR f.id::text = %s)")
+            # each arm has an index (trigrams, the primary key), so the planner can OR them together
             pattern = "%" + query.text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
-            params += [pattern, pattern, query.text.strip()]
+            arms = ["f.attributes->>'name' ILIKE %s", "f.attributes->>'imported_table_name' ILIKE %s"]
+            params += [pattern, pattern]
+            if query.text.strip().isdigit():
+                arms.append("f.id = %s")
+                params.append(int(query.text.strip()))
+            conditions.append("(" + " OR ".join(arms) + ")")
         return list(self.conn.execute(
             f"""SELECT f.id, f.status, f.created, f.last_update,
                        f.attributes->>'name' AS name,
@@ -413,6 +417,10 @@ class JobStore:
                 GROUP BY e.job_id, j.docker, j.runner, e.attempt, j.attempt, j.state
                 ORDER BY e.job_id, e.attempt""", [file_id]).fetchall()
         return [Attempt.from_row(row) for row in rows]
+
+    def docker_names(self) -> list[str]:
+        return [row["name"] for row in self.conn.execute("SELECT name FROM locaria_core.dockers ORDER BY name",
+                                                         []).fetchall()]
 
     def file_status_counts(self) -> dict[str, int]:
         """How many files are in each status (the console's filter shows them)."""

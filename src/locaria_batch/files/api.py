@@ -13,6 +13,7 @@ from psycopg.types.json import Jsonb
 
 from locaria_batch.db import scalar
 from locaria_batch.errors import ApiError, NotFound
+from locaria_batch.settings import settings
 from locaria_batch.storage import Storage, incoming_key
 
 Conn = psycopg.Connection[dict[str, Any]]  # connections from locaria_batch.db.connect (dict rows)
@@ -134,13 +135,12 @@ def download_attributes(fmt: str, *, table: str | None = None, categories: list[
 
 
 def download_sources(conn: Conn, limit: int = 500) -> dict[str, list[str]]:
-    """What a download can be asked of: the loaded tables and the categories of search data."""
-    tables = conn.execute(
-        """SELECT DISTINCT t.name FROM locaria_core.files f,
-                  jsonb_array_elements_text(CASE WHEN jsonb_typeof(f.attributes->'tables') = 'array'
-                                                 THEN f.attributes->'tables' ELSE '[]'::jsonb END) AS t(name)
-            WHERE f.status IN ('FARGATE_PROCESSED', 'IMPORTED', 'IMPORT_REQUESTED', 'IMPORTING')
-            ORDER BY t.name LIMIT %s""", [limit]).fetchall()
+    """What a download can be asked of: the tables of the schemas downloads may read (the loaded
+    ones, and LOCARIA_DOWNLOAD_SCHEMAS) and the categories of search data."""
+    schemas = ["locaria_uploads", *settings().download_schemas]
+    tables = conn.execute("SELECT format('%%I.%%I', schemaname, tablename) AS name FROM pg_tables "
+                          "WHERE schemaname = ANY (%s) ORDER BY schemaname, tablename LIMIT %s",
+                          [schemas, limit]).fetchall()
     categories = conn.execute("SELECT category FROM locaria_core.categories ORDER BY category LIMIT %s",
                               [limit]).fetchall()
     return {"tables": [row["name"] for row in tables], "categories": [row["category"] for row in categories]}
