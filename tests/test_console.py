@@ -132,3 +132,19 @@ def test_metrics_follow_prometheus_conventions(console: Served, conn: Any) -> No
     assert samples[("locaria_job_run_duration_seconds_bucket", (("docker", "file_loader"), ("le", "+Inf")))] == 1
     assert samples[("locaria_dispatchers_alive", ())] == 0
     assert ("locaria_queue_oldest_due_age_seconds", (("docker", "file_loader"),)) in samples
+
+
+def test_an_upload_to_s3_goes_through_the_presigned_put(s3_storage: str, console: Served, conn: Any) -> None:
+    from tests.console_fixtures import REPO
+
+    page = requests.get(console.url + "/", timeout=10)
+    headers = {"X-CSRF-Token": csrf_of(page.text)}
+    assert "connect-src 'self' http://127.0.0.1:" in page.headers["content-security-policy"]  # the S3 endpoint
+    ticket = requests.post(console.url + "/api/uploads", json={"name": "parks.csv"}, headers=headers, timeout=10).json()
+    assert ticket["mode"] == "presigned" and "X-Amz-Signature" in ticket["url"]
+    early = requests.post(f"{console.url}/api/uploads/{ticket['id']}/complete", headers=headers, timeout=10)
+    assert early.status_code == 400 and "PUT the data" in early.json()["error"]
+    requests.put(ticket["url"], data=(REPO / "samples" / "parks.csv").read_bytes(), timeout=10).raise_for_status()
+    done = requests.post(f"{console.url}/api/uploads/{ticket['id']}/complete", headers=headers, timeout=10).json()
+    assert done["completed"] is True and done["status"] == "REGISTERED"
+    assert ticket["url"] not in requests.get(f"{console.url}/files/{ticket['id']}", timeout=10).text
