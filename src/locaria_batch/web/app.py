@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import tempfile
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -58,6 +59,7 @@ MAX_BULK = 1000  # files one request may retry or cancel
 LOG_TAIL_LINES = 200
 KEEPALIVE_SECONDS = 15.0
 ACTIONS = ("retry", "cancel")
+SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")  # a download's stored name ({id}.{ext}), nothing else
 
 
 @dataclass(frozen=True)
@@ -155,7 +157,7 @@ class Console:
             row = get_file(conn, file_id)
         attrs = row["attributes"] or {}
         name = str(attrs.get("fileName") or "")
-        if row["status"] != statuses.DOWNLOAD_COMPLETED or attrs.get("expired") or not name or "/" in name:
+        if row["status"] != statuses.DOWNLOAD_COMPLETED or attrs.get("expired") or not SAFE_NAME.fullmatch(name):
             return PlainTextResponse(f"file {file_id} has no download to fetch", status_code=404)
         key = download_key(name)
         link = self.storage.url(key)
