@@ -56,4 +56,6 @@ def migrate(conn: psycopg.Connection[Any]) -> list[Migration]:
                 [migration.version, migration.name, migration.checksum],
             )
             applied_now.append(migration)
+        # every run: functions added or replaced by any migration get their role's grants again
+        conn.execute("SELECT locaria_core.grant_roles()")
     return applied_now
