@@ -118,3 +118,12 @@ def drop_files(page: Any, selector: str, files: dict[str, bytes]) -> None:
            }""", {name: list(data) for name, data in files.items()})
     page.dispatch_event(selector, "dragover", {"dataTransfer": transfer})
     page.dispatch_event(selector, "drop", {"dataTransfer": transfer})
+
+
+def file_in(conn: Any, name: str, status: str) -> int:
+    """A file row in `status` (created UPLOADING, as rows are, then moved there)."""
+    from locaria_batch.files import add_file, update_file
+
+    file_id = int(add_file(conn, {"name": name, "upload": True}, status="UPLOADING")["id"])
+    update_file(conn, file_id, status=status)
+    return file_id

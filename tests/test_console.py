@@ -10,7 +10,7 @@ import pytest
 import requests
 
 from locaria_batch.files import add_file, update_file
-from tests.console_fixtures import Served, free_port, start, stop, wait_until_serving
+from tests.console_fixtures import Served, file_in, free_port, start, stop, wait_until_serving
 
 TOKEN = "a-long-enough-console-token-0123"
 
@@ -49,7 +49,7 @@ def test_with_a_token_every_request_needs_it(db_url: str) -> None:
 
 
 def test_state_changes_need_a_post_with_the_pages_csrf_token(console: Served, conn: Any) -> None:
-    file_id = int(add_file(conn, {"name": "x.csv", "upload": True}, status="ERROR")["id"])
+    file_id = file_in(conn, "x.csv", "ERROR")
     page = requests.get(console.url + "/", timeout=10)
     csrf = csrf_of(page.text)
     assert "default-src 'self'" in page.headers["content-security-policy"]
@@ -98,8 +98,7 @@ def test_no_credentials_reach_a_page(console: Served, conn: Any, db_url: str) ->
 
 def test_files_page_filters_and_pages_by_keyset(console: Served, conn: Any) -> None:
     for index in range(120):
-        add_file(conn, {"name": f"file-{index}.csv", "upload": True},
-                 status="ERROR" if index % 3 == 0 else "FARGATE_PROCESSED")
+        file_in(conn, f"file-{index}.csv", "ERROR" if index % 3 == 0 else "FARGATE_PROCESSED")
     first = requests.get(console.url + "/", timeout=10).text
     assert first.count("<tr data-id=") == 50 and 'data-id="120"' in first and 'data-id="71"' in first
     after = requests.get(console.url + "/files/rows?before=71", timeout=10)

@@ -93,9 +93,9 @@ def test_a_failed_file_is_retried_from_the_table_after_a_confirmation(page: Any,
 
 def test_status_commit_to_browser_delay(page: Any, console: Served, conn: Any) -> None:
     """Printed, not asserted on: the time from a status change's commit to the page receiving it."""
-    from locaria_batch.files import add_file
+    from tests.console_fixtures import file_in
 
-    file_id = int(add_file(conn, {"name": "probe.csv", "upload": True}, status="FARGATE_PROCESSED")["id"])
+    file_id = file_in(conn, "probe.csv", "FARGATE_PROCESSED")
     page.goto(console.url)
     page.wait_for_selector('#live[data-state="live"]')
     delays = []

@@ -68,6 +68,10 @@ class CountingRunner:
         self.inner = inner
         self.metrics = metrics
         self.name = inner.name
+        self.needs_job_credentials = inner.needs_job_credentials
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)  # whatever else a runner has, it is the inner one's
 
     def handle(self, stored: dict[str, Any]) -> Any:
         return self.inner.handle(stored)
