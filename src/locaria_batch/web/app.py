@@ -64,7 +64,8 @@ SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")  # a download's stored nam
 
 @dataclass(frozen=True)
 class ConsoleConfig:
-    db_url: str
+    db_url: str  # actions (the file API and the job store)
+    read_url: str | None = None  # pages and the status stream: a read-only login where there is one
     host: str = "127.0.0.1"
     port: int = 8080
     token: str | None = None
@@ -75,9 +76,9 @@ class Console:
 
     def __init__(self, config: ConsoleConfig) -> None:
         self.config = config
-        self.pools = Pools(config.db_url)
+        self.pools = Pools(config.db_url, read_url=config.read_url)
         self.storage: Storage = open_storage()
-        self.broadcaster = StatusBroadcaster(config.db_url)
+        self.broadcaster = StatusBroadcaster(config.read_url or config.db_url)
         self.templates = Jinja2Templates(directory=str(HERE / "templates"))
         present.install(self.templates.env)
         self.metrics = CollectorRegistry()

@@ -26,10 +26,11 @@ def _writer(conn: Conn) -> None:
 
 
 class Pools:
-    def __init__(self, db_url: str, *, readers: int = 4, writers: int = 2) -> None:
+    def __init__(self, db_url: str, *, read_url: str | None = None, readers: int = 4, writers: int = 2) -> None:
         kwargs: dict[str, Any] = {"autocommit": True, "row_factory": dict_row}
         self.reads: ConnectionPool[Conn] = ConnectionPool(
-            db_url, min_size=1, max_size=readers, kwargs={**kwargs, "application_name": "locaria-batch console"},
+            read_url or db_url, min_size=1, max_size=readers,
+            kwargs={**kwargs, "application_name": "locaria-batch console"},
             configure=_read_only, check=ConnectionPool.check_connection, open=False, name="console-read")
         self.writes: ConnectionPool[Conn] = ConnectionPool(
             db_url, min_size=0, max_size=writers,

@@ -151,7 +151,9 @@ DECLARE
         'dispatcher_beat', 'dispatcher_detach',
         -- the file API
         'add_file', 'update_file', 'get_files', 'delete_file', 'file_cron', 'get_parameters', 'set_parameters',
-        'locaria_internal_gateway', 'retry_file', 'cancel_file_jobs', 'request_upload', 'complete_upload', 'log'];
+        'locaria_internal_gateway', 'retry_file', 'cancel_file_jobs', 'request_upload', 'complete_upload', 'log',
+        -- operations
+        'jobs_retry', 'jobs_cancel', 'prune_jobs'];
     console_functions TEXT[] := ARRAY['get_files'];
     -- read nothing, write nothing: anyone may call them, as their caller
     open_functions TEXT[] := ARRAY['log_timestamp', 'acl_check', 'jsonb_leaves', 'loader_parse_geometry',
