@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from dataclasses import asdict
 from datetime import timedelta
 from typing import Annotated, Any
@@ -121,6 +122,17 @@ def selected(conn: Any, where: JobFilter) -> list[int]:
     return JobStore(conn).job_ids(where)
 
 
+def on_selected(what: str, where: JobFilter, yes: bool,
+                act: Callable[[JobStore, list[int]], dict[str, Any]]) -> dict[str, Any] | None:
+    """Select the jobs, ask (unless --yes), then act on them; None when no job matches."""
+    with database() as conn:
+        job_ids = selected(conn, where)
+        if not job_ids:
+            return None
+        confirm(what, len(job_ids), yes)
+        return act(JobStore(conn), job_ids)
+
+
 @command(jobs_app, "retry")
 def jobs_retry(
     ids: IdsArgument = None,
@@ -132,13 +144,10 @@ def jobs_retry(
     as_json: JsonOption = False,
 ) -> None:
     """Run the files of these jobs again (a file with a job in progress is skipped)."""
-    with database() as conn:
-        job_ids = selected(conn, job_filter(ids, state, docker, file_id, since))
-        if not job_ids:
-            print_json({"retried": [], "skipped": []}) if as_json else say("no jobs match")
-            return
-        confirm("retry", len(job_ids), yes)
-        result = JobStore(conn).retry_jobs(job_ids)
+    result = on_selected("retry", job_filter(ids, state, docker, file_id, since), yes, JobStore.retry_jobs)
+    if result is None:
+        print_json({"retried": [], "skipped": []}) if as_json else say("no jobs match")
+        return
     if as_json:
         print_json(result)
         return
@@ -159,13 +168,10 @@ def jobs_cancel(
     as_json: JsonOption = False,
 ) -> None:
     """Cancel these jobs: queued ones end at once, running ones are stopped by their dispatcher."""
-    with database() as conn:
-        job_ids = selected(conn, job_filter(ids, state, docker, file_id, since))
-        if not job_ids:
-            print_json({"cancelled": [], "skipped": []}) if as_json else say("no jobs match")
-            return
-        confirm("cancel", len(job_ids), yes)
-        result = JobStore(conn).cancel_jobs(job_ids)
+    result = on_selected("cancel", job_filter(ids, state, docker, file_id, since), yes, JobStore.cancel_jobs)
+    if result is None:
+        print_json({"cancelled": [], "skipped": []}) if as_json else say("no jobs match")
+        return
     if as_json:
         print_json(result)
         return
