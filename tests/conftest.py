@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import os
+import secrets
 import shutil
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
 import pytest
+from psycopg import sql
 
 from locaria_batch.db import connect, dockers
 from locaria_batch.db.cluster import EmbeddedCluster
@@ -68,8 +71,18 @@ DELETE FROM locaria_core.dockers;
 """
 
 
+@pytest.fixture(scope="session")
+def job_url(pg_url: str) -> str:
+    """A login of the locaria_job role: what every job process of the tests connects with."""
+    password = secrets.token_urlsafe(16)
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        conn.execute(sql.SQL("ALTER ROLE locaria_job LOGIN PASSWORD {}").format(sql.Literal(password)))
+    parts = urlsplit(pg_url)
+    return urlunsplit(parts._replace(netloc=f"locaria_job:{password}@{parts.hostname}:{parts.port}"))
+
+
 @pytest.fixture
-def db_url(pg_url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+def db_url(pg_url: str, job_url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     """A clean database (no rows, the repo's dockers) with LOCARIA_DB_URL pointing at it."""
     with psycopg.connect(pg_url, autocommit=True) as conn:
         conn.execute(RESET_SQL)
@@ -80,6 +93,7 @@ def db_url(pg_url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     with connect(pg_url, autocommit=True) as conn:
         dockers.sync(conn, dockers.load(REPO / "docker" / "dockers.json"))
     monkeypatch.setenv("LOCARIA_DB_URL", pg_url)
+    monkeypatch.setenv("LOCARIA_JOB_DB_URL", job_url)
     reset_settings()
     yield pg_url
 

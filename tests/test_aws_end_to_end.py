@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -74,10 +75,9 @@ def test_upload_and_download_on_aws_from_deploy_apply(stage_config: Path, deploy
     stages = json.loads(stage_config.read_text())
     stages["dev"].update(vpcPrivateSubnetA=subnets[0], vpcPrivateSubnetB=subnets[1], securityGroup=group)
     stage_config.write_text(json.dumps(stages))
-    # the logins the secrets hold must be able to work: until the roles' grants exist, the owner's
-    monkeypatch.setenv("LOCARIA_DEV_JOB_DB_URL", db_url)
-    monkeypatch.setenv("LOCARIA_DEV_DISPATCHER_DB_URL", db_url)
 
+    job_login = os.environ["LOCARIA_DEV_JOB_DB_URL"]
+    assert job_login.startswith("postgresql://locaria_test_job:")  # a login granted locaria_job (tests/aws.py)
     outputs = cli("deploy", "apply", "--stage", "dev", "--poll", "0.2")["outputs"]
     bucket = outputs["BucketName"]
     assert bucket == "locaria-dev-maindev"
@@ -111,7 +111,8 @@ def test_upload_and_download_on_aws_from_deploy_apply(stage_config: Path, deploy
     def run_task(task_arn: str) -> None:
         """The container: its secrets from Secrets Manager, its job from the overrides."""
         env = stack.container_env(task_arn)
-        assert env["LOCARIA_STORAGE"] == f"s3://{bucket}" and env["LOCARIA_DB_URL"] == db_url
+        # the task logs in as the job login, not the owner nor the dispatcher
+        assert env["LOCARIA_STORAGE"] == f"s3://{bucket}" and env["LOCARIA_DB_URL"] == job_login
         done = stack.run_container(task_arn)
         assert done.returncode == 0, done.stdout + done.stderr
         with as_deployed(outputs["LauncherFunctionArn"], monkeypatch):

@@ -18,7 +18,7 @@ from typer.testing import CliRunner
 
 from locaria_batch.cli.main import app
 from locaria_batch.db import connect
-from locaria_batch.db.adoption import AdoptionError, AdoptionState, adoption_state, file_triggers
+from locaria_batch.db.adoption import TAKEN_OVER, AdoptionError, AdoptionState, adoption_state, file_triggers
 from locaria_batch.db.migrate import Migration, available_migrations, migrate
 from locaria_batch.dispatch.dispatcher import Dispatcher
 from locaria_batch.dispatch.local import LocalRunner
@@ -35,8 +35,9 @@ WS_BROADCAST = "arn:aws:lambda:eu-west-2:123456789012:function:locaria-ae-mainde
 
 
 @pytest.fixture
-def locaria_db(pg_url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
-    """A fresh database holding Locaria's schema and rows, with LOCARIA_DB_URL pointing at it."""
+def locaria_db(pg_url: str, job_url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """A fresh database holding Locaria's schema and rows, with LOCARIA_DB_URL (its owner) and
+    LOCARIA_JOB_DB_URL (the locaria_job login) pointing at it."""
     name = f"locaria_original_{uuid.uuid4().hex[:8]}"
     with psycopg.connect(pg_url, autocommit=True) as admin:
         admin.execute(f"CREATE DATABASE {name}")
@@ -44,6 +45,7 @@ def locaria_db(pg_url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute(ORIGINAL_SQL.read_text().encode())
     monkeypatch.setenv("LOCARIA_DB_URL", url)
+    monkeypatch.setenv("LOCARIA_JOB_DB_URL", job_url.rsplit("/", 1)[0] + "/" + name)
     reset_settings()
     yield url
     with psycopg.connect(pg_url, autocommit=True) as admin:
@@ -72,8 +74,9 @@ def replied(*args: str) -> Any:
 def snapshot(conn: Any) -> dict[str, Any]:
     """Everything of Locaria's that adopting touches."""
     functions = conn.execute(
-        "SELECT p.oid::regprocedure::text AS signature, md5(pg_get_functiondef(p.oid)) AS body FROM pg_proc p "
-        "JOIN pg_namespace n ON n.oid = p.pronamespace WHERE n.nspname = 'locaria_core' ORDER BY 1").fetchall()
+        "SELECT p.oid::regprocedure::text AS signature, md5(pg_get_functiondef(p.oid) || COALESCE(p.proacl::text, "
+        "'default privileges')) AS body FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace "
+        "WHERE n.nspname = 'locaria_core' ORDER BY 1").fetchall()
     return {
         "functions": {row["signature"]: row["body"] for row in functions},
         "triggers": file_triggers(conn),
@@ -155,11 +158,12 @@ def test_adopt_takes_over_in_place_then_loads_and_downloads(db: Any, locaria_db:
     assert last_message(db, 3) == "queued by Locaria Batch, which took over from Locaria"
     assert active_jobs(db) == {2: "file_loader", 3: "file_loader", 4: "file_download", 5: "file_download"}
 
-    # Locaria's file functions wait aside; the CMS keeps its own gateway and parameters API
+    # Locaria's file functions wait aside; every other function of the CMS (its gateway, parameters
+    # API, log, ...) is exactly as it was, privileges included
     after = snapshot(db)
-    for kept in ("locaria_core.locaria_internal_gateway(jsonb,jsonb)", "locaria_core.get_parameters(jsonb)",
-                 "locaria_core.set_parameters(jsonb)", "locaria_core.log(jsonb,text)"):
-        assert after["functions"][kept] == before["functions"][kept], kept
+    kept = {s: body for s, body in before["functions"].items() if s.split("(")[0].split(".")[1] not in TAKEN_OVER}
+    assert "locaria_core.locaria_internal_gateway(jsonb,jsonb)" in kept
+    assert {s: after["functions"][s] for s in kept} == kept
     moved = db.execute("SELECT p.oid::regprocedure::text AS s, md5(pg_get_functiondef(p.oid)) AS body FROM pg_proc p "
                        "JOIN pg_namespace n ON n.oid = p.pronamespace WHERE n.nspname = 'locaria_original'"
                        ).fetchall()
@@ -287,8 +291,8 @@ def test_later_migrations_keep_the_cms_functions(db: Any) -> None:
         LANGUAGE sql AS $$ SELECT '{"files": [], "later": true}'::jsonb $$;""")
     assert [m.version for m in applied] == [9999]
     after = snapshot(db)
-    assert after["functions"]["locaria_core.locaria_internal_gateway(jsonb,jsonb)"] == \
-        before["functions"]["locaria_core.locaria_internal_gateway(jsonb,jsonb)"]
+    for theirs in ("locaria_core.locaria_internal_gateway(jsonb,jsonb)", "locaria_core.get_parameters(jsonb)"):
+        assert after["functions"][theirs] == before["functions"][theirs], theirs
     assert db.execute("SELECT locaria_core.get_files('{}') AS r").fetchone()["r"]["later"] is True
     assert len(available_migrations()) == len(db.execute("SELECT 1 FROM locaria_core.schema_migrations").fetchall()) - 1
 

@@ -62,8 +62,11 @@ VARIABLES: tuple[Variable, ...] = (
              "before the load fails"),
     Variable("LOCARIA_HEARTBEAT_SECONDS", "`5`", "how often a running job reports it is alive"),
     Variable("LOCARIA_DOCKER_NETWORK", "`host`", "network of job containers under the `docker` runner"),
-    Variable("LOCARIA_JOB_DB_URL", "the worker's database", "the database URL job containers get "
-             "(`docker` runner)"),
+    Variable("LOCARIA_JOB_DB_URL", "the embedded cluster's `locaria_job` login",
+             "the database URL jobs get: a login of the `locaria_job` role (required with LOCARIA_DB_URL and the "
+             "`local` or `docker` runner)"),
+    Variable("LOCARIA_CONSOLE_DB_URL", "the embedded cluster's `locaria_console` login",
+             "a read-only login (`locaria_console` role) the console reads with"),
     Variable("LOCARIA_LAUNCHER_CONCURRENCY", "`100`", "jobs the AWS launcher Lambda keeps in flight"),
     Variable("LOCARIA_LAUNCHER_SETTLE_SECONDS", "`20`", "how long the launcher waits for the job it was "
              "told about to commit"),
@@ -123,6 +126,7 @@ class Settings:
     heartbeat_seconds: float = 5.0
     docker_network: str = "host"
     job_db_url: str | None = None
+    console_db_url: str | None = None
     launcher_concurrency: int = 100
     launcher_settle_seconds: float = 20.0
     stage_config: Path | None = None
@@ -172,6 +176,7 @@ class Settings:
             heartbeat_seconds=read.number("LOCARIA_HEARTBEAT_SECONDS", defaults.heartbeat_seconds),
             docker_network=read.text("LOCARIA_DOCKER_NETWORK") or defaults.docker_network,
             job_db_url=read.text("LOCARIA_JOB_DB_URL"),
+            console_db_url=read.text("LOCARIA_CONSOLE_DB_URL"),
             launcher_concurrency=read.integer("LOCARIA_LAUNCHER_CONCURRENCY", defaults.launcher_concurrency),
             launcher_settle_seconds=read.number("LOCARIA_LAUNCHER_SETTLE_SECONDS", defaults.launcher_settle_seconds),
             stage_config=read.path("LOCARIA_STAGE_CONFIG"),

@@ -55,7 +55,7 @@ def docker_sync(as_json: JsonOption = False) -> None:
     from locaria_batch.db import dockers
 
     specs = dockers.load(settings().dockers_file)
-    with database() as conn:
+    with database(owner=True) as conn:
         names = dockers.sync(conn, specs)
     if as_json:
         print_json({"synced": names})

@@ -21,7 +21,7 @@ locaria_app = group("Switch a Locaria database from Locaria's batch system to th
 
 StageOption = Annotated[str | None, typer.Option("--stage", "-s", metavar="STAGE", help=(
     "Stage in the configuration file: its database (the owner's URL) and its deployed stack. "
-    "Without it: $LOCARIA_DB_URL, and no stack (jobs then run on the local or docker runner)."))]
+    "Without it: $LOCARIA_DB_URL (the owner's), and no stack (jobs then run on the local or docker runner)."))]
 DryRun = Annotated[bool, typer.Option("--dry-run", help="Do it all in a transaction, report, then roll it back.")]
 
 
@@ -29,10 +29,10 @@ DryRun = Annotated[bool, typer.Option("--dry-run", help="Do it all in a transact
 def owner_database(stage: str | None, theme: str | None, environment: str | None, config: Any) -> \
         Iterator[tuple[psycopg.Connection[dict[str, Any]], str, Any]]:
     """The connection, where it leads, and the stage (None without --stage)."""
-    from locaria_batch.db.connect import connect, database_url, describe
+    from locaria_batch.db.connect import connect, describe, owner_database_url
 
     if stage is None:
-        url = database_url()
+        url = owner_database_url()
         where, chosen = describe(url), None
         source = "$LOCARIA_DB_URL" if settings().db_url else "the embedded cluster"
     else:

@@ -3,10 +3,11 @@
 Locaria's schema and ours share `locaria_core`.  Of the functions both define, ours take over the
 file API and its trigger (TAKEN_OVER): Locaria's versions wait in the schema `locaria_original`
 while the database is adopted, and ours in `locaria_batch_parked` while it is rolled back, so
-either side comes back exactly as it was (moved, never re-created from text).  The rest of the CMS
-keeps its own gateway, parameters API and log (KEPT): migrations may define those too (a database
-of ours needs them), so around every migration of an adopted database Locaria's are set aside and
-put back afterwards, replacing ours.
+either side comes back exactly as it was (moved, never re-created from text).  Every other function
+Locaria had (its gateway, parameters API, log, search, ...) stays Locaria's, untouched: around every
+migration of an adopted database, and the grants that follow it, they wait aside, and where a
+migration defined the same function (a database of ours needs a gateway too) Locaria's replaces it
+when they come back.
 
 The triggers on `locaria_core.files` are swapped the same way, their definitions kept in
 `locaria_original.adoption_log` with every adopt and rollback.
@@ -29,10 +30,9 @@ from locaria_batch.errors import LocariaError
 CORE = "locaria_core"
 ORIGINAL = "locaria_original"  # Locaria's functions while the database is adopted
 PARKED = "locaria_batch_parked"  # ours while it is rolled back
-KEPT_ASIDE = "locaria_original_kept"  # Locaria's kept functions, only while migrations run
+KEPT_ASIDE = "locaria_original_kept"  # Locaria's other functions, only while migrations run
 TAKEN_OVER = ("add_file", "update_file", "get_files", "delete_file", "file_cron", "files_trigger",
               "aws_lambda_interface")
-KEPT = ("locaria_internal_gateway", "get_parameters", "set_parameters", "log")
 LOG_TABLE = f"{ORIGINAL}.adoption_log"
 
 SETUP = f"""
@@ -85,14 +85,29 @@ def record(conn: psycopg.Connection[Any], action: str, detail: dict[str, Any]) -
 
 
 # -- functions ----------------------------------------------------------------------------------
-def functions(conn: psycopg.Connection[Any], schema: str, names: tuple[str, ...]) -> list[tuple[str, str]]:
-    """(name, identity arguments) of every function of these names in SCHEMA."""
+Function = tuple[str, str]  # name, identity arguments
+
+
+def functions(conn: psycopg.Connection[Any], schema: str, names: tuple[str, ...] | None = None) -> list[Function]:
+    """(name, identity arguments) of every function in SCHEMA (of these names only, if given)."""
     rows = conn.execute(
         "SELECT p.proname, pg_get_function_identity_arguments(p.oid) FROM pg_proc p "
-        "JOIN pg_namespace n ON n.oid = p.pronamespace WHERE n.nspname = %s AND p.proname = ANY(%s) "
-        "ORDER BY 1, 2", [schema, list(names)]).fetchall()
+        "JOIN pg_namespace n ON n.oid = p.pronamespace WHERE n.nspname = %s AND p.prokind IN ('f', 'p') "
+        "AND (%s::text[] IS NULL OR p.proname = ANY(%s)) ORDER BY 1, 2",
+        [schema, list(names) if names else None, list(names) if names else None]).fetchall()
     return [(row["proname"], row["pg_get_function_identity_arguments"]) if isinstance(row, dict) else
             (row[0], row[1]) for row in rows]
+
+
+def by_types(conn: psycopg.Connection[Any], schema: str) -> dict[tuple[str, str], str]:
+    """(name, argument types) -> identity arguments (with names) of the functions in SCHEMA: two
+    functions clash when their names and argument types match, whatever their arguments are called."""
+    rows = conn.execute(
+        "SELECT p.proname, oidvectortypes(p.proargtypes), pg_get_function_identity_arguments(p.oid) FROM pg_proc p "
+        "JOIN pg_namespace n ON n.oid = p.pronamespace WHERE n.nspname = %s AND p.prokind IN ('f', 'p')",
+        [schema]).fetchall()
+    values = [tuple(row.values()) if isinstance(row, dict) else tuple(row) for row in rows]
+    return {(str(name), str(types)): str(arguments) for name, types, arguments in values}
 
 
 def signature(schema: str, name: str, arguments: str) -> sql.Composed:
@@ -100,42 +115,52 @@ def signature(schema: str, name: str, arguments: str) -> sql.Composed:
     return sql.SQL("{}.{}({})").format(sql.Identifier(schema), sql.Identifier(name), sql.SQL(arguments))
 
 
-def move_functions(conn: psycopg.Connection[Any], names: tuple[str, ...], source: str, target: str) -> list[str]:
-    """Move every function of these names from SOURCE to TARGET (same OIDs: what refers to them follows)."""
+def move(conn: psycopg.Connection[Any], chosen: list[Function], source: str, target: str) -> list[Function]:
+    """Move these functions, where SOURCE has them, to TARGET (same OIDs: what refers to them follows)."""
     conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(target)))
-    moved = []
-    for name, arguments in functions(conn, source, names):
-        conn.execute(sql.SQL("ALTER FUNCTION {} SET SCHEMA {}").format(
+    present = set(functions(conn, source))
+    moved = [function for function in chosen if function in present]
+    for name, arguments in moved:
+        conn.execute(sql.SQL("ALTER ROUTINE {} SET SCHEMA {}").format(
             signature(source, name, arguments), sql.Identifier(target)))
-        moved.append(f"{name}({arguments})")
     return moved
 
 
-def drop_functions(conn: psycopg.Connection[Any], names: tuple[str, ...], schema: str) -> None:
-    for name, arguments in functions(conn, schema, names):
-        conn.execute(sql.SQL("DROP FUNCTION {}").format(signature(schema, name, arguments)))
+def move_functions(conn: psycopg.Connection[Any], names: tuple[str, ...], source: str, target: str) -> list[str]:
+    """Move every function of these names from SOURCE to TARGET."""
+    return [f"{name}({arguments})" for name, arguments in move(conn, functions(conn, source, names), source, target)]
 
 
 @contextmanager
-def keeping_locaria_functions(conn: psycopg.Connection[Any]) -> Iterator[None]:
-    """Run migrations while Locaria's KEPT functions wait aside; then theirs replace what the
-    migrations defined under the same names.  Call inside a transaction."""
-    move_functions(conn, KEPT, CORE, KEPT_ASIDE)
+def keeping_locaria_functions(conn: psycopg.Connection[Any], theirs: list[Function]) -> Iterator[None]:
+    """Run migrations and grants while Locaria's own functions wait aside; when they come back,
+    theirs replace any function the migrations defined with the same signature.  Call inside a
+    transaction."""
+    aside = move(conn, theirs, CORE, KEPT_ASIDE)
     yield
-    drop_functions(conn, KEPT, CORE)
-    move_functions(conn, KEPT, KEPT_ASIDE, CORE)
+    ours = by_types(conn, CORE)
+    for name, types in by_types(conn, KEPT_ASIDE):
+        if (name, types) in ours:  # the same function as far as PostgreSQL is concerned
+            conn.execute(sql.SQL("DROP ROUTINE {}").format(signature(CORE, name, ours[(name, types)])))
+    move(conn, aside, KEPT_ASIDE, CORE)
     conn.execute(sql.SQL("DROP SCHEMA {}").format(sql.Identifier(KEPT_ASIDE)))
 
 
+def locaria_functions(conn: psycopg.Connection[Any]) -> list[Function]:
+    """Locaria's own functions in locaria_core, as recorded when the database was first adopted."""
+    recorded = last_entry(conn, "adopt")["detail"].get("locaria_functions") or []
+    return [(str(name), str(arguments)) for name, arguments in recorded]
+
+
 @contextmanager
-def around_migrations(conn: psycopg.Connection[Any], pending: bool) -> Iterator[None]:
+def around_migrations(conn: psycopg.Connection[Any]) -> Iterator[None]:
     """What `db migrate` does on a database taken over from Locaria."""
-    state = adoption_state(conn) if pending else AdoptionState.NONE
+    state = adoption_state(conn)
     if state is AdoptionState.ROLLED_BACK:
         raise AdoptionError("this database was handed back to Locaria's batch system (`locaria rollback`): run "
                             "`locaria-batch locaria adopt` to take it over again, which migrates it")
     if state is AdoptionState.ADOPTED:
-        with keeping_locaria_functions(conn):
+        with keeping_locaria_functions(conn, locaria_functions(conn)):
             yield
     else:
         yield

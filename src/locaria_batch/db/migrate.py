@@ -50,8 +50,8 @@ def migrate(conn: psycopg.Connection[Any]) -> list[Migration]:
         rows = conn.execute("SELECT version FROM locaria_core.schema_migrations").fetchall()
         done = {row["version"] if isinstance(row, dict) else row[0] for row in rows}
         pending = [migration for migration in available_migrations() if migration.version not in done]
-        # a database taken over from Locaria keeps the CMS's own functions (db/adoption.py)
-        with around_migrations(conn, bool(pending)):
+        # a database taken over from Locaria keeps the CMS's own functions as they are (db/adoption.py)
+        with around_migrations(conn):
             for migration in pending:
                 conn.execute(migration.sql.encode())
                 conn.execute(
@@ -59,4 +59,6 @@ def migrate(conn: psycopg.Connection[Any]) -> list[Migration]:
                     [migration.version, migration.name, migration.checksum],
                 )
                 applied_now.append(migration)
+            # every run: functions added or replaced by any migration get their role's grants again
+            conn.execute("SELECT locaria_core.grant_roles()")
     return applied_now

@@ -31,7 +31,9 @@ from locaria_batch.db.adoption import (
     adoption_state,
     create_triggers,
     drop_file_triggers,
+    functions,
     last_entry,
+    locaria_functions,
     move_functions,
     record,
 )
@@ -163,10 +165,13 @@ def adopt(conn: psycopg.Connection[Any], database: str, dockers_file: Path, *, s
         theirs = drop_file_triggers(conn)
         set_aside = move_functions(conn, TAKEN_OVER, CORE, ORIGINAL)
         again = state is AdoptionState.ROLLED_BACK
+        # every other function Locaria has stays its own, whatever later migrations define
+        cms = locaria_functions(conn) if again else functions(conn, CORE)
         if again:
             move_functions(conn, TAKEN_OVER, PARKED, CORE)
             create_triggers(conn, last_entry(conn, "rollback")["detail"]["saved_triggers"])
-        record(conn, "adopt", {"saved_triggers": theirs})  # from here on, migrations keep Locaria's own functions
+        # from here on the database counts as adopted: migrations keep Locaria's own functions
+        record(conn, "adopt", {"saved_triggers": theirs, "locaria_functions": cms})
         applied = migrate(conn)
         ours = sorted(scalar(conn, "SELECT array_agg(tgname::text) FROM pg_trigger WHERE tgrelid = "
                                    "'locaria_core.files'::regclass AND NOT tgisinternal") or [])

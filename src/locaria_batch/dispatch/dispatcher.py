@@ -20,6 +20,7 @@ from typing import Any
 import psycopg
 
 from locaria_batch.db import connect
+from locaria_batch.db.connect import job_database_url
 from locaria_batch.dispatch.handles import Handle
 from locaria_batch.dispatch.runner import LaunchError, LaunchRequest, Runner, RunStatus, exit_reason
 from locaria_batch.dispatch.store import InFlight, Job, JobState, JobStore
@@ -77,7 +78,9 @@ class Dispatcher:
         self.lease_seconds = lease_seconds
         self.owner = owner or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.db_url = db_url
-        # local jobs get the database URL; container runners pass credentials their own way
+        # jobs get credentials of their own (locaria_job), never this dispatcher's
+        if job_db_url is None and runner.needs_job_credentials:
+            job_db_url = job_database_url()
         self.job_db_url = job_db_url
         self.env_for_job = env_for_job
         self._conn: psycopg.Connection[dict[str, Any]] | None = None

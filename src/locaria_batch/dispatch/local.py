@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from locaria_batch.dispatch.handles import ProcessHandle
-from locaria_batch.dispatch.runner import LaunchError, LaunchRequest, RunStatus
+from locaria_batch.dispatch.runner import LaunchError, LaunchRequest, RunStatus, child_environment
 
 
 def process_start_time(pid: int) -> int | None:
@@ -76,6 +76,7 @@ def fork_server() -> ForkServerContext:
 
 class LocalRunner:
     name = "local"
+    needs_job_credentials = True
 
     def __init__(self, logs_dir: Path, *, python: str = sys.executable, stop_grace: float = 10.0,
                  cwd: Path | None = None) -> None:
@@ -101,7 +102,7 @@ class LocalRunner:
             if request.docker.command:
                 pid = self._spawn(request, log_path)
             else:
-                environment = {**os.environ, **request.env}
+                environment = child_environment(request.env)
                 process = fork_server().Process(target=_forked_job, args=(request.docker_name, environment,
                                                                            str(log_path)), daemon=False)
                 process.start()
@@ -117,7 +118,7 @@ class LocalRunner:
     def _spawn(self, request: LaunchRequest, log_path: Path) -> int:
         argv = [self.python if part == "{python}" else part for part in request.docker.command or []]
         with log_path.open("ab") as log:
-            child = subprocess.Popen(argv, env={**os.environ, **request.env}, stdout=log, stderr=subprocess.STDOUT,
+            child = subprocess.Popen(argv, env=child_environment(request.env), stdout=log, stderr=subprocess.STDOUT,
                                      stdin=subprocess.DEVNULL, start_new_session=True, cwd=self.cwd)
         self._children[child.pid] = child
         return child.pid
