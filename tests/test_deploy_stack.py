@@ -168,6 +168,9 @@ def test_apply_checks_before_it_makes_anything(dev: Target, db_url: str, monkeyp
                                           "not granted locaria_job: run `GRANT locaria_job TO "
                                           "locaria_test_dispatcher` as the owner"):
         workflow.apply_stack(dev, poll=0.2)
+    monkeypatch.setenv("LOCARIA_DEV_JOB_DB_URL", "db.internal locaria")
+    with pytest.raises(DeployError, match="LOCARIA_DEV_JOB_DB_URL is not a database URL: write postgresql://"):
+        workflow.apply_stack(dev, poll=0.2)
     monkeypatch.setenv("LOCARIA_DEV_JOB_DB_URL", "postgresql://nobody:x@db.internal/locaria")
     with pytest.raises(DeployError, match="logs in as nobody, which does not exist in this database"):
         workflow.apply_stack(dev, poll=0.2)

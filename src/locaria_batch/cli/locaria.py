@@ -34,7 +34,9 @@ def owner_database(stage: str | None, theme: str | None, environment: str | None
     if stage is None:
         url = owner_database_url()
         where, chosen = describe(url), None
-        source = "$LOCARIA_DB_URL" if settings().db_url else "the embedded cluster"
+        conf = settings()
+        source = ("$LOCARIA_DB_URL" if conf.db_url else f"the secret {conf.db_secret}" if conf.db_secret
+                  else "the embedded cluster's owner")
     else:
         from locaria_batch.deploy.database import stage_database
 

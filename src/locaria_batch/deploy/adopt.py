@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
+from psycopg import sql
 from psycopg.types.json import Jsonb
 
 from locaria_batch.db import dockers, scalar
@@ -122,7 +123,8 @@ def set_wake_trigger(conn: psycopg.Connection[Any], enabled: bool) -> bool:
     if not scalar(conn, "SELECT EXISTS (SELECT 1 FROM pg_trigger WHERE tgname = %s "
                         "AND tgrelid = 'locaria_core.jobs'::regclass)", [WAKE_TRIGGER]):
         return False
-    conn.execute(f"ALTER TABLE locaria_core.jobs {'ENABLE' if enabled else 'DISABLE'} TRIGGER {WAKE_TRIGGER}")
+    conn.execute(sql.SQL("ALTER TABLE locaria_core.jobs {} TRIGGER {}").format(
+        sql.SQL("ENABLE" if enabled else "DISABLE"), sql.Identifier(WAKE_TRIGGER)))
     return True
 
 

@@ -125,8 +125,11 @@ class Menu:
             action()
         except LocariaError as exc:
             self.say(f"error: {exc}")
-        except psycopg.OperationalError as exc:
-            self.say(f"error: cannot reach the database to record fargate_config: {str(exc).strip().splitlines()[0]}")
+        except psycopg.Error as exc:
+            from locaria_batch.db.connect import explain_database_error
+
+            explained = explain_database_error(exc)
+            self.say(f"error: {explained or str(exc).strip().splitlines()[0]}")
 
     def deploy_docker(self, chosen: Target) -> None:
         specs = workflow.specs(self.project_dir)

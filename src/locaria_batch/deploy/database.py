@@ -73,16 +73,20 @@ def schema_state(conn: psycopg.Connection[Any]) -> SchemaState:
     return SchemaState.NONE
 
 
-def login_of(url: str) -> str | None:
+def login_of(url: str, variable: str) -> str | None:
     from psycopg.conninfo import conninfo_to_dict
 
-    user = conninfo_to_dict(url).get("user")
+    try:
+        user = conninfo_to_dict(url).get("user")
+    except psycopg.ProgrammingError as exc:
+        raise DeployError(f"{variable} is not a database URL: write postgresql://login:password@host:5432/database"
+                          ) from exc
     return str(user) if user else None
 
 
 def check_login(conn: psycopg.Connection[Any], url: str, role: str, variable: str) -> str | None:
     """Refuse a URL whose login is not a member of ROLE; a warning when it is a superuser."""
-    login = login_of(url)
+    login = login_of(url, variable)
     if login is None:
         raise DeployError(f"{variable} names no user: give the URL of a login granted {role}")
     row = conn.execute("SELECT rolsuper, pg_has_role(oid, %s, 'MEMBER') AS member FROM pg_roles WHERE rolname = %s",
