@@ -34,6 +34,7 @@ if [[ $with_test == 1 ]]; then
   command -v debootstrap >/dev/null || packages+=(debootstrap)
   command -v npm >/dev/null || packages+=(npm)
   command -v dot >/dev/null || packages+=(graphviz)   # the diagrams under docs/ (make docs)
+  command -v chromium >/dev/null || packages+=(chromium)  # the console's browser tests (Playwright)
 fi
 python3 -c 'import venv, ensurepip' 2>/dev/null || packages+=(python3-venv)
 
