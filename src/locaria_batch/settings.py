@@ -72,8 +72,6 @@ VARIABLES: tuple[Variable, ...] = (
     Variable("LOCARIA_LAUNCHER_CONCURRENCY", "`100`", "jobs the AWS launcher Lambda keeps in flight"),
     Variable("LOCARIA_LAUNCHER_SETTLE_SECONDS", "`20`", "how long the launcher waits for the job it was "
              "told about to commit"),
-    Variable("LOCARIA_DEPLOY_DB_URL", "", "the jobs' database URL `deploy apply` stores, for a stage that names "
-             "no `databaseUrlEnv`"),
     Variable("LOCARIA_STAGE_CONFIG", "`locaria.json` in the project", "the deployment stages file"),
     Variable("LOCARIA_BASE_IMAGE", "the image `scripts/container-base.sh` builds", "the base of job images"),
     Variable("LOCARIA_CACHE", "`~/.cache/locaria-batch`", "where image builds keep the project's wheels"),
@@ -298,5 +296,6 @@ def reset() -> None:
 
 
 def environment_value(name: str) -> str | None:
-    """A variable whose name the user chose (a stage's `databaseUrlEnv`), read here like the rest."""
+    """A variable whose name the user chose (a stage's `databaseUrlEnv`, `jobDatabaseUrlEnv`, ...), read
+    here like the rest."""
     return os.environ.get(name) or None
