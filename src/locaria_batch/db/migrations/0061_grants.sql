@@ -159,6 +159,7 @@ DECLARE
     open_functions TEXT[] := ARRAY['log_timestamp', 'acl_check', 'jsonb_leaves', 'loader_parse_geometry',
                                    'retry_delay'];
     f RECORD;
+    t TEXT;
     secured BOOLEAN;
 BEGIN
     FOR f IN SELECT p.oid::regprocedure AS signature, p.proname AS name, p.prorettype = 'trigger'::regtype AS trigger
@@ -187,12 +188,19 @@ BEGIN
 
     GRANT USAGE ON SCHEMA locaria_core, locaria_data, locaria_uploads
        TO locaria_job, locaria_dispatcher, locaria_console;
-    REVOKE ALL ON ALL TABLES IN SCHEMA locaria_core FROM PUBLIC;
-    GRANT SELECT ON ALL TABLES IN SCHEMA locaria_core TO locaria_dispatcher, locaria_console;
-    REVOKE SELECT ON locaria_core.parameters FROM locaria_console;  -- deployment settings are not for display
+    -- our tables only: on a database taken over from Locaria, the CMS's own tables share the schema
+    FOREACH t IN ARRAY ARRAY['files', 'jobs', 'job_events', 'dockers', 'dispatchers', 'dispatchers_alive', 'logs',
+                             'categories', 'parameters', 'schema_migrations'] LOOP
+        CONTINUE WHEN to_regclass('locaria_core.' || t) IS NULL;
+        EXECUTE format('REVOKE ALL ON locaria_core.%I FROM PUBLIC', t);
+        EXECUTE format('GRANT SELECT ON locaria_core.%I TO locaria_dispatcher', t);
+        IF t <> 'parameters' THEN  -- deployment settings are not for display
+            EXECUTE format('GRANT SELECT ON locaria_core.%I TO locaria_console', t);
+        END IF;
+    END LOOP;
     GRANT SELECT ON locaria_core.categories TO locaria_job;  -- downloads select by category
-    GRANT SELECT ON ALL TABLES IN SCHEMA locaria_data, locaria_uploads
-       TO locaria_job, locaria_dispatcher, locaria_console;
+    GRANT SELECT ON locaria_data.items TO locaria_job, locaria_dispatcher, locaria_console;
+    GRANT SELECT ON ALL TABLES IN SCHEMA locaria_uploads TO locaria_job, locaria_dispatcher, locaria_console;
     GRANT CREATE ON SCHEMA locaria_uploads TO locaria_job;
     -- file_import writes the search data (its rows are keyed by the file they came from)
     GRANT INSERT, UPDATE, DELETE ON locaria_data.items TO locaria_job;
