@@ -23,7 +23,7 @@ from locaria_batch.settings import reset as reset_settings
 
 REPO = Path(__file__).resolve().parent.parent
 
-pytest_plugins = ["tests.aws_fixtures"]  # moto server and Fargate fixtures
+pytest_plugins = ["tests.aws_fixtures", "tests.console_fixtures"]  # moto and Fargate; the console and a browser
 
 
 @pytest.fixture(scope="session")

@@ -5,12 +5,12 @@ from __future__ import annotations
 import signal
 import threading
 from types import FrameType
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
 from locaria_batch.cli.common import database, runner_name, say
-from locaria_batch.settings import RunnerName
+from locaria_batch.settings import RunnerName, settings
 
 
 def worker(
@@ -20,14 +20,28 @@ def worker(
         "Where jobs run (default: $LOCARIA_RUNNER, else local)."))] = None,
     poll: Annotated[float, typer.Option(metavar="SECONDS", min=0.05, help=(
         "Seconds between passes when nothing is notified."))] = 2.0,
+    metrics_port: Annotated[int | None, typer.Option(metavar="PORT", min=1, max=65535, help=(
+        "Serve this worker's Prometheus metrics on PORT (/metrics)."))] = None,
+    metrics_host: Annotated[str, typer.Option(metavar="ADDRESS", help=(
+        "Address the metrics listen on."))] = "127.0.0.1",
 ) -> None:
-    """Dispatch jobs: LISTEN for new ones, launch, reconcile, retry and time them out."""
+    """Dispatch jobs: LISTEN for new ones, launch, reconcile, retry and time them out; prune finished
+    jobs older than $LOCARIA_JOB_RETENTION (30d) every hour."""
     from locaria_batch.dispatch.dispatcher import Dispatcher, make_runner
+    from locaria_batch.dispatch.metrics import DispatcherMetrics, MeteredDispatcher
+    from locaria_batch.dispatch.retention import RetentionTimer
 
     with database():
         pass  # a clear message when there is no database, before the runner starts
     name = runner_name(runner)
-    dispatcher = Dispatcher(make_runner(name), concurrency=concurrency)
+    dispatcher: Dispatcher
+    metrics: DispatcherMetrics | None = None
+    if metrics_port is not None:
+        metrics = DispatcherMetrics()
+        metrics.serve(metrics_port, metrics_host)
+        dispatcher = MeteredDispatcher(make_runner(name), metrics, concurrency=concurrency)
+    else:
+        dispatcher = Dispatcher(make_runner(name), concurrency=concurrency)
     if once:
         dispatcher.drain()
         dispatcher.close()
@@ -41,5 +55,18 @@ def worker(
 
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
-    say(f"worker {dispatcher.owner} ({name} runner, concurrency {concurrency}) waiting for jobs")
-    dispatcher.serve(stop, poll=poll)
+    retention = settings().job_retention
+    timer = RetentionTimer(retention, settings().logs_dir, on_pruned=_counted(metrics)) if retention else None
+    say(f"worker {dispatcher.owner} ({name} runner, concurrency {concurrency}) waiting for jobs"
+        + (f"; metrics on http://{metrics_host}:{metrics_port}/metrics" if metrics_port else ""))
+    if timer is not None:
+        timer.start()
+    try:
+        dispatcher.serve(stop, poll=poll)
+    finally:
+        if timer is not None:
+            timer.close()
+
+
+def _counted(metrics: Any) -> Any:
+    return None if metrics is None else metrics.pruned.inc

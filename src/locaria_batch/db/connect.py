@@ -120,6 +120,20 @@ def redacted(url: str) -> str:
     return urlunsplit(parts._replace(netloc=netloc))
 
 
+def describe(url: str) -> str:
+    """Where a URL leads, for "writing to ..." lines: host:port/database as user, never the password."""
+    from psycopg.conninfo import conninfo_to_dict
+
+    try:
+        info = conninfo_to_dict(url)
+    except psycopg.ProgrammingError:
+        return redacted(url)
+    host = str(info.get("host") or "the local socket")
+    port = f":{info['port']}" if info.get("port") else ""
+    user = f" as {info['user']}" if info.get("user") else ""
+    return f"{host}{port}/{info.get('dbname') or info.get('user') or '(default)'}{user}"
+
+
 def scalar(conn: psycopg.Connection[Any], query: Query, params: Params = None) -> Any:
     """The first value of the one row a statement returns (None when it returns no row)."""
     row = conn.execute(query, params).fetchone()

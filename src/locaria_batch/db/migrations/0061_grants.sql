@@ -143,7 +143,7 @@ CREATE OR REPLACE FUNCTION locaria_core.grant_roles() RETURNS VOID
 LANGUAGE plpgsql AS $$
 DECLARE
     job_functions TEXT[] := ARRAY['job_start', 'job_heartbeat', 'job_log', 'job_finish', 'job_publish_tables',
-                                  'job_import_items'];
+                                  'job_import_items', 'job_import_prune'];
     dispatcher_functions TEXT[] := ARRAY[
         -- dispatch
         'claim_jobs', 'job_launched', 'renew_leases', 'adopt_expired_jobs', 'job_attempt_failed', 'job_requeue',
@@ -151,12 +151,17 @@ DECLARE
         'dispatcher_beat', 'dispatcher_detach',
         -- the file API
         'add_file', 'update_file', 'get_files', 'delete_file', 'file_cron', 'get_parameters', 'set_parameters',
-        'locaria_internal_gateway', 'retry_file', 'cancel_file_jobs', 'request_upload', 'complete_upload', 'log'];
+        'locaria_internal_gateway', 'retry_file', 'cancel_file_jobs', 'request_upload', 'complete_upload', 'log',
+        -- operations
+        'jobs_retry', 'jobs_cancel', 'prune_jobs',
+        -- categories (`locaria-batch categories`)
+        'list_categories', 'add_category', 'remove_category'];
     console_functions TEXT[] := ARRAY['get_files'];
     -- read nothing, write nothing: anyone may call them, as their caller
     open_functions TEXT[] := ARRAY['log_timestamp', 'acl_check', 'jsonb_leaves', 'loader_parse_geometry',
-                                   'retry_delay'];
+                                   'retry_delay', 'loader_is_curved', 'loader_linear_geometry'];
     f RECORD;
+    t TEXT;
     secured BOOLEAN;
 BEGIN
     FOR f IN SELECT p.oid::regprocedure AS signature, p.proname AS name, p.prorettype = 'trigger'::regtype AS trigger
@@ -185,16 +190,23 @@ BEGIN
 
     GRANT USAGE ON SCHEMA locaria_core, locaria_data, locaria_uploads
        TO locaria_job, locaria_dispatcher, locaria_console;
-    REVOKE ALL ON ALL TABLES IN SCHEMA locaria_core FROM PUBLIC;
-    GRANT SELECT ON ALL TABLES IN SCHEMA locaria_core TO locaria_dispatcher, locaria_console;
-    REVOKE SELECT ON locaria_core.parameters FROM locaria_console;  -- deployment settings are not for display
+    -- our tables only: on a database taken over from Locaria, the CMS's own tables share the schema
+    FOREACH t IN ARRAY ARRAY['files', 'jobs', 'job_events', 'dockers', 'dispatchers', 'dispatchers_alive', 'logs',
+                             'categories', 'parameters', 'schema_migrations'] LOOP
+        CONTINUE WHEN to_regclass('locaria_core.' || t) IS NULL;
+        EXECUTE format('REVOKE ALL ON locaria_core.%I FROM PUBLIC', t);
+        EXECUTE format('GRANT SELECT ON locaria_core.%I TO locaria_dispatcher', t);
+        IF t <> 'parameters' THEN  -- deployment settings are not for display
+            EXECUTE format('GRANT SELECT ON locaria_core.%I TO locaria_console', t);
+        END IF;
+    END LOOP;
     GRANT SELECT ON locaria_core.categories TO locaria_job;  -- downloads select by category
-    GRANT SELECT ON ALL TABLES IN SCHEMA locaria_data, locaria_uploads
-       TO locaria_job, locaria_dispatcher, locaria_console;
+    GRANT SELECT ON locaria_data.items TO locaria_job, locaria_dispatcher, locaria_console;
+    GRANT SELECT ON ALL TABLES IN SCHEMA locaria_uploads TO locaria_job, locaria_dispatcher, locaria_console;
     GRANT CREATE ON SCHEMA locaria_uploads TO locaria_job;
-    -- file_import writes the search data (its rows are keyed by the file they came from)
-    GRANT INSERT, UPDATE, DELETE ON locaria_data.items TO locaria_job;
-    GRANT USAGE ON ALL SEQUENCES IN SCHEMA locaria_data TO locaria_job;
+    -- file_import writes the search data through job_import_items / job_import_prune only (0072)
+    REVOKE INSERT, UPDATE, DELETE ON locaria_data.items FROM locaria_job;
+    REVOKE USAGE ON ALL SEQUENCES IN SCHEMA locaria_data FROM locaria_job;
     REVOKE CREATE ON SCHEMA locaria_core, locaria_data FROM PUBLIC;
     BEGIN
         -- what jobs create is readable by the dispatcher and the console as soon as it exists
