@@ -283,27 +283,21 @@ def test_published_tables_belong_to_the_functions_owner_and_a_job_role_can_publi
     """The job role creates its staging table and publishes through the function; it owns nothing
     published, so it cannot drop another file's table directly."""
     fx.load_as(db_url, 1, fx.write_text(tmp_path / "a.csv", "n,lon,lat\n1,0,0\n"))
-    conn.execute("GRANT USAGE, CREATE ON SCHEMA locaria_uploads TO locaria_job")
-    conn.execute("GRANT USAGE ON SCHEMA locaria_core TO locaria_job")
     fence = fx.loader_fence(conn, 2)
-    try:
-        with connect(db_url) as job:
-            job.execute("SET ROLE locaria_job")
-            job.execute(f"CREATE TABLE locaria_uploads._lb_{fence.job_id}_{fence.attempt}_0 AS SELECT 1 AS ogc_fid")
-            job.execute("SELECT locaria_core.job_publish_tables(%s, %s, %s, NULL)",
-                        [fence.job_id, fence.token, Jsonb([{"target": "upload_file_2",
-                                                            "staging": f"_lb_{fence.job_id}_{fence.attempt}_0"}])])
-            job.commit()
-            assert job.execute("SELECT count(*) AS n FROM locaria_uploads.upload_file_2").fetchone()["n"] == 1
-            with pytest.raises(psycopg.errors.InsufficientPrivilege):
-                job.execute("DROP TABLE locaria_uploads.upload_file_1")
-            job.rollback()
-            job.execute("SET ROLE locaria_job")
-            with pytest.raises(psycopg.errors.InsufficientPrivilege):
-                job.execute("DROP TABLE locaria_uploads.upload_file_2")
-    finally:
-        conn.execute("REVOKE ALL ON SCHEMA locaria_uploads FROM locaria_job")
-        conn.execute("REVOKE ALL ON SCHEMA locaria_core FROM locaria_job")
+    staging = f"_lb_{fence.job_id}_{fence.attempt}_0"
+    with connect(db_url) as job:
+        job.execute("SET ROLE locaria_job")  # the grants a job gets (grant_roles), nothing more
+        job.execute(f"CREATE TABLE locaria_uploads.{staging} AS SELECT 1 AS ogc_fid")
+        job.execute("SELECT locaria_core.job_publish_tables(%s, %s, %s, NULL)",
+                    [fence.job_id, fence.token, Jsonb([{"target": "upload_file_2", "staging": staging}])])
+        job.commit()
+        assert job.execute("SELECT count(*) AS n FROM locaria_uploads.upload_file_2").fetchone()["n"] == 1
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            job.execute("DROP TABLE locaria_uploads.upload_file_1")
+        job.rollback()
+        job.execute("SET ROLE locaria_job")
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            job.execute("DROP TABLE locaria_uploads.upload_file_2")
     owner = conn.execute("SELECT tableowner FROM pg_tables WHERE tablename = 'upload_file_2'").fetchone()
     assert owner["tableowner"] == conn.execute("SELECT current_user AS u").fetchone()["u"]
 
