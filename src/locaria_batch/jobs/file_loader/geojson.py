@@ -47,7 +47,7 @@ UNDETERMINED, F_BOOL, F_INT, F_INT64, F_REAL, F_STRING, F_JSON, F_DATE, F_TIME, 
 
 DATE_RE = r"^\d{4}[-/]\d{2}[-/]\d{2}$"
 TIME_RE = r"^\d{2}:\d{2}(:\d{2}(\.\d{1,3})?)?$"
-DATETIME_RE = r"^\d{4}[-/]\d{2}[-/]\d{2}[T ]\d{2}:\d{2}(:\d{2}(\.\d{1,3})?)?Z?$"
+DATETIME_RE = r"^\d{4}[-/]\d{2}[-/]\d{2}[T ]\d{2}:\d{2}(:\d{2}(\.\d{1,3})?)?$"  # with a zone: GDAL's
 DATEISH_RE = r"^\s*(\d{1,4}[-/]\d{1,2}([-/]|$)|\d{1,2}:\d{1,2})"  # what GDAL may read as a date or time
 
 
@@ -428,7 +428,7 @@ def final_array(values: pa.Array, state: int) -> pa.Array:
         if state == F_DATE:
             return pc.cast(pc.strptime(text, "%Y-%m-%d", "s"), pa.date32())
         if state == F_DATETIME:
-            text = pc.replace_substring(pc.replace_substring(text, "T", " "), "Z", "")
+            text = pc.replace_substring(text, "T", " ")
             padded = pc.if_else(pc.match_substring_regex(text, r" \d{2}:\d{2}$"), pc.binary_join_element_wise(
                 text, ":00", ""), text)
             return pc.cast(pc.cast(padded, pa.timestamp("ms")), pa.timestamp("ms"))
