@@ -365,22 +365,35 @@ def string_classes(strings: pa.Array) -> np.ndarray:
 def build_column(values: list[Any]) -> BlockColumn:
     """A block's values of one attribute, typed as far as they go together."""
     try:
-        return typed_column(pa.array(values))
+        column = typed_column(pa.array(values))
+        if not _coerced(column, values):
+            return column
     except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError):
         pass
+    return mixed_column(values)
+
+
+def _coerced(column: BlockColumn, values: list[Any]) -> bool:
+    """Whether Arrow made numbers of values of other kinds (1 beside 0.5, true beside 1): GDAL keeps
+    them as written should the field end up as text."""
+    return column.classes[0] in (BOOL, INT, INT64_, REAL) and len(set(map(type, values)) - {type(None)}) > 1
+
+
+def mixed_column(values: list[Any]) -> BlockColumn:
+    """Values Arrow does not type together (text and numbers, integers beside reals...), class by class."""
     if any(type(v) is dict for v in values):
         raise _Nested
-    # mixed values (text and numbers, booleans and numbers...), class by class
     classes = [value_class(v) for v in values]
-    if ARRAY in classes or STRING in classes:
+    # anything but integers is kept as text, as it would be written should the field end up as text
+    # (1 stays 1 beside 0.5, true stays true beside 1); numbers and booleans are read back from it
+    if set(classes) - {NULL, INT, INT64_}:
         texts = [None if v is None else v if type(v) is str else json_text(v) for v in values]
         array = pa.array(texts, pa.string())
         if STRING in classes:
             strings = string_classes(array)
             classes = [int(strings[i]) if c == STRING else c for i, c in enumerate(classes)]
         return BlockColumn(array, _runs(np.array([c for c in classes if c != NULL], dtype=np.int64)))
-    numbers = pa.array([None if v is None else float(v) if REAL in classes else int(v) for v in values],
-                       pa.float64() if REAL in classes else pa.int64())
+    numbers = pa.array(values, pa.int64())
     return BlockColumn(numbers, _runs(np.array([c for c in classes if c != NULL], dtype=np.int64)))
 
 
@@ -436,6 +449,9 @@ def final_array(values: pa.Array, state: int) -> pa.Array:
                                  pc.binary_join_element_wise(text, ":00", ""), text))
     if pa.types.is_boolean(values.type) and state != F_BOOL:
         values = values.cast(pa.int64())
+    if pa.types.is_string(values.type):  # numbers kept as written, booleans among them as GDAL counts them
+        values = pc.replace_substring_regex(values, "^true$", "1")
+        values = pc.replace_substring_regex(values, "^false$", "0")
     return values.cast(target)
 
 
@@ -667,7 +683,10 @@ def _columns(properties: list[dict[str, Any]]) -> tuple[dict[str, BlockColumn], 
     for key in dict.fromkeys(k for s in sequences for k in s):
         if struct_ is not None:
             try:
-                columns[key] = typed_column(struct_.field(key))
+                column = typed_column(struct_.field(key))
+                values = list(map(methodcaller("get", key), properties)) if column.classes[0] in (
+                    BOOL, INT, INT64_, REAL) else []
+                columns[key] = mixed_column(values) if _coerced(column, values) else column
                 continue
             except pa.ArrowInvalid:
                 pass
