@@ -171,3 +171,27 @@ def test_empty_collection(tmp_path: Path) -> None:
     path = write(tmp_path / "empty.geojson", [])
     spooled = geojson.spool(path, sequence=False)
     assert spooled.schema.rows == 0 and list(geojson.batches(spooled, 10)) == []
+
+
+def test_helper_process_reads_the_same(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Blocks parsed by a second process come back in file order: the same fields, order and types."""
+    monkeypatch.setattr(geojson, "PARALLEL_BYTES", 0)
+    monkeypatch.setattr(geojson, "usable_cpus", lambda: 2)
+    monkeypatch.setattr(geojson, "BLOCK_BYTES", 512)
+    rng = random.Random(3)
+    features = [feature({rng.choice("abcdef"): rng.choice([1, 2**40, 0.5, "x", "2020-01-02", None, True]),
+                         rng.choice("ghij"): i}) for i in range(300)]
+    path = tmp_path / "many.geojson"
+    path.write_text('{"type": "FeatureCollection", "features": [\n'
+                    + ",\n".join(json.dumps(f) for f in features) + "\n]}")
+    assert assert_same(path) is not None
+
+
+def test_line_break_inside_a_feature(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A feature a line, except one whose property holds objects a line each: cut again by depth."""
+    monkeypatch.setattr(geojson, "BLOCK_BYTES", 48)
+    lines = [json.dumps(feature({"n": i})) for i in range(6)]
+    lines[3] = lines[3].replace('"n": 3', '"n": 3, "parts": [{"x": 1},\n{"x": 2},\n{"x": 3}]')
+    path = tmp_path / "parts.geojson"
+    path.write_text('{"type": "FeatureCollection", "features": [\n' + ",\n".join(lines) + "\n]}")
+    assert assert_same(path) is not None

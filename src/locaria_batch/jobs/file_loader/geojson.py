@@ -3,7 +3,8 @@
 GDAL's GeoJSON driver reads a file twice (once for the schema, once for the rows) and builds every
 feature as an OGR object: it is the slowest reader we have, on the format web users upload most.
 Here the features are cut into blocks of whole features, each block parsed by orjson and turned into
-columns; the blocks are spooled to Arrow IPC files while the schema is worked out, then streamed.
+columns (by this process and, when the job has a second CPU, a helper process); the blocks are
+spooled to Arrow IPC files while the schema is worked out, then streamed.
 
 The columns, their names, order and types are GDAL's (FLATTEN_NESTED_ATTRIBUTES=YES,
 ARRAY_AS_STRING=YES, dates detected): the same table whichever reader made it.  Whatever this reader
@@ -15,9 +16,13 @@ from __future__ import annotations
 
 import gc
 import math
+import multiprocessing
+import os
 import struct
 import tempfile
 from collections.abc import Iterator
+from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from itertools import chain, pairwise
@@ -30,6 +35,8 @@ import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
 
+PARALLEL_BYTES = 32 << 20  # below this, starting a helper process costs more than it saves
+HELPER_QUEUE = 2  # blocks handed to the helper ahead, so that it never waits for the next
 BLOCK_BYTES = 2 << 20  # text parsed at a time: ~10k point features; bigger blocks cost memory, not speed
 HEAD_BYTES = 1 << 20  # where the "features" array must start
 INT32 = (-(2**31), 2**31 - 1)
@@ -53,6 +60,10 @@ DATEISH_RE = r"^\s*(\d{1,4}[-/]\d{1,2}([-/]|$)|\d{1,2}:\d{1,2})"  # what GDAL ma
 
 class NotFast(Exception):
     """The file holds something only GDAL's reader handles the way users have always had it."""
+
+
+class BadCut(Exception):
+    """A block cut at a line break turned out to end inside a feature."""
 
 
 class _Nested(Exception):
@@ -132,12 +143,14 @@ def collection_header(path: Path) -> tuple[dict[str, Any], int]:
     raise NotFast("no features array near the start")
 
 
-def collection_blocks(path: Path, first: int) -> Iterator[list[Any]]:
-    """The features array as parsed blocks of whole features (a block grows for a feature bigger than it).
+def collection_texts(path: Path, first: int, line_cuts: bool) -> Iterator[tuple[bytes, bool]]:
+    """The features array as blocks of whole features (a block grows for a feature bigger than it),
+    each with whether it was cut at a line.
 
-    Most files hold a feature a line (GDAL writes them so): a block is cut after its last line that ends
-    a feature, which the parse itself confirms, since only whole values parse.  Other layouts are cut
-    where the bracket depth, counted outside strings, comes back to the array's."""
+    Most files hold a feature a line (GDAL writes them so): a block then ends at its last line break
+    between two features, which the parse confirms, since only whole values parse (a failure there
+    raises BadCut, and the file is cut again without line cuts).  Other layouts are cut where the
+    bracket depth, counted outside strings, comes back to the array's."""
     with path.open("rb") as handle:
         handle.seek(first)
         carry = b""
@@ -145,30 +158,24 @@ def collection_blocks(path: Path, first: int) -> Iterator[list[Any]]:
         while True:
             more = handle.read(size)
             text = carry + more
-            cut = text.rfind(b",\n{") if more else -1
+            cut = text.rfind(b",\n{") if line_cuts and more else -1
             if cut > 0:
-                try:
-                    with _no_gc():
-                        features = orjson.loads(b"[" + text[:cut] + b"]")
-                except orjson.JSONDecodeError:
-                    features = None
-                if isinstance(features, list):
-                    yield features
-                    carry, size = text[cut + 2:], BLOCK_BYTES
-                    continue
+                yield text[:cut], True
+                carry, size = text[cut + 2:], BLOCK_BYTES
+                continue
             ends, closing = object_ends(text)
             if closing is not None:
                 last = ends[-1] if ends else 0
                 if text[last:closing].strip(b" \t\r\n,"):
                     raise NotFast("something other than features in the features array")
                 if ends:
-                    yield parse_block(text[:last])
+                    yield text[:last], False
                 _trailing_members(text[closing + 1:] + handle.read())
                 return
             if not more:
                 raise NotFast("the features array is not closed")
             if ends:
-                yield parse_block(text[:ends[-1]])
+                yield text[:ends[-1]], False
                 carry, size = text[ends[-1]:].lstrip(b" \t\r\n,"), BLOCK_BYTES
             else:
                 carry, size = text, size * 2
@@ -188,7 +195,7 @@ def _trailing_members(tail: bytes) -> None:
         raise NotFast("members after the features")
 
 
-def sequence_blocks(path: Path) -> Iterator[list[Any]]:
+def sequence_texts(path: Path) -> Iterator[tuple[bytes, bool]]:
     """GeoJSONSeq: one feature a line (RFC 8142's record separators too), as blocks of lines."""
     with path.open("rb") as handle:
         first = True
@@ -201,7 +208,7 @@ def sequence_blocks(path: Path) -> Iterator[list[Any]]:
             first = False
             body = b",".join(line.strip(b" \t\r\n\x1e") for line in lines if line.strip(b" \t\r\n\x1e"))
             if body:
-                yield parse_block(body)
+                yield body, False
 
 
 @contextmanager
@@ -217,11 +224,13 @@ def _no_gc() -> Iterator[None]:
             gc.enable()
 
 
-def parse_block(block: bytes) -> list[Any]:
+def parse_block(block: bytes, line_cut: bool = False) -> list[Any]:
     try:
         with _no_gc():
             features = orjson.loads(b"[" + block + b"]")
     except orjson.JSONDecodeError as exc:
+        if line_cut:
+            raise BadCut from exc
         raise NotFast(f"not JSON orjson reads: {exc}") from exc
     return features  # type: ignore[no-any-return]
 
@@ -654,6 +663,31 @@ class Block:
     has_z: bool
 
 
+@dataclass
+class BlockInfo:
+    """What the schema needs of a block spooled to disk (small: it crosses from a worker process)."""
+
+    rows: int
+    keys: list[str]  # its attributes, in its spool file's column order
+    classes: list[list[int]]  # per attribute, the classes of its values in order
+    sequences: list[tuple[str, ...]]
+    geometry_types: set[str]
+    has_z: bool
+
+
+def spool_block(text: bytes, line_cut: bool, target: str) -> BlockInfo:
+    """Parse one block, write its columns to an Arrow IPC file, and say what the schema needs."""
+    with _no_gc():
+        block = read_block(parse_block(text, line_cut))
+        keys = list(block.columns)
+        table = pa.table([*(block.columns[k].values for k in keys), block.geometry],
+                         names=[*(f"c{i}" for i in range(len(keys))), "geometry"])
+        with pa.OSFile(target, "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:
+            writer.write_table(table)
+        return BlockInfo(block.rows, keys, [block.columns[k].classes for k in keys], block.sequences,
+                         block.geometry_types, block.has_z)
+
+
 def read_block(features: list[Any]) -> Block:
     if set(map(type, features)) - {dict} or set(map(methodcaller("get", "type"), features)) - {"Feature"}:
         raise NotFast("an element that is not a Feature")
@@ -705,7 +739,7 @@ class Schema:
     has_z: bool = False
     rows: int = 0
 
-    def add(self, block: Block) -> None:
+    def add(self, block: BlockInfo) -> None:
         self.rows += block.rows
         for sequence in block.sequences:
             for key in sequence:
@@ -716,9 +750,9 @@ class Schema:
             for before, after in pairwise(sequence):
                 if after not in self.edges[before] and not self._path(after, before):
                     self.edges[before].add(after)
-        for key, column in block.columns.items():
+        for key, classes in zip(block.keys, block.classes, strict=True):
             state = self.types[key]
-            for cls in column.classes:
+            for cls in classes:
                 state = next_type(state, cls)
             self.types[key] = state
         self.geometry_types |= block.geometry_types
@@ -794,36 +828,87 @@ class Spooled:
 
 def spool(path: Path, sequence: bool) -> Spooled:
     """Parse every block once, keep it as Arrow on disk, and work out the schema on the way."""
+    line_cuts, helper = True, True
+    while True:
+        try:
+            return _spool(path, sequence, line_cuts, helper)
+        except BadCut:
+            line_cuts = False
+        except BrokenProcessPool:  # the helper could not start (or died): parse alone
+            helper = False
+
+
+def _spool(path: Path, sequence: bool, line_cuts: bool, helper: bool) -> Spooled:
     members: dict[str, Any] = {}
     if sequence:
-        blocks = sequence_blocks(path)
+        texts = sequence_texts(path)
     else:
         members, first = collection_header(path)
         if members.get("type") != "FeatureCollection":
             raise NotFast("not a FeatureCollection")
-        blocks = collection_blocks(path, first)
+        texts = collection_texts(path, first, line_cuts)
     folder = tempfile.TemporaryDirectory(prefix="locaria-geojson-")
     schema = Schema()
+    infos: list[BlockInfo] = []
     files: list[Path] = []
-    names: list[list[str]] = []
+    pool = _helper() if helper and path.stat().st_size >= PARALLEL_BYTES else None
+    # blocks go to the helper once it has started (it takes a moment to import its modules): queued
+    # earlier, they could keep this process waiting at the end while it has nothing left to do
+    started = pool.submit(int) if pool is not None else None
+    helped: dict[int, Future[BlockInfo]] = {}
+    done: dict[int, BlockInfo] = {}
+
+    def collect(wait: bool) -> None:
+        """Blocks into the schema in file order (GDAL's field order depends on it), as they are ready."""
+        while len(infos) < len(files):
+            if len(infos) in done:
+                info = done.pop(len(infos))
+            elif wait or helped[len(infos)].done():
+                info = helped.pop(len(infos)).result()
+            else:
+                return
+            infos.append(info)
+            schema.add(info)
+
     try:
-        with _no_gc():
-            for index, features in enumerate(blocks):
-                block = read_block(features)
-                del features
-                schema.add(block)
-                keys = list(block.columns)
-                table = pa.table([*(block.columns[k].values for k in keys), block.geometry],
-                                 names=[*(f"c{i}" for i in range(len(keys))), "geometry"])
-                files.append(Path(folder.name) / f"{index}.arrow")
-                with pa.OSFile(str(files[-1]), "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:
-                    writer.write_table(table)
-                names.append(keys)
+        for index, (text, line_cut) in enumerate(texts):
+            files.append(Path(folder.name) / f"{index}.arrow")
+            busy = sum(not f.done() for f in helped.values())
+            if pool is not None and started is not None and started.done() and busy < HELPER_QUEUE:
+                started.result()  # a helper that could not start raises BrokenProcessPool here
+                helped[index] = pool.submit(spool_block, text, line_cut, str(files[-1]))
+            else:
+                done[index] = spool_block(text, line_cut, str(files[-1]))
+            collect(wait=False)
+        collect(wait=True)
         crs = "EPSG:4326" if sequence else _crs(members, schema.has_z)  # GeoJSONSeq is WGS 84, Z or not
     except BaseException:
         folder.cleanup()
         raise
-    return Spooled(schema, crs, folder, files, names)
+    finally:
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
+    return Spooled(schema, crs, folder, files, [info.keys for info in infos])
+
+
+def _helper() -> ProcessPoolExecutor | None:
+    """A second process parsing blocks beside this one, when the job has a second CPU: parsing is
+    Python work, one core each.  Spawned, not forked: the job process runs threads."""
+    if usable_cpus() < 2:
+        return None
+    return ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"))
+
+
+def usable_cpus() -> int:
+    """CPUs this process may use: its affinity, capped by a cgroup v2 CPU quota (a container's)."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    try:
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()
+        if quota != "max":
+            cpus = min(cpus, max(1, int(quota) // int(period)))
+    except (OSError, ValueError):
+        pass
+    return cpus
 
 
 def batches(spooled: Spooled, batch_size: int) -> Iterator[pa.RecordBatch]:
