@@ -195,3 +195,10 @@ def test_line_break_inside_a_feature(tmp_path: Path, monkeypatch: pytest.MonkeyP
     path = tmp_path / "parts.geojson"
     path.write_text('{"type": "FeatureCollection", "features": [\n' + ",\n".join(lines) + "\n]}")
     assert assert_same(path) is not None
+
+
+def test_helper_that_cannot_start(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(geojson, "PARALLEL_BYTES", 0)
+    monkeypatch.setattr(geojson, "usable_cpus", lambda: 2)
+    monkeypatch.setattr(geojson.sys, "executable", "/bin/false")
+    assert assert_same(write(tmp_path / "alone.geojson", CASES["polygons"])) is not None

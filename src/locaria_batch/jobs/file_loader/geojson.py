@@ -16,19 +16,21 @@ from __future__ import annotations
 
 import gc
 import math
-import multiprocessing
 import os
+import pickle
+import queue
 import struct
+import subprocess
+import sys
 import tempfile
+import threading
 from collections.abc import Iterator
-from concurrent.futures import Future, ProcessPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from itertools import chain, pairwise
 from operator import methodcaller
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 import orjson
@@ -37,7 +39,7 @@ import pyarrow.compute as pc
 
 PARALLEL_BYTES = 32 << 20  # below this, starting a helper process costs more than it saves
 HELPER_QUEUE = 2  # blocks handed to the helper ahead, so that it never waits for the next
-BLOCK_BYTES = 2 << 20  # text parsed at a time: ~10k point features; bigger blocks cost memory, not speed
+BLOCK_BYTES = 1 << 20  # text parsed at a time: ~5k point features; bigger blocks cost memory, not speed
 HEAD_BYTES = 1 << 20  # where the "features" array must start
 INT32 = (-(2**31), 2**31 - 1)
 INT64 = (-(2**63), 2**63 - 1)
@@ -834,7 +836,7 @@ def spool(path: Path, sequence: bool) -> Spooled:
             return _spool(path, sequence, line_cuts, helper)
         except BadCut:
             line_cuts = False
-        except BrokenProcessPool:  # the helper could not start (or died): parse alone
+        except BrokenHelper:
             helper = False
 
 
@@ -851,52 +853,151 @@ def _spool(path: Path, sequence: bool, line_cuts: bool, helper: bool) -> Spooled
     schema = Schema()
     infos: list[BlockInfo] = []
     files: list[Path] = []
-    pool = _helper() if helper and path.stat().st_size >= PARALLEL_BYTES else None
-    # blocks go to the helper once it has started (it takes a moment to import its modules): queued
-    # earlier, they could keep this process waiting at the end while it has nothing left to do
-    started = pool.submit(int) if pool is not None else None
-    helped: dict[int, Future[BlockInfo]] = {}
     done: dict[int, BlockInfo] = {}
+    # a helper for big files only: it takes a moment to start; blocks go to it once it has, so that it
+    # never keeps this process waiting at the end
+    assistant = Helper() if helper and path.stat().st_size >= PARALLEL_BYTES and usable_cpus() >= 2 else None
 
     def collect(wait: bool) -> None:
         """Blocks into the schema in file order (GDAL's field order depends on it), as they are ready."""
         while len(infos) < len(files):
-            if len(infos) in done:
-                info = done.pop(len(infos))
-            elif wait or helped[len(infos)].done():
-                info = helped.pop(len(infos)).result()
-            else:
+            if assistant is not None:
+                done.update(assistant.poll(block=wait and len(infos) not in done))
+            if len(infos) not in done:
                 return
-            infos.append(info)
-            schema.add(info)
+            infos.append(done.pop(len(infos)))
+            schema.add(infos[-1])
 
     try:
         for index, (text, line_cut) in enumerate(texts):
             files.append(Path(folder.name) / f"{index}.arrow")
-            busy = sum(not f.done() for f in helped.values())
-            if pool is not None and started is not None and started.done() and busy < HELPER_QUEUE:
-                started.result()  # a helper that could not start raises BrokenProcessPool here
-                helped[index] = pool.submit(spool_block, text, line_cut, str(files[-1]))
+            if assistant is not None:
+                done.update(assistant.poll())
+            if assistant is not None and assistant.ready and len(assistant.waiting) < HELPER_QUEUE:
+                assistant.submit(index, text, line_cut, str(files[-1]))
             else:
                 done[index] = spool_block(text, line_cut, str(files[-1]))
             collect(wait=False)
         collect(wait=True)
         crs = "EPSG:4326" if sequence else _crs(members, schema.has_z)  # GeoJSONSeq is WGS 84, Z or not
     except BaseException:
+        if assistant is not None:
+            assistant.close()  # before the folder goes: it may be writing a block there
         folder.cleanup()
         raise
-    finally:
-        if pool is not None:
-            pool.shutdown(wait=True, cancel_futures=True)
+    if assistant is not None:
+        assistant.close()
     return Spooled(schema, crs, folder, files, [info.keys for info in infos])
 
 
-def _helper() -> ProcessPoolExecutor | None:
-    """A second process parsing blocks beside this one, when the job has a second CPU: parsing is
-    Python work, one core each.  Spawned, not forked: the job process runs threads."""
-    if usable_cpus() < 2:
+class Helper:
+    """A second Python process that parses blocks beside this one.  It runs this file as a script
+    (python -P: not the package, whose other modules the parsing does not need), so that it imports
+    numpy, pyarrow and orjson only; blocks go to it on its stdin, what the schema needs of each comes
+    back on its stdout, read by a thread into a queue."""
+
+    def __init__(self) -> None:
+        self.process = subprocess.Popen([sys.executable, "-P", __file__], stdin=subprocess.PIPE,
+                                        stdout=subprocess.PIPE)
+        self.answers: queue.Queue[tuple[int, Any]] = queue.Queue()
+        self.outbox: queue.Queue[tuple[bytes, bytes] | None] = queue.Queue()
+        self.ready = False
+        self.waiting: set[int] = set()
+        # its pipes are written and read on threads of their own: a block waits in the pipe until
+        # the helper has finished the block before, and this process has blocks of its own to parse
+        for work, name in ((self._read, "locaria-geojson-answers"), (self._write, "locaria-geojson-blocks")):
+            threading.Thread(target=work, name=name, daemon=True).start()
+
+    def _read(self) -> None:
+        assert self.process.stdout is not None
+        while answer := _read_frame(self.process.stdout):
+            self.answers.put(pickle.loads(answer))
+        self.answers.put((-1, BrokenHelper("the helper process ended")))
+
+    def _write(self) -> None:
+        assert self.process.stdin is not None
+        try:
+            while (frames := self.outbox.get()) is not None:
+                for frame in frames:
+                    _write_frame(self.process.stdin, frame)
+                self.process.stdin.flush()
+        except OSError:
+            pass  # the helper ended: its reader reports it
+        finally:
+            with suppress(OSError):
+                self.process.stdin.close()
+
+    def poll(self, block: bool = False) -> list[tuple[int, BlockInfo]]:
+        """Blocks the helper has finished (waiting for one if asked to)."""
+        finished: list[tuple[int, BlockInfo]] = []
+        while True:
+            try:
+                index, answer = self.answers.get(block=block and not finished)
+            except queue.Empty:
+                return finished
+            if index == READY:
+                self.ready = True
+                continue
+            if isinstance(answer, BaseException):
+                raise answer
+            if answer[0] == "BadCut":
+                raise BadCut
+            if answer[0] == "NotFast":
+                raise NotFast(answer[1])
+            self.waiting.discard(index)
+            finished.append((index, BlockInfo(*answer[1:])))
+
+    def submit(self, index: int, text: bytes, line_cut: bool, target: str) -> None:
+        self.outbox.put((pickle.dumps((index, line_cut, target)), text))
+        self.waiting.add(index)
+
+    def close(self) -> None:
+        self.outbox.put(None)  # the helper ends once it has read everything
+        try:
+            self.process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+
+class BrokenHelper(Exception):
+    """The helper process could not start or ended: parse alone."""
+
+
+READY = -2
+
+
+def _write_frame(stream: IO[bytes], data: bytes) -> None:
+    stream.write(struct.pack("<Q", len(data)))
+    stream.write(data)
+
+
+def _read_frame(stream: IO[bytes]) -> bytes | None:
+    head = stream.read(8)
+    if len(head) < 8:
         return None
-    return ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"))
+    size = struct.unpack("<Q", head)[0]
+    data = stream.read(size)
+    return data if len(data) == size else None
+
+
+def serve(source: IO[bytes], sink: IO[bytes]) -> None:
+    """The helper's side: parse and spool each block sent, answer with what the schema needs (plain
+    values and this module's exceptions by name: the other side knows this module by another name)."""
+    _write_frame(sink, pickle.dumps((READY, None)))
+    sink.flush()
+    while (header := _read_frame(source)) is not None and (text := _read_frame(source)) is not None:
+        index, line_cut, target = pickle.loads(header)
+        try:
+            info = spool_block(text, line_cut, target)
+            answer: Any = ("ok", info.rows, info.keys, info.classes, info.sequences, info.geometry_types,
+                           info.has_z)
+        except BadCut:
+            answer = ("BadCut",)
+        except NotFast as exc:
+            answer = ("NotFast", str(exc))
+        _write_frame(sink, pickle.dumps((index, answer)))
+        sink.flush()
 
 
 def usable_cpus() -> int:
@@ -940,3 +1041,7 @@ def arrow_schema(spooled: Spooled) -> pa.Schema:
     fields = spooled.schema.fields()
     return pa.schema([pa.field(k, ARROW_TYPES[spooled.schema.types[k]]) for k in fields]
                      + [pa.field("wkb_geometry", pa.binary(), metadata=WKB_FIELD)])
+
+
+if __name__ == "__main__":  # the helper process (see Helper)
+    serve(sys.stdin.buffer, sys.stdout.buffer)
