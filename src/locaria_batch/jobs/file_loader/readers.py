@@ -1,7 +1,8 @@
 """Readers: every layer of a data file as a stream of Arrow record batches.
 
-GDAL formats go through pyogrio's Arrow stream; delimited text through Arrow's CSV reader (after
-its encoding, delimiter and decimal mark are found); GeoParquet through pyarrow.parquet.
+GDAL formats go through pyogrio's Arrow stream, except GeoJSON and GeoJSONSeq whenever our own parser
+(geojson.py) reads them as GDAL would; delimited text through Arrow's CSV reader (after its encoding,
+delimiter and decimal mark are found); GeoParquet through pyarrow.parquet.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from pyogrio.errors import DataLayerError
 from pyogrio.raw import open_arrow
 
 from locaria_batch.job import JobError
+from locaria_batch.jobs.file_loader import geojson
 from locaria_batch.jobs.file_loader.columns import looks_like_wkb
 from locaria_batch.jobs.file_loader.sources import DataFile, utf16_without_mark
 
@@ -139,6 +141,9 @@ def open_layer(data: DataFile, layer: str, read: ReadOptions, label: str) -> Ite
         raw = open_parquet(data, read.batch_rows, label)
         raw.name = display_name(data, raw.name)
         yield raw
+    elif data.driver in ("GeoJSON", "GeoJSONSeq") and (fast := open_geojson(data, read.batch_rows, label)):
+        fast.name = display_name(data, fast.name)
+        yield fast
     else:
         with open_gdal(data, layer, read, label) as raw:
             raw.name = display_name(data, raw.name)
@@ -210,6 +215,19 @@ def open_gdal(data: DataFile, layer: str, read: ReadOptions, label: str) -> Iter
                        declared_crs=geojson_crs_member(data.path) if data.driver == "GeoJSON" else None)
     finally:
         stream.__exit__(None, None, None)
+
+
+def open_geojson(data: DataFile, batch_size: int, label: str) -> RawLayer | None:
+    """The layer through the fast GeoJSON reader; None when only GDAL reads this file as users expect."""
+    try:
+        spooled = geojson.spool(data.path, sequence=data.driver == "GeoJSONSeq")
+    except geojson.NotFast:
+        return None
+    schema = geojson.arrow_schema(spooled)
+    return RawLayer(name=data.path.stem, label=label, fields=list(schema)[:-1],
+                    batches=geojson.batches(spooled, batch_size), geometry_column=schema.names[-1], crs=spooled.crs,
+                    declared_type=spooled.schema.declared_type(), total=spooled.schema.rows,
+                    declared_crs=geojson_crs_member(data.path) if data.driver == "GeoJSON" else None)
 
 
 def _broken_binary(column: pa.Array | pa.ChunkedArray) -> bool:
