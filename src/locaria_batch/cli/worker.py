@@ -19,27 +19,42 @@ def worker(
     runner: Annotated[RunnerName | None, typer.Option(help=(
         "Where jobs run (default: $LOCARIA_RUNNER, else local)."))] = None,
     poll: Annotated[float, typer.Option(metavar="SECONDS", min=0.05, help=(
-        "Seconds between passes when nothing is notified."))] = 2.0,
+        "Seconds between claims when nothing is notified (a safety net: notifications wake it at once)."))] = 2.0,
+    lease_seconds: Annotated[int | None, typer.Option("--lease-seconds", metavar="SECONDS", min=1, help=(
+        "The lease on running jobs, renewed every third of it; another worker adopts them once it lapses "
+        "(default: $LOCARIA_LEASE_SECONDS, else 30)."))] = None,
 ) -> None:
-    """Dispatch jobs: LISTEN for new ones, launch, reconcile, retry and time them out."""
+    """Dispatch jobs: LISTEN for new ones, launch, reconcile, retry and time them out.
+
+    SIGTERM or Ctrl-C stops it within a few seconds and leaves running jobs to the next worker,
+    which adopts them; a second signal stops the running jobs too."""
     from locaria_batch.dispatch.dispatcher import Dispatcher, make_runner
 
     with database():
         pass  # a clear message when there is no database, before the runner starts
     name = runner_name(runner)
-    dispatcher = Dispatcher(make_runner(name), concurrency=concurrency)
+    dispatcher = Dispatcher(make_runner(name), concurrency=concurrency, lease_seconds=lease_seconds)
     if once:
-        dispatcher.drain()
-        dispatcher.close()
+        try:
+            dispatcher.drain()
+        finally:
+            dispatcher.close()
         say("queue drained")
         return
     stop = threading.Event()
 
     def _stop(signum: int, frame: FrameType | None) -> None:
-        say("stopping: no new jobs are claimed; running ones carry on and are adopted later")
-        stop.set()
+        if stop.is_set():
+            say("stopping the running jobs too")
+            dispatcher.stop_jobs_on_exit = True
+        else:
+            say("stopping: no new jobs are claimed; running ones carry on and are adopted by the next worker "
+                "(signal again to stop them)")
+            stop.set()
+        dispatcher.wake()
 
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
-    say(f"worker {dispatcher.owner} ({name} runner, concurrency {concurrency}) waiting for jobs")
+    say(f"worker {dispatcher.owner} ({name} runner, concurrency {concurrency}, lease {dispatcher.lease_seconds} s) "
+        "waiting for jobs")
     dispatcher.serve(stop, poll=poll)
