@@ -2,7 +2,8 @@
 # Prepare this machine for Locaria Batch: system packages (installed through apt when run as
 # root on Debian, otherwise named), the virtual environment and the package itself.
 #   scripts/bootstrap.sh          what `make demo` needs (PostgreSQL + PostGIS, Python env)
-#   scripts/bootstrap.sh --test   plus what the tests and benchmarks use (GDAL tools, Podman, serverless)
+#   scripts/bootstrap.sh --test   plus what the tests and benchmarks use (GDAL tools, Podman, serverless,
+#                                 the peers of bench/dispatch_peers.py)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -53,7 +54,7 @@ if [[ ! -x .venv/bin/python ]]; then
   python3 -m venv .venv
 fi
 extras=""
-[[ $with_test == 1 ]] && extras="[test]"
+[[ $with_test == 1 ]] && extras="[test,bench]"  # bench: the peers of bench/dispatch_peers.py
 stamp=".venv/.installed$extras"
 if [[ ! -f $stamp || pyproject.toml -nt $stamp ]]; then
   say "installing locaria-batch$extras into .venv"

@@ -31,6 +31,7 @@ from typing import Any
 import psycopg
 
 from locaria_batch.db import connect
+from locaria_batch.db.dockers import DockerSpec
 from locaria_batch.db.retry import Backoff, connection_lost
 from locaria_batch.dispatch.handles import Handle
 from locaria_batch.dispatch.runner import (
@@ -109,14 +110,13 @@ class Dispatcher:
         self.stop_jobs_on_exit = False  # a second signal: stop the running jobs instead of leaving them
         self._conn: psycopg.Connection[dict[str, Any]] | None = None
         self._listener: psycopg.Connection[dict[str, Any]] | None = None
+        self._dockers: dict[str, DockerSpec] = {}
         self._watched: dict[int, tuple[Job, Handle]] = {}  # job id -> its attempt launched/adopted here
         self._ended: dict[int, Ended] = {}  # ends seen, not yet written (the database may be away)
         self._unrecorded: list[tuple[Job, dict[str, Any]]] = []  # handles launched, not yet written
         self._watching_since = datetime.now(UTC)  # heartbeats are judged from here (see in_flight)
         self._stopping = threading.Event()
-        self._wake_r, self._wake_w = os.pipe()
-        os.set_blocking(self._wake_r, False)
-        os.set_blocking(self._wake_w, False)
+        self._wake_r, self._wake_w = -1, -1  # a pipe while serve() runs: wake() interrupts its wait
 
     # -- plumbing --------------------------------------------------------------------
     @property
@@ -136,10 +136,12 @@ class Dispatcher:
 
     def wake(self) -> None:
         """Interrupt serve()'s wait (a signal handler calls it after setting the stop event)."""
-        with contextlib.suppress(BlockingIOError, OSError):
-            os.write(self._wake_w, b"!")
+        if self._wake_w >= 0:
+            with contextlib.suppress(BlockingIOError, OSError):
+                os.write(self._wake_w, b"!")
 
-    def _disconnect(self) -> None:
+    def disconnect(self) -> None:
+        """Drop the connections (after the database went away; the next use reconnects)."""
         for conn in (self._conn, self._listener):
             if conn is not None:
                 with contextlib.suppress(Exception):
@@ -147,14 +149,17 @@ class Dispatcher:
         self._conn = self._listener = None
 
     def close(self) -> None:
-        self._disconnect()
+        self.disconnect()
         watcher = self.watches_exits
         if watcher is not None:
             watcher.close()
 
     # -- one pass --------------------------------------------------------------------
     def run_once(self) -> PassReport:
+        """One full pass: write the ends the runner saw, maintain, claim and launch."""
         report = PassReport()
+        self.collect_ends()
+        self.write_collected_ends(report)
         self.maintain(report)
         self.claim_and_launch(report)
         return report
@@ -162,6 +167,7 @@ class Dispatcher:
     def maintain(self, report: PassReport) -> None:
         """What runs on the lease timer: renew, adopt, reconcile everything in flight (timeouts,
         hung jobs, cancellations, ends), release what finished attempts left behind."""
+        self._dockers = {}  # settings changed in dockers.json reach new attempts within this timer
         self.store.renew_leases(self.owner, self.lease_seconds)
         self.adopt(report)
         self.reconcile(report)
@@ -184,7 +190,7 @@ class Dispatcher:
         jobs = store.claim_free_slots(self.owner, self.concurrency, self.lease_seconds, self.runner.name)
         if not jobs:
             return
-        dockers = store.dockers({job.docker for job in jobs})
+        dockers = self._dockers_of(jobs)
         requests = [LaunchRequest(job_id=job.id, attempt=job.attempt, token=job.token, file_id=job.file_id,
                                   docker=dockers[job.docker], env=self._environment(job)) for job in jobs]
         for job, result in zip(jobs, launch_all(self.runner, requests), strict=True):
@@ -201,6 +207,13 @@ class Dispatcher:
             log.info("job %s (%s, file %s, attempt %s) launched: %s",
                      job.id, job.docker, job.file_id, job.attempt, result.where)
         self.record_launches()
+
+    def _dockers_of(self, jobs: list[Job]) -> dict[str, DockerSpec]:
+        """The jobs' docker settings, read again on each lease timer (not on each claim)."""
+        missing = {job.docker for job in jobs} - set(self._dockers)
+        if missing:
+            self._dockers.update(self.store.dockers(missing))
+        return self._dockers
 
     def _environment(self, job: Job) -> dict[str, str]:
         env = self.env_for_job(job, self.job_db_url)
@@ -333,11 +346,7 @@ class Dispatcher:
         """Run passes until nothing is queued or in flight for this dispatcher (or `until()`)."""
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
-            self.collect_ends()
-            report = PassReport()
-            self.write_collected_ends(report)
-            self.maintain(report)
-            self.claim_and_launch(report)
+            report = self.run_once()
             if until is not None and until():
                 return
             if until is None and not self.has_pending_work():
@@ -356,6 +365,9 @@ class Dispatcher:
         backoff = Backoff(first=0.5, cap=10.0)
         outage_since: float | None = None
         self._stopping = stop
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_r, False)
+        os.set_blocking(self._wake_w, False)
         try:
             while not stop.is_set():
                 report = PassReport()
@@ -392,11 +404,14 @@ class Dispatcher:
                         outage_since = time.monotonic()
                         log.error("database unreachable (%s); reconnecting with backoff, running jobs carry on",
                                   str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__)
-                    self._disconnect()
+                    self.disconnect()
                     self.collect_ends()  # keep hearing of ends meanwhile; they are written on return
                     stop.wait(backoff.next_delay())
         finally:
             self._shut_down(outage_since is None)
+            wake_r, wake_w, self._wake_r, self._wake_w = self._wake_r, self._wake_w, -1, -1
+            os.close(wake_r)
+            os.close(wake_w)
 
     def _listen(self) -> None:
         listener = connect(self.db_url, autocommit=True, connect_timeout=10,

@@ -3,8 +3,8 @@
 Attempts are forked by a fork server of our own (`forkserver.py`): a warm process that has
 imported the job SDK, psycopg and the built-in handlers, and nothing of the command line.  A
 docker that declares its own `command` is forked and exec'd by the same server.  Either way each
-attempt gets a session of its own, its log, the dispatcher's environment of the moment plus the
-job's, and a work directory of its own under $LOCARIA_HOME/work (LOCARIA_WORK_DIR: temporary files,
+attempt gets a process and a session of its own, its log, the dispatcher's environment of the
+moment plus the job's, and a work directory of its own under $LOCARIA_HOME/work (LOCARIA_WORK_DIR: temporary files,
 unpacked archives, the pid file that adoption reads), removed when the attempt ends however it ends.
 
 The server reports every exit with its code; `wakeup_fds()` is readable when one is waiting (and,
@@ -54,13 +54,13 @@ class _Started:
 class ForkServer:
     """The dispatcher's side of the fork server: start it, send launches, collect replies and exits."""
 
-    def __init__(self, python: str, preload: tuple[str, ...]) -> None:
+    def __init__(self, python: str, preload: tuple[str, ...], pool_size: int = 0) -> None:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         self.channel = ours
         env = {key: value for key, value in os.environ.items() if not key.startswith("LOCARIA_JOB")}
         # its own session: a Ctrl-C at the terminal goes to the worker, which decides what jobs get
         self.process = subprocess.Popen(
-            [python, "-m", "locaria_batch.dispatch.forkserver", str(theirs.fileno()), *preload],
+            [python, "-m", "locaria_batch.dispatch.forkserver", str(theirs.fileno()), str(pool_size), *preload],
             pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL, env=env, start_new_session=True)
         theirs.close()
         self.lock = threading.Lock()
@@ -133,13 +133,14 @@ class LocalRunner:
 
     def __init__(self, logs_dir: Path, *, python: str = sys.executable, stop_grace: float = 10.0,
                  cwd: Path | None = None, work_root: Path | None = None,
-                 preload: tuple[str, ...] = BUILT_IN_HANDLERS) -> None:
+                 preload: tuple[str, ...] = BUILT_IN_HANDLERS, pool_size: int = 2) -> None:
         self.logs_dir = logs_dir
         self.work_root = work_root or logs_dir.parent / "work"
         self.python = python
         self.stop_grace = stop_grace
         self.cwd = cwd
         self.preload = preload
+        self.pool_size = pool_size  # attempts forked ahead, each with its connection open
         self._server: ForkServer | None = None
         self._ours: set[int] = set()  # pids the fork server started for this runner (it reports their exits)
         self._watched: dict[int, ProcessHandle] = {}  # attempts followed until they end
@@ -162,7 +163,7 @@ class LocalRunner:
         if self._server is None or not self._server.alive:
             if self._server is not None:
                 self._server.close()
-            self._server = ForkServer(self.python, self.preload)
+            self._server = ForkServer(self.python, self.preload, self.pool_size)
         return self._server
 
     def launch(self, request: LaunchRequest) -> ProcessHandle:
@@ -249,8 +250,11 @@ class LocalRunner:
             with contextlib.suppress(LaunchError):
                 self._server.drain()
         done = []
+        server_alive = self._server is not None and self._server.alive
         for pid, handle in list(self._watched.items()):
-            if self._exit_code(pid) is not None or not self._alive(handle):
+            # our children end when the server reports them (their exit code with it); others when they are gone
+            ours = pid in self._ours and server_alive
+            if self._exit_code(pid) is not None if ours else not self._alive(handle):
                 del self._watched[pid]
                 fd = self._pidfds.pop(pid, None)
                 if fd is not None:
@@ -264,16 +268,14 @@ class LocalRunner:
         if self._server is not None:
             with contextlib.suppress(LaunchError):
                 self._server.drain()
+        server_alive = self._server is not None and self._server.alive
         result = []
         for handle in handles:
             code = self._exit_code(handle.pid)
-            if code is None and not self._alive(handle) and handle.pid in self._ours and self._server is not None:
-                self._server.drain()  # ended a moment ago: the server's report is on its way
-                code = self._exit_code(handle.pid)
             if code is not None:
                 result.append(RunStatus("exited", code))
-            elif self._alive(handle):
-                result.append(RunStatus("running"))
+            elif (handle.pid in self._ours and server_alive) or self._alive(handle):
+                result.append(RunStatus("running"))  # (one of ours that ended: its report is on its way)
             elif handle.pid in self._ours:
                 result.append(RunStatus("missing", None, "the process ended and its exit code was lost"))
             else:

@@ -9,6 +9,7 @@ failed beat carried waits for the next one.
 
 from __future__ import annotations
 
+import _thread
 import sys
 import threading
 from typing import Any
@@ -22,21 +23,36 @@ from locaria_batch.job.context import JobContext
 from locaria_batch.settings import settings
 
 
-class Heartbeat(threading.Thread):
-    """Beats every few seconds on its own connection, carrying progress and log entries."""
+class Heartbeat:
+    """Beats every few seconds on its own connection, carrying progress and log entries.
+
+    A bare thread (`_thread`): `threading.Thread.start` waits until the new thread has run, which
+    on a busy machine delays a job's start by as much as a scheduler slice or several."""
 
     def __init__(self, ctx: JobContext, db_url: str | None) -> None:
-        super().__init__(name="locaria-heartbeat", daemon=True)
         self.ctx = ctx
         self.db_url = db_url
         self.stopping = threading.Event()
+        self.done = threading.Event()
         self.conn: psycopg.Connection[Any] | None = None
         self.backoff = Backoff(first=0.2, cap=settings().heartbeat_seconds)
+
+    def start(self) -> None:
+        _thread.start_new_thread(self._run, ())
 
     def stop(self) -> None:
         """Beat once more if anything is pending, then end."""
         self.stopping.set()
         self.ctx.wake()
+
+    def join(self, timeout: float | None = None) -> None:
+        self.done.wait(timeout)
+
+    def _run(self) -> None:
+        try:
+            self.run()
+        finally:
+            self.done.set()
 
     def run(self) -> None:
         ctx = self.ctx

@@ -2,6 +2,14 @@
 -- records the handles of a whole claim in one, and reports the attempts whose processes ended
 -- (failing those that did not report, releasing those that did) in one.  Hung jobs: each docker
 -- says how long a running attempt may go without a heartbeat before it is stopped and retried.
+--
+-- Which writes wait for the disk: the bookkeeping of an attempt (its claim, handle, start and end)
+-- commits without waiting for the WAL flush (synchronous_commit off, for that transaction only).
+-- Losing one in a server crash is harmless, because every one is fenced by the attempt token and
+-- repeated by reconciliation: a lost claim leaves the job queued and its process finds its token
+-- stale; a lost start makes the attempt's result be refused, so it is retried; a lost end is seen
+-- again as a process that has gone.  The job's verdict and its file's final status (job_finish)
+-- wait for the disk, and with them everything the job wrote before.
 
 ALTER TABLE locaria_core.dockers ADD COLUMN IF NOT EXISTS heartbeat_timeout INTEGER NOT NULL DEFAULT 30
     CHECK (heartbeat_timeout > 0);
@@ -14,6 +22,7 @@ LANGUAGE plpgsql AS $$
 DECLARE
     n_free INTEGER;
 BEGIN
+    PERFORM set_config('synchronous_commit', 'off', true);  -- bookkeeping: see above
     SELECT p_concurrency - count(*) INTO n_free FROM locaria_core.jobs
      WHERE lease_owner = p_owner AND state IN ('launching', 'running');
     IF n_free > 0 THEN
@@ -31,6 +40,7 @@ LANGUAGE plpgsql AS $$
 DECLARE
     n INTEGER;
 BEGIN
+    PERFORM set_config('synchronous_commit', 'off', true);  -- bookkeeping: see above
     WITH given AS (
         SELECT * FROM unnest(p_jobs, p_tokens, p_handles) AS g(job_id, token, handle)),
     recorded AS (
@@ -57,6 +67,7 @@ DECLARE
     j locaria_core.jobs;
     new_state TEXT;
 BEGIN
+    PERFORM set_config('synchronous_commit', 'off', true);  -- bookkeeping: see above
     FOR e IN SELECT * FROM unnest(p_jobs, p_tokens, p_exit_codes, p_reasons, p_details)
                          AS g(id, token, exit_code, reason, details) LOOP
         SELECT * INTO j FROM locaria_core.jobs WHERE id = e.id AND attempt_token = e.token;
@@ -91,6 +102,7 @@ DECLARE
     d locaria_core.dockers;
     f locaria_core.files;
 BEGIN
+    PERFORM set_config('synchronous_commit', 'off', true);  -- bookkeeping: see above
     UPDATE locaria_core.jobs
        SET state = 'running', started_at = clock_timestamp(), heartbeat_at = clock_timestamp(),
            updated_at = clock_timestamp()
