@@ -57,11 +57,10 @@ class ForkServer:
     def __init__(self, python: str, preload: tuple[str, ...], pool_size: int = 0) -> None:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         self.channel = ours
-        env = {key: value for key, value in os.environ.items() if not key.startswith("LOCARIA_JOB")}
         # its own session: a Ctrl-C at the terminal goes to the worker, which decides what jobs get
         self.process = subprocess.Popen(
             [python, "-m", "locaria_batch.dispatch.forkserver", str(theirs.fileno()), str(pool_size), *preload],
-            pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL, env=env, start_new_session=True)
+            pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL, start_new_session=True)
         theirs.close()
         self.lock = threading.Lock()
         self.exits: dict[int, int] = {}  # pid -> exit code, reported but not yet taken
