@@ -1,5 +1,5 @@
 # The two set-up commands of the README.
-.PHONY: demo test bench-smoke lint
+.PHONY: demo test bench-smoke lint docs
 
 demo:
 	scripts/bootstrap.sh
@@ -18,7 +18,17 @@ bench-smoke:
 	.venv/bin/python bench/load.py --size small
 	.venv/bin/python bench/export.py --size small
 	.venv/bin/python bench/s3_transfer.py --size small
+	.venv/bin/python bench/console.py --size small
 
 lint:
 	.venv/bin/ruff check src tests bench
 	.venv/bin/mypy
+
+# the diagrams of docs/diagrams/*.dot, as the PNGs the README and docs show (Graphviz: scripts/bootstrap.sh --test)
+DIAGRAMS := $(patsubst docs/diagrams/%.dot,docs/images/%.png,$(wildcard docs/diagrams/*.dot))
+
+docs: $(DIAGRAMS)
+
+docs/images/%.png: docs/diagrams/%.dot
+	@command -v dot >/dev/null || { echo "Graphviz is missing: scripts/bootstrap.sh --test installs it" >&2; exit 1; }
+	dot -Tpng -Gdpi=110 $< -o $@

@@ -19,6 +19,7 @@ from typing import Any
 
 from locaria_batch.db import connect, dockers
 from locaria_batch.db.cluster import EmbeddedCluster
+from locaria_batch.db.credentials import JOB
 from locaria_batch.db.migrate import migrate
 
 REPO = Path(__file__).resolve().parent.parent
@@ -44,6 +45,8 @@ def benchmark_database(extra_dockers: dict[str, dict[str, object]] | None = None
                 specs[name] = dockers.DockerSpec.from_entry(name, dict(entry))
             dockers.sync(conn, specs)
         os.environ["LOCARIA_DB_URL"] = url
+        if cluster is not None:  # jobs get the cluster's job login, as they would from `db up`
+            os.environ["LOCARIA_JOB_DB_URL"] = cluster.url(JOB) or ""
         yield url
     finally:
         if cluster is not None and home is not None:

@@ -49,7 +49,7 @@ def main() -> None:
     reset_settings()
     with benchmark_database({"bench_noop": NOOP}) as url, connect(url, autocommit=True) as conn:
         stop = threading.Event()
-        dispatcher = Dispatcher(LocalRunner(home / "logs"), concurrency=args.concurrency, db_url=url, job_db_url=url)
+        dispatcher = Dispatcher(LocalRunner(home / "logs"), concurrency=args.concurrency, db_url=url)
         worker = threading.Thread(target=dispatcher.serve, args=(stop,), kwargs={"poll": 1.0})
         worker.start()
         time.sleep(0.5)

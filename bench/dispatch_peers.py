@@ -305,7 +305,7 @@ def run_round(system: System, figures: Figures, counters: Counters, sizes: argpa
             time.sleep(1)  # the serial phase's last ends are written
             before = counters.reset() if size == sizes.small else (0, 0)
             start = system.enqueue(tags)
-            done = system.probe.wait(tags, timeout=max(120, size), worker=worker)
+            done = system.probe.wait(tags, timeout=max(120, size / 4), worker=worker)
             into.append(size / (max(done.values()) - start))
             if size == sizes.small:
                 time.sleep(1.5)  # the last jobs' ends and releases belong to this phase

@@ -2,8 +2,8 @@
 # Prepare this machine for Locaria Batch: system packages (installed through apt when run as
 # root on Debian, otherwise named), the virtual environment and the package itself.
 #   scripts/bootstrap.sh          what `make demo` needs (PostgreSQL + PostGIS, Python env)
-#   scripts/bootstrap.sh --test   plus what the tests and benchmarks use (GDAL tools, Podman, serverless,
-#                                 the peers of bench/dispatch_peers.py)
+#   scripts/bootstrap.sh --test   plus what the tests, benchmarks and docs use (GDAL tools, Podman, serverless,
+#                                 Graphviz, the peers of bench/dispatch_peers.py)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -33,6 +33,8 @@ if [[ $with_test == 1 ]]; then
   command -v runc >/dev/null || packages+=(runc)
   command -v debootstrap >/dev/null || packages+=(debootstrap)
   command -v npm >/dev/null || packages+=(npm)
+  command -v dot >/dev/null || packages+=(graphviz)   # the diagrams under docs/ (make docs)
+  command -v chromium >/dev/null || packages+=(chromium)  # the console's browser tests (Playwright)
 fi
 python3 -c 'import venv, ensurepip' 2>/dev/null || packages+=(python3-venv)
 

@@ -1,5 +1,6 @@
 """AWS for the deploy tests, on the moto server of tests.aws_fixtures: a stage configuration written
-from locaria.example.json, the data bucket the stack's Lambda package goes to, the applied stack."""
+from locaria.example.json, the dev stage's database (the test database as its owner sees it) and
+login roles granted the job and dispatcher roles, and the applied stack."""
 
 from __future__ import annotations
 
@@ -7,21 +8,37 @@ import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
-import boto3
+import psycopg
 import pytest
+from psycopg import sql
 
 from locaria_batch.deploy.stages import Target, load_stages, target
 
 REPO = Path(__file__).resolve().parent.parent
-JOB_DB_URL = "postgresql://locaria_jobs:secret@db.internal:5432/locaria"
+LOGIN_PASSWORD = "login-secret"
+
+
+def login_url(owner_url: str, login: str, role: str) -> str:
+    """A login granted ROLE (made once per cluster), and its URL to the owner's database."""
+    with psycopg.connect(owner_url, autocommit=True) as conn:
+        if conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", [login]).fetchone() is None:
+            conn.execute(sql.SQL("CREATE ROLE {} LOGIN PASSWORD {}").format(
+                sql.Identifier(login), sql.Literal(LOGIN_PASSWORD)))
+        conn.execute(sql.SQL("GRANT {} TO {}").format(sql.Identifier(role), sql.Identifier(login)))
+    parts = urlsplit(owner_url)
+    return urlunsplit(parts._replace(netloc=f"{login}:{LOGIN_PASSWORD}@{parts.hostname}:{parts.port}"))
 
 
 @pytest.fixture
-def deploy_aws(aws: str, monkeypatch: pytest.MonkeyPatch) -> str:
-    """The moto endpoint of tests.aws_fixtures (reset, credentials set), plus the dev stage's job
-    database URL in the variable the example stage configuration names."""
-    monkeypatch.setenv("LOCARIA_DEV_JOB_DB_URL", JOB_DB_URL)
+def deploy_aws(aws: str, db_url: str, monkeypatch: pytest.MonkeyPatch) -> str:
+    """The moto endpoint of tests.aws_fixtures (reset, credentials set), and the variables the example
+    stage configuration names: the dev database's owner URL and the two logins the secrets hold."""
+    monkeypatch.setenv("LOCARIA_DEV_DB_URL", db_url)
+    monkeypatch.setenv("LOCARIA_DEV_JOB_DB_URL", login_url(db_url, "locaria_test_job", "locaria_job"))
+    monkeypatch.setenv("LOCARIA_DEV_DISPATCHER_DB_URL",
+                       login_url(db_url, "locaria_test_dispatcher", "locaria_dispatcher"))
     return aws
 
 
@@ -36,10 +53,8 @@ def stage_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 @pytest.fixture
 def dev(stage_config: Path, deploy_aws: str) -> Target:
-    chosen = target(load_stages(stage_config), "dev", None, None, REPO)
-    boto3.client("s3", region_name=chosen.region).create_bucket(
-        Bucket=chosen.bucket, CreateBucketConfiguration={"LocationConstraint": chosen.region})
-    return chosen
+    """The dev stage of the example; its bucket does not exist yet (`deploy apply` makes it)."""
+    return target(load_stages(stage_config), "dev", None, None, REPO)
 
 
 @pytest.fixture

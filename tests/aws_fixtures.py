@@ -87,13 +87,14 @@ class FargateStack:
     security_group: str
     config: dict[str, dict[str, Any]] = field(default_factory=dict)
     ecs: Any = None
+    cluster: str = CLUSTER
 
     def task(self, task_arn: str) -> dict[str, Any]:
-        return self.ecs.describe_tasks(cluster=CLUSTER, tasks=[task_arn], include=["TAGS"])["tasks"][0]
+        return self.ecs.describe_tasks(cluster=self.cluster, tasks=[task_arn], include=["TAGS"])["tasks"][0]
 
     def task_arns(self, started_by: str | None = None) -> list[str]:
         kwargs = {"startedBy": started_by} if started_by else {}
-        return list(self.ecs.list_tasks(cluster=CLUSTER, **kwargs)["taskArns"])
+        return list(self.ecs.list_tasks(cluster=self.cluster, **kwargs)["taskArns"])
 
     def container_env(self, task_arn: str) -> dict[str, str]:
         """The environment ECS gives the container: task-definition secrets, then the overrides."""
@@ -212,6 +213,21 @@ def fargate(aws: str, s3_storage: str, db_url: str, conn: Any) -> FargateStack:
     conn.execute("SELECT locaria_core.set_parameters(%s)", [json.dumps({
         "parameter_name": "fargate_config", "parameters": stack.config, "acl": {"_groups": ["Admins"]}})])
     return stack
+
+
+@pytest.fixture
+def s3_lambda_events(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, dict[str, Any]]]:
+    """(function ARN, event) of each Lambda invocation moto's S3 makes for a bucket notification.
+    moto runs no Lambda without Docker, so the test hands each event to the handler itself."""
+    from moto.s3 import notifications
+
+    delivered: list[tuple[str, dict[str, Any]]] = []
+
+    def deliver(account_id: str, event: dict[str, Any], function_arn: str, region: str) -> None:
+        delivered.append((function_arn, event))
+
+    monkeypatch.setattr(notifications, "_invoke_awslambda", deliver)
+    return delivered
 
 
 class FaultInjector:

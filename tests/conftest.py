@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import secrets
 import shutil
 import subprocess
 import tempfile
@@ -10,9 +11,11 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
 import pytest
+from psycopg import sql
 
 from locaria_batch.db import connect, dockers
 from locaria_batch.db.cluster import EmbeddedCluster
@@ -22,7 +25,7 @@ from locaria_batch.settings import reset as reset_settings
 
 REPO = Path(__file__).resolve().parent.parent
 
-pytest_plugins = ["tests.aws_fixtures"]  # moto server and Fargate fixtures
+pytest_plugins = ["tests.aws_fixtures", "tests.console_fixtures"]  # moto and Fargate; the console and a browser
 CLUSTERS: list[EmbeddedCluster] = []  # the session's embedded cluster, for tests that restart it
 
 
@@ -72,8 +75,18 @@ DELETE FROM locaria_core.dockers;
 """
 
 
+@pytest.fixture(scope="session")
+def job_url(pg_url: str) -> str:
+    """A login of the locaria_job role: what every job process of the tests connects with."""
+    password = secrets.token_urlsafe(16)
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        conn.execute(sql.SQL("ALTER ROLE locaria_job LOGIN PASSWORD {}").format(sql.Literal(password)))
+    parts = urlsplit(pg_url)
+    return urlunsplit(parts._replace(netloc=f"locaria_job:{password}@{parts.hostname}:{parts.port}"))
+
+
 @pytest.fixture
-def db_url(pg_url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+def db_url(pg_url: str, job_url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     """A clean database (no rows, the repo's dockers) with LOCARIA_DB_URL pointing at it."""
     with psycopg.connect(pg_url, autocommit=True) as conn:
         conn.execute(RESET_SQL)
@@ -84,6 +97,7 @@ def db_url(pg_url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     with connect(pg_url, autocommit=True) as conn:
         dockers.sync(conn, dockers.load(REPO / "docker" / "dockers.json"))
     monkeypatch.setenv("LOCARIA_DB_URL", pg_url)
+    monkeypatch.setenv("LOCARIA_JOB_DB_URL", job_url)
     reset_settings()
     yield pg_url
 
@@ -161,6 +175,7 @@ def runs(conn: psycopg.Connection[dict[str, Any]]) -> Any:
     conn.execute("DROP TABLE IF EXISTS public.test_runs")
     conn.execute("CREATE TABLE public.test_runs (file_id bigint, job_id bigint, attempt int, pid int, "
                  "at timestamptz DEFAULT clock_timestamp())")
+    conn.execute("GRANT INSERT ON public.test_runs TO locaria_job")  # test jobs record their runs here
 
     def rows() -> list[dict[str, Any]]:
         with connect(os.environ["LOCARIA_DB_URL"], autocommit=True) as fresh:  # survives a restart

@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import time
 
+import psycopg
+
 from locaria_batch.job import JobContext, JobError, JobResult
 
 
@@ -70,3 +72,56 @@ def unpack_then_sleep(ctx: JobContext) -> JobResult:
     with open(os.path.join(folder, "data.bin"), "wb") as out:
         out.write(b"x" * 1024)
     return sleeper(ctx)
+
+
+# What a hostile job tries with the credentials it finds; each must be refused by the database.
+ATTACKS = {
+    "update another file's row": "UPDATE locaria_core.files SET status = 'HACKED' WHERE id = {victim_file}",
+    "update_file on another file": "SELECT locaria_core.update_file('{{\"id\": {victim_file}, \"status\": \"X\"}}')",
+    "add_file": "SELECT locaria_core.add_file('{{\"file_attributes\": {{}}}}')",
+    "the gateway": "SELECT locaria_core.locaria_internal_gateway('{{\"method\": \"get_files\"}}')",
+    "read the files table": "SELECT * FROM locaria_core.files",
+    "change a docker's command": "UPDATE locaria_core.dockers SET command = ARRAY['sh', '-c', 'id']",
+    "read attempt tokens": "SELECT attempt_token FROM locaria_core.jobs",
+    "overwrite another job's token": "UPDATE locaria_core.jobs SET attempt_token = gen_random_uuid() "
+                                     "WHERE id = {victim_job}",
+    "claim jobs": "SELECT * FROM locaria_core.claim_jobs('intruder', 10, 30, 'local')",
+    "fail another job": "SELECT locaria_core.job_attempt_failed({victim_job}, gen_random_uuid(), 1, 'x')",
+    "write job_events": "INSERT INTO locaria_core.job_events (job_id, event) VALUES ({victim_job}, 'forged')",
+    "read parameters": "SELECT * FROM locaria_core.parameters",
+    "get_parameters": "SELECT locaria_core.get_parameters('{{\"parameter_name\": \"fargate_config\", "
+                      "\"acl\": {{\"_groups\": [\"Admins\"]}}}}')",
+    "set_parameters": "SELECT locaria_core.set_parameters('{{\"parameter_name\": \"fargate_config\", "
+                      "\"parameters\": {{}}, \"acl\": {{\"_groups\": [\"Admins\"]}}}}')",
+    "drop another file's table": "DROP TABLE locaria_uploads.upload_file_{victim_file}",
+    "empty another file's table": "DELETE FROM locaria_uploads.upload_file_{victim_file}",
+    "COPY TO PROGRAM": "COPY (SELECT 1) TO PROGRAM 'touch /tmp/locaria-intruder'",
+    "COPY FROM PROGRAM": "COPY locaria_uploads.intruder_scratch FROM PROGRAM 'id'",
+    "write a server file": "COPY (SELECT 1) TO '/tmp/locaria-intruder'",
+    "read a server file": "SELECT pg_read_file('/etc/passwd')",
+    "create a function in locaria_core": "CREATE FUNCTION locaria_core.intruder() RETURNS int LANGUAGE sql "
+                                         "AS 'SELECT 1'",
+    "become the dispatcher": "SET ROLE locaria_dispatcher",
+    "promote itself": "ALTER ROLE current_user CREATEROLE",
+}
+
+
+def intruder(ctx: JobContext) -> JobResult:
+    """Try every attack on its own connection (each in a savepoint); report what the database said."""
+    victims = {"victim_file": int(ctx.attributes["victim_file"]), "victim_job": int(ctx.attributes["victim_job"])}
+    ctx.conn.execute("CREATE TABLE locaria_uploads.intruder_scratch (line text)")  # its own staging table
+    outcomes = {}
+    for attack, statement in ATTACKS.items():
+        try:
+            with ctx.conn.transaction():
+                ctx.conn.execute(statement.format(**victims))
+            outcomes[attack] = "allowed"
+        except psycopg.Error as exc:
+            outcomes[attack] = f"refused: {exc.sqlstate}"
+    ctx.conn.execute("DROP TABLE locaria_uploads.intruder_scratch")
+    row = ctx.conn.execute("SELECT current_user AS who").fetchone()
+    ctx.conn.commit()
+    found = sorted(name for name in os.environ if name.endswith(("DB_URL", "DATABASE_URL", "_SECRET"))
+                   or name.startswith("PGPASS"))
+    return JobResult(attributes={"outcomes": outcomes, "connected_as": row["who"] if row else None,
+                                 "credential_variables": found})

@@ -121,7 +121,8 @@ def test_help_reads_in_words() -> None:
             assert typer_type not in shown, (path, typer_type, shown)
 
 
-REPORTS_NOTHING = [["db", "url"], ["worker"], ["configure"], ["demo"]]  # a URL, a service, a menu, a walk-through
+# a URL, services, a menu, a walk-through, a log as it is written
+REPORTS_NOTHING = [["db", "url"], ["worker"], ["serve"], ["configure"], ["demo"], ["files", "logs"]]
 
 
 def test_every_command_that_reports_takes_json() -> None:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
+import stat
 import subprocess
 import sys
 import tempfile
@@ -11,6 +13,7 @@ import threading
 from pathlib import Path
 
 import psycopg
+import pytest
 
 from locaria_batch.db import connect
 from locaria_batch.db.migrate import available_migrations, migrate
@@ -22,7 +25,8 @@ def test_db_up_status_url_down(monkeypatch) -> None:
     home = Path(tempfile.mkdtemp(prefix="locaria-test-home-"))
     home.chmod(0o755)
     env = {**os.environ, "LOCARIA_HOME": str(home)}
-    env.pop("LOCARIA_DB_URL", None)
+    for name in ("LOCARIA_DB_URL", "LOCARIA_JOB_DB_URL"):
+        env.pop(name, None)
 
     def cli(*args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run([sys.executable, "-m", "locaria_batch.cli.main", *args], env=env, capture_output=True,
@@ -32,16 +36,29 @@ def test_db_up_status_url_down(monkeypatch) -> None:
         assert cli("db", "status").returncode == 1
         up = cli("db", "up")
         assert up.returncode == 0, up.stderr
+        credentials = json.loads((home / "credentials.json").read_text())
+        assert stat.S_IMODE((home / "credentials.json").stat().st_mode) == 0o600
+        assert stat.S_IMODE((home / "pgpass").stat().st_mode) == 0o600
         url = cli("db", "url").stdout.strip()
-        assert url.startswith("postgresql://locaria@127.0.0.1:")
-        with psycopg.connect(url) as conn:
+        assert url.startswith("postgresql://locaria_dispatcher@127.0.0.1:") and "passfile=" in url
+        shown = cli("db", "status").stdout + up.stdout + cli("db", "status", "--json").stdout
+        assert not any(password in shown + url for password in credentials.values())
+        with psycopg.connect(url, autocommit=True) as conn:  # what `psql "$(locaria-batch db url)"` does
             assert conn.execute("SELECT postgis_lib_version()").fetchone()[0].startswith("3.")
             assert conn.execute("SELECT count(*) FROM locaria_core.dockers WHERE enabled").fetchone()[0] >= 2
-        assert "running" in cli("db", "status").stdout
-        assert cli("db", "up").returncode == 0  # idempotent
-        assert "stopped" in cli("db", "down").stdout
+            assert conn.execute("SELECT rolsuper FROM pg_roles WHERE rolname = current_user").fetchone()[0] is False
+            port = conn.info.port
+            # password authentication: nobody gets in without one
+            with pytest.raises(psycopg.OperationalError, match="password"):
+                psycopg.connect(f"postgresql://locaria@127.0.0.1:{port}/locaria", connect_timeout=5)
+            assert "running" in cli("db", "status").stdout
+            assert cli("db", "up").returncode == 0  # idempotent
+            # down and up again while a client was connected: the port stays (saved URLs keep working)
+            assert "stopped" in cli("db", "down").stdout
         assert cli("db", "status").returncode == 1
         assert "locaria-batch db up" in cli("db", "url").stderr
+        assert cli("db", "up").returncode == 0
+        assert cli("db", "url").stdout.strip() == url
     finally:
         cli("db", "down")
         shutil.rmtree(home, ignore_errors=True)

@@ -11,7 +11,7 @@ import pytest
 from typer.testing import CliRunner
 
 from locaria_batch.cli.main import app
-from locaria_batch.db import connect
+from locaria_batch.db.connect import describe
 from locaria_batch.deploy.configure import Menu
 from tests.aws import REPO, RecordedPush, fargate_config
 
@@ -30,10 +30,9 @@ def scripted(answers: list[str]) -> tuple[Callable[[str], str], list[str]]:
     return ask, transcript
 
 
-def menu(config: Path, answers: list[str], db_url: str, **options: Any) -> tuple[Menu, list[str]]:
+def menu(config: Path, answers: list[str], **options: Any) -> tuple[Menu, list[str]]:
     ask, transcript = scripted(answers)
-    made = Menu(config, REPO, ask=ask, say=transcript.append, connect=lambda: connect(db_url, autocommit=True),
-                poll=0.2, **options)
+    made = Menu(config, REPO, ask=ask, say=transcript.append, poll=0.2, **options)
     return made, transcript
 
 
@@ -51,7 +50,7 @@ def test_deploy_a_docker_through_the_menu(stage_config: Path, dev: Any, db_url: 
         "docker", "file_loader",      # build + push + fargate_config
         "bogus", "q", "q",
     ]
-    configure, transcript = menu(stage_config, answers, db_url, engine=engine, base_image=base_image)
+    configure, transcript = menu(stage_config, answers, engine=engine, base_image=base_image)
     assert configure.run() == 0
     text = "\n".join(transcript)
     assert "Stages configured: [dev] [prod]" in text
@@ -65,6 +64,9 @@ def test_deploy_a_docker_through_the_menu(stage_config: Path, dev: Any, db_url: 
     assert "'nosuch' is not one of file_loader, file_download" in text
     assert "error: the stack for dev/main/dev is not deployed yet" in text
     assert "stack locaria-batch-dev-maindev ready" in text
+    # what it writes goes to the stage's database, and it says so first
+    assert f"database: {describe(db_url)} (from $LOCARIA_DEV_DB_URL)" in text
+    assert f"fargate_config.file_loader will be recorded in {describe(db_url)} (from $LOCARIA_DEV_DB_URL)" in text
     assert "file_loader deployed: 123456789012.dkr.ecr.eu-west-2.amazonaws.com/locaria-batch-dev-maindev/file_loader" \
         in text
     assert "unknown command 'bogus'" in text
@@ -83,14 +85,14 @@ def test_menu_reports_a_missing_daemon(stage_config: Path, dev: Any, db_url: str
 
     workflow.apply_stack(dev, report=lambda line: None, poll=0.2)
     monkeypatch.setenv("DOCKER_HOST", "unix:///nonexistent/docker.sock")
-    configure, transcript = menu(stage_config, ["e", "dev", "main", "dev", "docker", "", "q", "q"], db_url)
+    configure, transcript = menu(stage_config, ["e", "dev", "main", "dev", "docker", "", "q", "q"])
     assert configure.run() == 0
     assert any(line.startswith("error: no Docker daemon answers at unix:///nonexistent/docker.sock")
                for line in transcript)
 
 
-def test_menu_without_a_stage_configuration(tmp_path: Path, db_url: str) -> None:
-    configure, transcript = menu(tmp_path / "locaria.json", [], db_url)
+def test_menu_without_a_stage_configuration(tmp_path: Path) -> None:
+    configure, transcript = menu(tmp_path / "locaria.json", [])
     assert configure.run() == 1
     assert transcript == [f"error: {tmp_path / 'locaria.json'} not found: copy locaria.example.json to locaria.json "
                           "and fill it in"]
@@ -102,7 +104,13 @@ def test_configure_command_quits(stage_config: Path) -> None:
     assert "Stages configured: [dev] [prod]" in result.output and "q  quit" in result.output
 
 
-def test_menu_without_a_database(stage_config: Path) -> None:
-    ask, transcript = scripted(["e", "dev", "", "", "docker", "file_loader", "q", "q"])
-    assert Menu(stage_config, REPO, ask=ask, say=transcript.append).run() == 0
-    assert "error: no database to record fargate_config in: set LOCARIA_DB_URL" in transcript
+def test_menu_without_the_stage_database(stage_config: Path, dev: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    from locaria_batch.deploy import workflow
+
+    workflow.apply_stack(dev, report=lambda line: None, poll=0.2)
+    monkeypatch.delenv("LOCARIA_DEV_DB_URL")
+    monkeypatch.setenv("LOCARIA_DB_URL", "postgresql://somewhere.invalid/else")  # not the stage's: never used
+    configure, transcript = menu(stage_config, ["e", "dev", "", "", "docker", "file_loader", "q", "q"])
+    assert configure.run() == 0
+    assert "error: set LOCARIA_DEV_DB_URL to the owner's postgresql:// URL (the role that runs `locaria-batch db " \
+           "migrate`) of the dev/main/dev database" in transcript

@@ -60,16 +60,18 @@ def test_one_repository_task_definition_and_log_group_per_docker(rendered: Path)
         assert container["Memory"] == spec.memory and container["Name"] == name
         assert container["Image"] == {"Fn::Sub": f"${{{p}Repository.RepositoryUri}}:latest"}
         assert {s["Name"]: s["ValueFrom"] for s in container["Secrets"]} == {
-            "LOCARIA_DB_URL": {"Ref": "DatabaseUrlSecret"}, "LOCARIA_STORAGE": {"Ref": "StorageSecret"}}
+            "LOCARIA_DB_URL": "locaria-batch/dev-maindev/job-database-url",
+            "LOCARIA_STORAGE": "locaria-batch/dev-maindev/storage"}
         assert container["LogConfiguration"]["Options"]["awslogs-group"] == {"Ref": f"{p}LogGroup"}
         for key in ("RepositoryUri", "RepositoryArn", "TaskDefinitionArn", "LogGroupName", "LogGroupArn"):
             assert f"{p}{key}" in outputs
-    for key in ("ClusterArn", "TaskRoleArn", "ExecutionRoleArn", "LauncherRoleArn", "TaskStateRoleArn",
-                "DatabaseUrlSecretArn", "StorageSecretArn", "LauncherFunctionArn", "TaskStateFunctionArn",
-                "LauncherScheduleArn", "TaskStateRuleArn"):
+    for key in ("ClusterArn", "TaskRoleArn", "ExecutionRoleArn", "LauncherRoleArn", "TaskStateRoleArn", "UploadRoleArn",
+                "JobDatabaseSecretName", "DispatcherDatabaseSecretName", "StorageSecretName", "LauncherFunctionArn",
+                "TaskStateFunctionArn", "UploadFunctionArn", "LauncherScheduleArn", "TaskStateRuleArn", "BucketName"):
         assert key in outputs
-    assert resources["StorageSecret"]["Properties"]["SecretString"] == "s3://locaria-dev-maindev"
-    assert template(rendered)["Parameters"]["DatabaseUrl"]["NoEcho"] is True
+    # no secret value and no bucket in the template: `deploy apply` makes those
+    assert set(template(rendered)["Parameters"]) == {"CodeBucket", "CodeKey"}
+    assert not [r for r in resources.values() if r["Type"] in ("AWS::SecretsManager::Secret", "AWS::S3::Bucket")]
 
 
 def statements(resources: dict[str, Any], role: str) -> list[dict[str, Any]]:
@@ -86,13 +88,23 @@ def test_roles_are_least_privilege(rendered: Path) -> None:
     wildcard = [s["Action"] for s in execution if s["Resource"] == "*"]
     assert wildcard == ["ecr:GetAuthorizationToken"]  # the one ECR action without resource-level permissions
     assert {"Fn::GetAtt": ["FileLoaderRepository", "Arn"]} in execution[1]["Resource"]
-    assert execution[2]["Resource"] == [{"Ref": "DatabaseUrlSecret"}, {"Ref": "StorageSecret"}]
+    arn = "arn:${AWS::Partition}:secretsmanager:${AWS::Region}:${AWS::AccountId}:secret:locaria-batch/dev-maindev/"
+    assert execution[2]["Resource"] == [{"Fn::Sub": f"{arn}job-database-url-??????"},
+                                        {"Fn::Sub": f"{arn}storage-??????"}]
+    # the Lambdas read only the dispatcher's secret; the upload Lambda only heads uploads
+    for lambda_role in ("LauncherRole", "TaskStateRole", "UploadRole"):
+        read = [s for s in statements(resources, lambda_role) if s["Action"] == "secretsmanager:GetSecretValue"]
+        assert read == [{"Effect": "Allow", "Action": "secretsmanager:GetSecretValue",
+                         "Resource": [{"Fn::Sub": f"{arn}dispatcher-database-url-??????"}]}]
+    upload = statements(resources, "UploadRole")
+    assert [s["Resource"] for s in upload if s["Action"] == "s3:GetObject"] == [
+        {"Fn::Sub": "arn:${AWS::Partition}:s3:::locaria-dev-maindev/incoming/*"}]
     launcher = statements(resources, "LauncherRole")
     run_task = next(s for s in launcher if s["Action"] == "ecs:RunTask")
     assert run_task["Condition"] == {"ArnEquals": {"ecs:cluster": {"Fn::GetAtt": ["Cluster", "Arn"]}}}
     passed = next(s for s in launcher if s["Action"] == "iam:PassRole")
     assert passed["Resource"] == [{"Fn::GetAtt": ["TaskRole", "Arn"]}, {"Fn::GetAtt": ["ExecutionRole", "Arn"]}]
-    for role in ("TaskRole", "ExecutionRole", "LauncherRole", "TaskStateRole"):
+    for role in ("TaskRole", "ExecutionRole", "LauncherRole", "TaskStateRole", "UploadRole"):
         for statement in statements(resources, role):
             assert "*" not in str(statement["Action"]), statement
 
@@ -102,14 +114,22 @@ def test_lambdas_and_their_triggers(rendered: Path) -> None:
     launcher = resources["LauncherLambdaFunction"]["Properties"]
     assert launcher["Handler"] == "locaria_batch.dispatch.lambdas.launcher_handler"
     assert launcher["Runtime"] == "python3.13"
-    assert launcher["Environment"]["Variables"]["LOCARIA_DB_SECRET"] == {"Ref": "DatabaseUrlSecret"}
+    assert launcher["Environment"]["Variables"] == {
+        "LOCARIA_DB_SECRET": "locaria-batch/dev-maindev/dispatcher-database-url", "LOCARIA_RUNNER": "ecs"}
     assert launcher["VpcConfig"]["SubnetIds"] == ["subnet-0a1b2c3d4e5f60001", "subnet-0a1b2c3d4e5f60002"]
     task_state = resources["TaskStateLambdaFunction"]["Properties"]
     assert task_state["Handler"] == "locaria_batch.dispatch.lambdas.task_state_handler"
     assert resources["LauncherSchedule"]["Properties"]["ScheduleExpression"] == "rate(1 minute)"
     pattern = resources["TaskStateRule"]["Properties"]["EventPattern"]
     assert pattern["detail-type"] == ["ECS Task State Change"]
-    assert pattern["detail"]["clusterArn"] == [{"Fn::GetAtt": ["Cluster", "Arn"]}]
+    assert pattern["detail"] == {"clusterArn": [{"Fn::GetAtt": ["Cluster", "Arn"]}], "lastStatus": ["STOPPED"],
+                                 "startedBy": [{"prefix": "locaria/"}]}
+    upload = resources["UploadLambdaFunction"]["Properties"]
+    assert upload["Handler"] == "locaria_batch.dispatch.lambdas.upload_handler"
+    assert upload["Environment"]["Variables"]["LOCARIA_STORAGE"] == "s3://locaria-dev-maindev"
+    permission = resources["UploadPermission"]["Properties"]
+    assert (permission["Principal"], permission["SourceArn"], permission["SourceAccount"]) == (
+        "s3.amazonaws.com", {"Fn::Sub": "arn:${AWS::Partition}:s3:::locaria-dev-maindev"}, {"Ref": "AWS::AccountId"})
 
 
 def test_serverless_yml_holds_the_same_resources(rendered: Path) -> None:
@@ -122,6 +142,9 @@ def test_serverless_yml_holds_the_same_resources(rendered: Path) -> None:
         {"schedule": {"rate": "rate(1 minute)", "description": "run the launcher every minute"}}]
     assert sls["functions"]["taskState"]["events"][0]["eventBridge"]["pattern"]["detail-type"] == [
         "ECS Task State Change"]
+    assert sls["functions"]["upload"]["events"] == [{"s3": {
+        "bucket": "locaria-dev-maindev", "event": "s3:ObjectCreated:*", "existing": True,
+        "rules": [{"prefix": "incoming/"}]}}]
     assert (rendered / "lambda.zip").stat().st_size > 100_000
 
 
@@ -150,6 +173,8 @@ def test_serverless_package_succeeds(rendered: Path) -> None:
     assert packaged["Resources"]["LauncherLambdaFunction"]["Properties"]["Runtime"] == "python3.13"
     assert "FileLoaderTaskDefinition" in packaged["Resources"]
     assert "TaskStateFunctionArn" in packaged["Outputs"]
+    assert packaged["Resources"]["UploadLambdaFunction"]["Properties"]["Handler"] == \
+        "locaria_batch/dispatch/lambdas.upload_handler"
 
 
 # -- the stage configuration's errors ----------------------------------------------------------

@@ -50,7 +50,7 @@ def test_two_workers_never_run_one_job_twice(conn, db_url, add_docker, runs, loc
     add_docker("recorder", trigger_statuses=["RECORD"], success_status="RECORDED",
                handler="tests.jobs_for_tests:record", concurrency=40)
     ids = [add(conn, "RECORD") for _ in range(24)]
-    workers = [dispatchers(runner(locaria_env), concurrency=6, db_url=db_url, job_db_url=db_url) for _ in range(2)]
+    workers = [dispatchers(runner(locaria_env), concurrency=6, db_url=db_url) for _ in range(2)]
     threads = [threading.Thread(target=w.drain, kwargs={"timeout": 90, "poll": 0.05}) for w in workers]
     for thread in threads:
         thread.start()
@@ -69,7 +69,7 @@ def test_a_killed_job_is_retried_then_failed_with_its_exit_code(
     add_docker("sleeper", trigger_statuses=["SLEEP"], running_status="SLEEPING", handler="tests.jobs_for_tests:sleeper",
                max_attempts=2, retry_base_seconds=0.05)
     file_id = add(conn, "SLEEP", sleep=60)
-    dispatcher = dispatchers(runner(locaria_env), db_url=db_url, job_db_url=db_url)
+    dispatcher = dispatchers(runner(locaria_env), db_url=db_url)
     for attempt in (1, 2):
         pump(dispatcher, lambda a=attempt: len(runs()) >= a)
         os.kill(runs()[-1]["pid"], signal.SIGKILL)
@@ -95,7 +95,7 @@ def test_a_job_past_its_timeout_is_stopped(conn, db_url, add_docker, runs, locar
     add_docker("sleeper", trigger_statuses=["SLEEP"], handler="tests.jobs_for_tests:sleeper", timeout_seconds=1,
                max_attempts=1)
     file_id = add(conn, "SLEEP", sleep=60)
-    dispatcher = dispatchers(runner(locaria_env), db_url=db_url, job_db_url=db_url)
+    dispatcher = dispatchers(runner(locaria_env), db_url=db_url)
     pump(dispatcher, lambda: job_row(conn, file_id)["state"] == "failed")
     assert "timed out after 1 s" in file_row(conn, file_id)["attributes"]["error"]
     with pytest.raises(ProcessLookupError):
@@ -105,7 +105,7 @@ def test_a_job_past_its_timeout_is_stopped(conn, db_url, add_docker, runs, locar
 def test_cancel_stops_the_running_process(conn, db_url, add_docker, runs, locaria_env, dispatchers) -> None:
     add_docker("sleeper", trigger_statuses=["SLEEP"], handler="tests.jobs_for_tests:sleeper")
     file_id = add(conn, "SLEEP", sleep=60)
-    dispatcher = dispatchers(runner(locaria_env), db_url=db_url, job_db_url=db_url)
+    dispatcher = dispatchers(runner(locaria_env), db_url=db_url)
     pump(dispatcher, lambda: len(runs()) == 1)
     pid = runs()[0]["pid"]
     assert cancel_file(conn, file_id)["cancelled_jobs"] == [job_row(conn, file_id)["id"]]
@@ -122,7 +122,7 @@ def test_handler_errors_become_a_plain_message(conn, db_url, add_docker, locaria
     add_docker("exploder", trigger_statuses=["EXPLODE"], handler="tests.jobs_for_tests:explode")
     refused = add(conn, "CHECK", name="data.txt")
     exploded = add(conn, "EXPLODE")
-    dispatchers(runner(locaria_env), db_url=db_url, job_db_url=db_url).drain(timeout=30)
+    dispatchers(runner(locaria_env), db_url=db_url).drain(timeout=30)
     row = file_row(conn, refused)
     assert row["status"] == "ERROR"
     assert row["attributes"]["error"] == "file data.txt is not acceptable: send a CSV instead"
@@ -137,11 +137,11 @@ def test_handler_errors_become_a_plain_message(conn, db_url, add_docker, locaria
 def test_a_second_dispatcher_adopts_a_running_job(conn, db_url, add_docker, runs, locaria_env, dispatchers) -> None:
     add_docker("sleeper", trigger_statuses=["SLEEP"], success_status="SLEPT", handler="tests.jobs_for_tests:sleeper")
     file_id = add(conn, "SLEEP", sleep=1.5)
-    first = dispatchers(runner(locaria_env), db_url=db_url, job_db_url=db_url)
+    first = dispatchers(runner(locaria_env), db_url=db_url)
     pump(first, lambda: len(runs()) == 1)
     # the first dispatcher dies: its lease runs out
     conn.execute("UPDATE locaria_core.jobs SET lease_expires = now() - interval '1 second'")
-    second = dispatchers(runner(locaria_env), db_url=db_url, job_db_url=db_url)
+    second = dispatchers(runner(locaria_env), db_url=db_url)
     pump(second, lambda: job_row(conn, file_id)["state"] == "succeeded")
     job = job_row(conn, file_id)
     assert job["lease_owner"] == second.owner and job["attempt"] == 1
@@ -159,7 +159,7 @@ def test_adoption_finds_a_process_whose_handle_was_never_recorded(
     runner(locaria_env).launch(LaunchRequest(job.id, job.attempt, job.token, file_id, docker,
                                              job_environment(job, db_url)))
     conn.execute("UPDATE locaria_core.jobs SET lease_expires = now() - interval '1 second'")
-    adopter = dispatchers(runner(locaria_env), db_url=db_url, job_db_url=db_url)
+    adopter = dispatchers(runner(locaria_env), db_url=db_url)
     pump(adopter, lambda: job_row(conn, file_id)["state"] == "succeeded")
     assert len(runs()) == 1, "the job must not be launched a second time"
     assert job_row(conn, file_id)["handle"]["adopted"] is True
@@ -172,7 +172,7 @@ def test_a_lost_launch_is_relaunched_without_spending_an_attempt(
     file_id = add(conn, "SLEEP", sleep=0)
     conn.execute("SELECT * FROM locaria_core.claim_jobs('dead', 1, 30, 'local')")  # claimed, never launched
     conn.execute("UPDATE locaria_core.jobs SET lease_expires = now() - interval '1 second'")
-    dispatchers(runner(locaria_env), db_url=db_url, job_db_url=db_url).drain(timeout=30)
+    dispatchers(runner(locaria_env), db_url=db_url).drain(timeout=30)
     job = job_row(conn, file_id)
     assert job["state"] == "succeeded" and job["attempt"] == 1
     assert len(runs()) == 1
@@ -190,7 +190,7 @@ def test_each_dockers_concurrency_holds(conn, db_url, add_docker, runs, locaria_
         peak = max(peak, active.fetchone()["n"])
         return False
 
-    dispatcher = dispatchers(runner(locaria_env), concurrency=10, db_url=db_url, job_db_url=db_url)
+    dispatcher = dispatchers(runner(locaria_env), concurrency=10, db_url=db_url)
     deadline = time.monotonic() + 60
     while dispatcher.has_pending_work():
         assert time.monotonic() < deadline
@@ -218,7 +218,7 @@ def test_stale_tokens_change_nothing(conn, add_docker) -> None:
 def test_a_job_whose_file_was_deleted_outright_is_cancelled(conn, db_url, locaria_env, dispatchers) -> None:
     file_id = add(conn, "REGISTERED")
     conn.execute("DELETE FROM locaria_core.files WHERE id = %s", [file_id])
-    dispatchers(runner(locaria_env), db_url=db_url, job_db_url=db_url).drain(timeout=30)
+    dispatchers(runner(locaria_env), db_url=db_url).drain(timeout=30)
     job = job_row(conn, file_id)
     assert job["state"] == "cancelled" and "was deleted" in job["error"]
 
@@ -227,7 +227,7 @@ def test_deleting_a_file_stops_its_job_and_it_stays_deleted(
         conn, db_url, add_docker, runs, locaria_env, dispatchers) -> None:
     add_docker("sleeper", trigger_statuses=["SLEEP"], handler="tests.jobs_for_tests:sleeper")
     file_id = add(conn, "SLEEP", sleep=60)
-    dispatcher = dispatchers(runner(locaria_env), db_url=db_url, job_db_url=db_url)
+    dispatcher = dispatchers(runner(locaria_env), db_url=db_url)
     pump(dispatcher, lambda: len(runs()) == 1)
     result = conn.execute("SELECT locaria_core.delete_file(%s) AS r", [Jsonb({"id": file_id})]).fetchone()["r"]
     assert result["message"] == "file marked as deleted"
@@ -245,7 +245,7 @@ def test_forked_jobs_see_the_dispatchers_current_environment(conn, db_url, add_d
                                                              monkeypatch, dispatchers) -> None:
     add_docker("env_reporter", trigger_statuses=["ENV"], success_status="ENV_DONE",
                handler="tests.jobs_for_tests:report_environment")
-    dispatcher = dispatchers(runner(locaria_env), db_url=db_url, job_db_url=db_url)
+    dispatcher = dispatchers(runner(locaria_env), db_url=db_url)
     for value in ("first", "second"):  # the fork server outlives the first launch
         monkeypatch.setenv("LOCARIA_TEST_MARKER", value)
         file_id = add(conn, "ENV")

@@ -200,6 +200,7 @@ def test_dispatcher_killed_after_run_task_is_followed_by_adoption(dispatch, conn
     class DiesAfterRunTask:
         """The real runner; the dispatcher process dies right after RunTask returns."""
         name = "ecs"
+        needs_job_credentials = False
 
         def __init__(self, inner: EcsRunner) -> None:
             self.inner = inner

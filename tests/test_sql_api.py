@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
+import pytest
 from psycopg.types.json import Jsonb
 
 STAMP = re.compile(r"^\d{2}/\d{2}/\d{4} \d{2}:\d{2}:\d{2}$")
@@ -50,8 +51,9 @@ def test_update_file_merges_shallowly_and_appends_log(conn) -> None:
 
 def test_get_files_filters_and_hides_deleted(conn) -> None:
     for attrs, status in [({"upload": True}, "REGISTERED"), ({"download": True}, "DOWNLOAD_REQUESTED"),
-                          ({"upload": True}, "DELETED")]:
+                          ({"upload": True}, "UPLOADING")]:
         call(conn, "add_file", {"file_attributes": attrs, "status": status})
+    call(conn, "delete_file", {"id": 3})
     assert [f["id"] for f in call(conn, "get_files", {})["files"]] == [1, 2]
     assert [f["id"] for f in call(conn, "get_files", {"status": "DELETED"})["files"]] == [3]
     assert [f["id"] for f in call(conn, "get_files", {"filter": {"download": True}})["files"]] == [2]
@@ -69,9 +71,10 @@ def test_delete_file_is_soft_and_reports_unknown_ids(conn) -> None:
 
 
 def test_file_cron_never_touches_deleted_or_in_flight_rows(conn) -> None:
-    for status in ["FARGATE_PROCESSED", "DELETED", "FARGATE_PROCESSING", "ERROR"]:
-        call(conn, "add_file", {"file_attributes": {"cron": "daily"}, "status": status})
-    call(conn, "add_file", {"file_attributes": {"cron": "hourly"}, "status": "ERROR"})
+    for cron, status in [("daily", "FARGATE_PROCESSED"), ("daily", "DELETED"), ("daily", "FARGATE_PROCESSING"),
+                         ("daily", "ERROR"), ("hourly", "ERROR")]:
+        file_id = call(conn, "add_file", {"file_attributes": {"cron": cron}, "status": "UPLOADING"})["id"]
+        call(conn, "update_file", {"id": file_id, "status": status})
     ids = call(conn, "file_cron", {"filter": {"cron": "daily"}})
     assert ids == [1, 4]
     statuses = {r["id"]: r["status"] for r in conn.execute("SELECT id, status FROM locaria_core.files")}
@@ -115,3 +118,35 @@ def test_files_can_be_deleted_outright_while_jobs_reference_them(conn) -> None:
     assert conn.execute("SELECT count(*) AS n FROM locaria_core.jobs WHERE file_id = 1").fetchone()["n"] == 1
     conn.execute("DELETE FROM locaria_core.files WHERE id = 1")
     assert conn.execute("SELECT count(*) AS n FROM locaria_core.jobs WHERE file_id = 1").fetchone()["n"] == 1
+
+
+@pytest.mark.parametrize("parameters", ["null", "[]", "[1, 2]", '"add_file"', "42", "true", None])
+def test_the_gateway_answers_malformed_parameters_with_its_error(conn, parameters: str | None) -> None:
+    answer = conn.execute("SELECT locaria_core.locaria_internal_gateway(%s::jsonb, %s::jsonb) AS r",
+                          [parameters, "null"]).fetchone()["r"]
+    assert answer["response_code"] == 600 and answer["error"] == "parameters must be a JSON object", answer
+    assert answer["logid"] > 0
+
+
+def test_the_gateway_refuses_to_create_rows_nothing_will_process(conn) -> None:
+    answer = gateway(conn, {"method": "add_file", "status": "FARGATE_PROCESSING", "file_attributes": {"a": 1}})
+    assert answer["response_code"] == 600 and "cannot be created in status FARGATE_PROCESSING" in answer["error"]
+    odd = gateway(conn, {"method": "add_file", "file_attributes": "not an object"})
+    assert odd["response_code"] == 600 and odd["error"] == "file_attributes must be a JSON object"
+    assert conn.execute("SELECT count(*) AS n FROM locaria_core.files").fetchone()["n"] == 0
+    assert gateway(conn, {"method": "add_file", "file_attributes": {"upload": True}})["response_code"] == 200
+
+
+def test_file_cron_reruns_uploads_only(conn) -> None:
+    upload = call(conn, "add_file", {"file_attributes": {"upload": True, "nightly": True}, "status": "UPLOADING"})
+    download = call(conn, "add_file", {"file_attributes": {"download": True, "nightly": True},
+                                       "status": "DOWNLOAD_REQUESTED"})
+    for row in (upload, download):
+        conn.execute("UPDATE locaria_core.jobs SET state = 'succeeded'")
+        call(conn, "update_file", {"id": row["id"], "status": "DOWNLOAD_COMPLETED" if row is download else "ERROR"})
+    conn.execute("UPDATE locaria_core.jobs SET state = 'succeeded'")
+    assert gateway(conn, {"method": "file_cron", "filter": {"nightly": True}})["result"] == [upload["id"]]
+    statuses = {r["id"]: r["status"] for r in conn.execute("SELECT id, status FROM locaria_core.files")}
+    assert statuses == {upload["id"]: "REGISTERED", download["id"]: "DOWNLOAD_COMPLETED"}
+    refused = gateway(conn, {"method": "file_cron", "filter": {"nightly": True}, "new_status": "DOWNLOAD_REQUESTED"})
+    assert "re-runs uploads" in refused["error"]

@@ -28,8 +28,17 @@ def jobs(conn: Any) -> list[tuple[int, str, str]]:
 def test_insert_starts_only_the_docker_whose_trigger_status_matches(conn) -> None:
     add(conn, "REGISTERED")
     add(conn, "DOWNLOAD_REQUESTED")
-    add(conn, "FARGATE_PROCESSED")
+    set_status(conn, add(conn, "UPLOADING"), "FARGATE_PROCESSED")
     assert jobs(conn) == [(1, "file_loader", "queued"), (2, "file_download", "queued")]
+
+
+def test_a_file_is_only_created_where_something_will_process_it(conn) -> None:
+    for status in ["FARGATE_PROCESSING", "FARGATE_PROCESSED", "DOWNLOAD_COMPLETED", "DELETED", "NONSENSE"]:
+        refused = conn.execute("SELECT locaria_core.add_file(%s) AS r",
+                               [Jsonb({"file_attributes": {}, "status": status})]).fetchone()["r"]
+        assert refused["error"].startswith(f"a file cannot be created in status {status}: use one of UPLOADING, "
+                                           "REGISTERED, DOWNLOAD_REQUESTED"), refused
+    assert conn.execute("SELECT count(*) AS n FROM locaria_core.files").fetchone()["n"] == 0
 
 
 def test_status_changes(conn) -> None:
@@ -54,7 +63,7 @@ def test_triggers_come_from_the_dockers_table(conn, add_docker) -> None:
     add(conn, "REPORT_REQUESTED")
     assert jobs(conn) == [(1, "reporter", "queued")]
     conn.execute("UPDATE locaria_core.dockers SET enabled = false WHERE name = 'reporter'")
-    add(conn, "REPORT_REQUESTED")
+    set_status(conn, add(conn, "UPLOADING"), "REPORT_REQUESTED")  # a disabled docker runs nothing
     assert len(jobs(conn)) == 1
 
 

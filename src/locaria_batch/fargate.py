@@ -93,12 +93,17 @@ def load_fargate_config(conn: psycopg.Connection[Any]) -> dict[str, dict[str, An
     return dict(data) if isinstance(data, dict) else {}
 
 
+def save_fargate_config(conn: psycopg.Connection[Any], config: dict[str, Any]) -> None:
+    """Replace parameters.fargate_config, through the SQL API as an Admin."""
+    result = _parameters_call(conn, "set_parameters", {"parameter_name": PARAMETER, "parameters": config,
+                                                       "acl": ADMINS})
+    if "error" in result:
+        raise ApiError(f"writing fargate_config failed: {result['error']}")
+
+
 def write_fargate_config(conn: psycopg.Connection[Any], target: FargateTarget) -> dict[str, Any]:
     """Merge the target's entry into parameters.fargate_config, keeping the other dockers' entries."""
     with conn.transaction():
         merged = {**load_fargate_config(conn), target.docker: target.to_entry()}
-        result = _parameters_call(conn, "set_parameters",
-                                  {"parameter_name": PARAMETER, "parameters": merged, "acl": ADMINS})
-    if "error" in result:
-        raise ApiError(f"writing fargate_config failed: {result['error']}")
+        save_fargate_config(conn, merged)
     return merged

@@ -8,8 +8,10 @@ tests); `settings()` reads them once per process into a frozen `Settings`.  A ma
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
+from datetime import timedelta
 from enum import StrEnum
 from functools import cache
 from pathlib import Path
@@ -64,16 +66,21 @@ VARIABLES: tuple[Variable, ...] = (
     Variable("LOCARIA_LEASE_SECONDS", "`30`", "a worker's lease on the jobs it runs: renewed every third of "
              "it; another worker adopts them once it lapses (`worker --lease-seconds`)"),
     Variable("LOCARIA_DOCKER_NETWORK", "`host`", "network of job containers under the `docker` runner"),
-    Variable("LOCARIA_JOB_DB_URL", "the worker's database", "the database URL job containers get "
-             "(`docker` runner)"),
+    Variable("LOCARIA_JOB_DB_URL", "the embedded cluster's `locaria_job` login",
+             "the database URL jobs get: a login of the `locaria_job` role (required with LOCARIA_DB_URL and the "
+             "`local` or `docker` runner)"),
+    Variable("LOCARIA_CONSOLE_DB_URL", "the embedded cluster's `locaria_console` login",
+             "a read-only login (`locaria_console` role) the console reads with"),
     Variable("LOCARIA_LAUNCHER_CONCURRENCY", "`100`", "jobs the AWS launcher Lambda keeps in flight"),
     Variable("LOCARIA_LAUNCHER_SETTLE_SECONDS", "`20`", "how long the launcher waits for the job it was "
              "told about to commit"),
-    Variable("LOCARIA_DEPLOY_DB_URL", "", "the jobs' database URL `deploy apply` stores, for a stage that names "
-             "no `databaseUrlEnv`"),
     Variable("LOCARIA_STAGE_CONFIG", "`locaria.json` in the project", "the deployment stages file"),
     Variable("LOCARIA_BASE_IMAGE", "the image `scripts/container-base.sh` builds", "the base of job images"),
     Variable("LOCARIA_CACHE", "`~/.cache/locaria-batch`", "where image builds keep the project's wheels"),
+    Variable("LOCARIA_CONSOLE_TOKEN", "", "the token `serve` requires (needed to listen on any address but "
+             "loopback)"),
+    Variable("LOCARIA_JOB_RETENTION", "`30d`", "finished jobs older than this (`12h`, `30d`, `2w`) are pruned "
+             "by `worker`; `off` keeps them"),
     # set by the dispatcher for each job process; not for users
     Variable("LOCARIA_JOB_ID", "set by the dispatcher", "the job a job process runs"),
     Variable("LOCARIA_JOB_TOKEN", "set by the dispatcher", "the attempt's fencing token"),
@@ -131,11 +138,14 @@ class Settings:
     work_dir: Path | None = None
     docker_network: str = "host"
     job_db_url: str | None = None
+    console_db_url: str | None = None
     launcher_concurrency: int = 100
     launcher_settle_seconds: float = 20.0
     stage_config: Path | None = None
     base_image: str | None = None
     cache_dir: Path = Path.home() / ".cache" / "locaria-batch"
+    console_token: str | None = None
+    job_retention: timedelta | None = timedelta(days=30)  # None: never pruned by the worker
     job: JobIdentity | None = None
 
     @property
@@ -182,11 +192,14 @@ class Settings:
             work_dir=read.path("LOCARIA_WORK_DIR"),
             docker_network=read.text("LOCARIA_DOCKER_NETWORK") or defaults.docker_network,
             job_db_url=read.text("LOCARIA_JOB_DB_URL"),
+            console_db_url=read.text("LOCARIA_CONSOLE_DB_URL"),
             launcher_concurrency=read.integer("LOCARIA_LAUNCHER_CONCURRENCY", defaults.launcher_concurrency),
             launcher_settle_seconds=read.number("LOCARIA_LAUNCHER_SETTLE_SECONDS", defaults.launcher_settle_seconds),
             stage_config=read.path("LOCARIA_STAGE_CONFIG"),
             base_image=read.text("LOCARIA_BASE_IMAGE"),
             cache_dir=read.path("LOCARIA_CACHE") or defaults.cache_dir,
+            console_token=read.text("LOCARIA_CONSOLE_TOKEN"),
+            job_retention=read.age("LOCARIA_JOB_RETENTION", defaults.job_retention),
             job=_job_identity(read),
         )
 
@@ -227,12 +240,35 @@ class _Reader:
         except ValueError:
             raise ConfigurationError(f"{name} must be a number of seconds, not {value!r}") from None
 
+    def age(self, name: str, default: timedelta | None) -> timedelta | None:
+        value = self.text(name)
+        if value is None:
+            return default
+        if value.lower() == "off":
+            return None
+        try:
+            return parse_age(value)
+        except ValueError as exc:
+            raise ConfigurationError(f"{name}: {exc}, or off") from None
+
     def path(self, name: str) -> Path | None:
         value = self.text(name)
         return Path(value).expanduser() if value else None
 
     def words(self, name: str) -> tuple[str, ...]:
         return tuple(part.strip() for part in (self.text(name) or "").split(",") if part.strip())
+
+
+AGE = re.compile(r"^\s*(\d+)\s*([smhdw])\s*$")
+AGE_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
+
+
+def parse_age(text: str) -> timedelta:
+    """'7d', '12h', '30m', '2w' or '90s'."""
+    match = AGE.match(text)
+    if not match:
+        raise ValueError(f"age {text!r} is not understood: give a number and a unit, e.g. 7d, 12h, 30m, 2w")
+    return timedelta(**{AGE_UNITS[match.group(2)]: int(match.group(1))})
 
 
 def _job_identity(read: _Reader) -> JobIdentity | None:
@@ -274,5 +310,6 @@ def reset() -> None:
 
 
 def environment_value(name: str) -> str | None:
-    """A variable whose name the user chose (a stage's `databaseUrlEnv`), read here like the rest."""
+    """A variable whose name the user chose (a stage's `databaseUrlEnv`, `jobDatabaseUrlEnv`, ...), read
+    here like the rest."""
     return os.environ.get(name) or None

@@ -191,8 +191,11 @@ class UsageError(LocariaError):
 
 # -- the database -----------------------------------------------------------------------------
 @contextmanager
-def database() -> Iterator[psycopg.Connection[dict[str, Any]]]:
+def database(owner: bool = False) -> Iterator[psycopg.Connection[dict[str, Any]]]:
+    """The dispatcher's connection, or (owner=True) the schema owner's, which only migrations and
+    docker sync use."""
     from locaria_batch.db import connect
+    from locaria_batch.db.connect import owner_database_url
 
-    with connect(autocommit=True) as conn:
+    with connect(owner_database_url() if owner else None, autocommit=True) as conn:
         yield conn

@@ -12,35 +12,36 @@ db_app = group("The database: the embedded development cluster and migrations.")
 def migrate_and_sync(url: str | None = None) -> list[str]:
     """Apply pending migrations, then load docker/dockers.json into the database."""
     from locaria_batch.db import connect, dockers
+    from locaria_batch.db.connect import owner_database_url
     from locaria_batch.db.migrate import migrate
 
-    with connect(url, autocommit=True) as conn:
+    with connect(url or owner_database_url(), autocommit=True) as conn:
         applied = [f"{m.version:04d}_{m.name}" for m in migrate(conn)]
         dockers.sync(conn, dockers.load(settings().dockers_file))
     return applied
 
 
 def start_embedded() -> tuple[str, list[str]]:
-    """Start (and on first use create) the embedded cluster, then migrate it."""
+    """Start (and on first use create) the embedded cluster, then migrate it; returns the URL to
+    show (the dispatcher's, its password in a private passfile) and the migrations applied."""
     from locaria_batch.db.cluster import EmbeddedCluster
 
     if settings().db_url:
         raise ConfigurationError("LOCARIA_DB_URL is set: the embedded cluster is not used. "
                                  "Run `locaria-batch db migrate` instead.")
-    url = EmbeddedCluster(settings().home).up()
-    return url, migrate_and_sync(url)
+    cluster = EmbeddedCluster(settings().home)
+    applied = migrate_and_sync(cluster.up())
+    return cluster.url_without_password() or "", applied
 
 
 @command(db_app, "up")
 def db_up(as_json: JsonOption = False) -> None:
     """Start the embedded PostgreSQL + PostGIS cluster (initialising it the first time) and migrate it."""
-    from locaria_batch.db.connect import redacted
-
     url, applied = start_embedded()
     if as_json:
-        print_json({"url": redacted(url), "applied": applied})
+        print_json({"url": url, "applied": applied})
     else:
-        say(f"[green]database up[/green] {redacted(url)}" + (f" (applied {', '.join(applied)})" if applied else ""))
+        say(f"[green]database up[/green] {url}" + (f" (applied {', '.join(applied)})" if applied else ""))
 
 
 @command(db_app, "down")
@@ -73,21 +74,26 @@ def db_status(as_json: JsonOption = False) -> None:
     status = EmbeddedCluster(settings().home).status()
     if as_json:
         print_json({"embedded": True, "running": status.running, "data_dir": str(status.data_dir),
-                    "port": status.port, "url": redacted(status.url) if status.url else None})
+                    "port": status.port, "url": status.url})
     else:
         state = "[green]running[/green]" if status.running else "[red]stopped[/red]"
-        say(f"{state}  data: {status.data_dir}  port: {status.port or '-'}  "
-            f"url: {redacted(status.url) if status.url else '-'}")
+        say(f"{state}  data: {status.data_dir}  port: {status.port or '-'}  url: {status.url or '-'}")
     if not status.running:
         raise typer.Exit(1)
 
 
 @command(db_app, "url")
 def db_url() -> None:
-    """Print the database URL (for psql "$(locaria-batch db url)")."""
+    """Print the database URL (for psql "$(locaria-batch db url)"; the embedded cluster's password stays
+    in a private passfile, off command lines)."""
+    from locaria_batch.db.cluster import EmbeddedCluster
     from locaria_batch.db.connect import database_url
 
-    print(database_url())
+    if settings().db_url or settings().db_secret:
+        print(database_url())
+        return
+    url = EmbeddedCluster(settings().home).url_without_password()
+    print(url or database_url())  # database_url() says how to start a stopped cluster
 
 
 @command(db_app, "migrate")

@@ -22,7 +22,6 @@ def demo(sample: Annotated[Path | None, typer.Option(metavar="PATH", exists=True
     """Start the embedded database, load a sample file, export it again and print the result."""
     from psycopg import sql
 
-    from locaria_batch.db.connect import redacted
     from locaria_batch.files import register_upload, request_download
     from locaria_batch.storage import open_storage
 
@@ -31,7 +30,7 @@ def demo(sample: Annotated[Path | None, typer.Option(metavar="PATH", exists=True
         migrate_and_sync()
     else:
         url, applied = start_embedded()
-        say(f"[green]database up[/green] {redacted(url)}" + (f" (applied {', '.join(applied)})" if applied else ""))
+        say(f"[green]database up[/green] {url}" + (f" (applied {', '.join(applied)})" if applied else ""))
     with database() as conn:
         file_id = register_upload(conn, open_storage(), source)
     consoles.out.print(f"1. uploaded {source.name} as file {file_id}", markup=False, highlight=False)

@@ -6,6 +6,8 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich.markup import escape
+from rich.text import Text
 
 from locaria_batch.cli.common import JsonOption, command, consoles, group, print_json, say
 from locaria_batch.settings import settings
@@ -56,33 +58,74 @@ def deploy_render(stage: Stage, theme: Theme = None, environment: Environment = 
         consoles.out.print(f"wrote {path}", markup=False, highlight=False)
 
 
+Poll = Annotated[float, typer.Option(metavar="SECONDS", min=0.05, help="Seconds between stack event reads.")]
+
+
+def report_line(line: str) -> None:
+    """Progress of a deployment, on stderr (stdout keeps the result)."""
+    consoles.err.print(f"  {line}", markup=False, highlight=False)
+
+
 @command(deploy_app, "apply")
 def deploy_apply(stage: Stage, theme: Theme = None, environment: Environment = None, config: ConfigFile = None,
-                 poll: Annotated[float, typer.Option(metavar="SECONDS", min=0.05,
-                                                     help="Seconds between stack event reads.")] = 5.0,
-                 as_json: JsonOption = False) -> None:
-    """Create or update the stack through CloudFormation until it settles; record its outputs."""
+                 poll: Poll = 5.0, as_json: JsonOption = False) -> None:
+    """Make or check everything the stage needs (bucket, secrets, the stack, the upload notification,
+    fargate_config in the stage's database), then print the stack's outputs."""
+    from rich.table import Table
+
     from locaria_batch.deploy import workflow
 
     chosen = chosen_target(stage, theme, environment, config)
-    err = consoles.err
-
-    def report(line: str) -> None:
-        err.print(f"  {line}", markup=False, highlight=False)
-
-    with err.status(f"deploying {chosen.stack_name}"):
-        outputs = workflow.apply_stack(chosen, report=report, poll=poll)
+    with consoles.err.status(f"deploying {chosen.stack_name}"):
+        outputs = workflow.apply_stack(chosen, report=report_line, poll=poll)
     if as_json:
         print_json({"stack": chosen.stack_name, "outputs": outputs})
+        return
+    table = Table("output", "value", title=f"stack {chosen.stack_name}", title_justify="left")
+    for key, value in sorted(outputs.items()):
+        table.add_row(key, Text(value))
+    consoles.out.print(table)
+    say(f"[green]stack {chosen.stack_name} ready[/green]: outputs kept in {escape(str(chosen.outputs_file))}")
+
+
+@command(deploy_app, "destroy")
+def deploy_destroy(stage: Stage, theme: Theme = None, environment: Environment = None, config: ConfigFile = None,
+                   delete_bucket: Annotated[bool, typer.Option(
+                       "--delete-bucket", help="Also empty and delete the bucket (every upload and download).")
+                   ] = False,
+                   delete_secrets: Annotated[bool, typer.Option(
+                       "--delete-secrets", help="Also delete the three secrets (at once, without a recovery window).")
+                   ] = False,
+                   forget_fargate_config: Annotated[bool, typer.Option(
+                       "--forget-fargate-config", help="Also remove this stack's fargate_config entries from the "
+                       "stage's database.")] = False,
+                   yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
+                   poll: Poll = 5.0, as_json: JsonOption = False) -> None:
+    """Delete the stage's stack (cluster, task definitions, repositories, Lambdas, roles); the bucket,
+    the secrets and the database stay unless asked."""
+    from locaria_batch.deploy import workflow
+
+    chosen = chosen_target(stage, theme, environment, config)
+    extra = [what for asked, what in ((delete_bucket, f"the bucket {chosen.bucket} and everything in it"),
+                                      (delete_secrets, "the secrets"),
+                                      (forget_fargate_config, "its fargate_config entries")) if asked]
+    question = f"delete stack {chosen.stack_name} in {chosen.region}" + (f" and {', '.join(extra)}" if extra else "")
+    if not yes and not typer.confirm(question + "?", err=True):
+        raise typer.Exit(1)
+    with consoles.err.status(f"deleting {chosen.stack_name}"):
+        workflow.destroy_stack(chosen, delete_bucket=delete_bucket, delete_secrets=delete_secrets,
+                               forget_fargate_config=forget_fargate_config, report=report_line, poll=poll)
+    kept = [what for asked, what in ((delete_bucket, f"bucket {chosen.bucket}"), (delete_secrets, "secrets"),
+                                     (forget_fargate_config, "fargate_config")) if not asked]
+    if as_json:
+        print_json({"stack": chosen.stack_name, "deleted": True, "kept": kept})
     else:
-        say(f"[green]stack {chosen.stack_name} ready[/green]: {len(outputs)} outputs in {chosen.outputs_file}")
+        say(f"stack {escape(chosen.stack_name)} deleted" + (f"; kept: {escape(', '.join(kept))}" if kept else ""))
 
 
 def configure(config: ConfigFile = None, base: BaseImage = None) -> None:
     """The interactive menu: e -> stage -> theme -> environment -> docker | stack."""
-    from locaria_batch.db import connect
     from locaria_batch.deploy.configure import Menu
 
-    menu = Menu(config_path(config), settings().project_dir, connect=lambda: connect(autocommit=True),
-                base_image=base_image(base))
+    menu = Menu(config_path(config), settings().project_dir, base_image=base_image(base))
     raise typer.Exit(menu.run())

@@ -19,6 +19,7 @@ from locaria_batch.cli.deploy import (
     Theme,
     base_image,
     chosen_target,
+    report_line,
 )
 from locaria_batch.settings import settings
 
@@ -54,7 +55,7 @@ def docker_sync(as_json: JsonOption = False) -> None:
     from locaria_batch.db import dockers
 
     specs = dockers.load(settings().dockers_file)
-    with database() as conn:
+    with database(owner=True) as conn:
         names = dockers.sync(conn, specs)
     if as_json:
         print_json({"synced": names})
@@ -93,12 +94,12 @@ def docker_push(name: Name, stage: Stage, theme: Theme = None, environment: Envi
 @command(docker_app, "deploy")
 def docker_deploy(name: Name, stage: Stage, theme: Theme = None, environment: Environment = None,
                   config: ConfigFile = None, base: BaseImage = None, as_json: JsonOption = False) -> None:
-    """Build and push docker NAME, then record its fargate_config entry in the database."""
+    """Build and push docker NAME, then record its fargate_config entry in the stage's own database."""
     from locaria_batch.deploy import workflow
 
     chosen = chosen_target(stage, theme, environment, config)
-    with database() as conn, build_progress(f"deploying {name}") as progress:
-        entry = workflow.deploy(chosen, name, conn, base_image=base_image(base), progress=progress)
+    with build_progress(f"deploying {name}") as progress:
+        entry = workflow.deploy(chosen, name, base_image=base_image(base), progress=progress, report=report_line)
     if as_json:
         print_json({"docker": name, "fargate_config": entry})
     else:

@@ -77,21 +77,17 @@ def download_request(
     runner: RunnerOption = None,
 ) -> None:
     """Ask for a download; the file_download job writes it under loaderDownloads/."""
-    from locaria_batch.files import request_download
+    from locaria_batch.files import download_attributes, request_download
 
     if table and category:
         raise UsageError("give either --table or --category, not both")
-    attributes: dict[str, Any] = {"format": fmt.value, **parse_attrs(attr)}
+    extra = parse_attrs(attr)
     filters = download_filters(bbox, where, created_after, created_before, limit)
     if filters:
-        attributes["filters"] = filters
+        extra["filters"] = filters
     if srid is not None:
-        attributes["srid"] = srid
-    if table:
-        attributes["table"] = table
-    else:
-        attributes["categories"] = list(category)
-    attributes["name"] = name or (table or "-".join(category) or "all-data")
+        extra["srid"] = srid
+    attributes = download_attributes(fmt.value, table=table, categories=list(category), name=name, extra=extra)
     with database() as conn:
         file_id = request_download(conn, attributes)
     if not as_json:
@@ -108,7 +104,8 @@ def download_prune(
 ) -> None:
     """Delete the stored files of downloads older than --older-than and mark their rows expired
     (attributes.expired=true, url=null, a log entry); their status is kept."""
-    from locaria_batch.jobs.file_download.prune import old_downloads, parse_age, prune_downloads
+    from locaria_batch.jobs.file_download.prune import old_downloads, prune_downloads
+    from locaria_batch.settings import parse_age
     from locaria_batch.storage import download_key, open_storage
 
     try:

@@ -200,3 +200,37 @@ def files_complete(
         say(f"file {file_id} registered: the loader is queued" if result["completed"]
             else f"file {file_id} is {result['status']}: not waiting for an upload, nothing to do")
     after_queueing(file_id, wait_for_it=wait, as_json=as_json, runner=runner_name(runner))
+
+
+@command(files_app, "logs")
+def files_logs(
+    file_id: FileIdArgument,
+    follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing until the attempt ends.")] = False,
+    lines: Annotated[int, typer.Option(metavar="LINES", min=1, help="Lines to print (without --follow).")] = 200,
+) -> None:
+    """The log of the file's latest job attempt: a local file, the container's, or CloudWatch Logs."""
+    import sys
+
+    from locaria_batch.dispatch.logs import LogUnavailable, job_log
+    from locaria_batch.dispatch.store import IN_FLIGHT, JobStore
+    from locaria_batch.files import get_file
+
+    with database() as conn:
+        store = JobStore(conn)
+        jobs = store.jobs_of_file(file_id)
+        if not jobs:
+            get_file(conn, file_id)  # says so when the file does not exist
+            raise LogUnavailable(f"file {file_id} has had no job yet: it has no log")
+        latest = jobs[-1]
+        source = job_log(latest, settings().logs_dir)
+        if not follow:
+            sys.stdout.write(source.tail(lines))
+            return
+
+        def ended() -> bool:
+            now = store.job(latest.id)
+            return now is None or now.attempt != latest.attempt or now.state not in IN_FLIGHT
+
+        for chunk in source.follow(ended, poll=0.5):
+            sys.stdout.write(chunk)
+            sys.stdout.flush()

@@ -5,12 +5,12 @@ from __future__ import annotations
 import signal
 import threading
 from types import FrameType
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
 from locaria_batch.cli.common import database, runner_name, say
-from locaria_batch.settings import RunnerName
+from locaria_batch.settings import RunnerName, settings
 
 
 def worker(
@@ -23,17 +23,32 @@ def worker(
     lease_seconds: Annotated[int | None, typer.Option("--lease-seconds", metavar="SECONDS", min=1, help=(
         "The lease on running jobs, renewed every third of it; another worker adopts them once it lapses "
         "(default: $LOCARIA_LEASE_SECONDS, else 30)."))] = None,
+    metrics_port: Annotated[int | None, typer.Option(metavar="PORT", min=1, max=65535, help=(
+        "Serve this worker's Prometheus metrics on PORT (/metrics)."))] = None,
+    metrics_host: Annotated[str, typer.Option(metavar="ADDRESS", help=(
+        "Address the metrics listen on."))] = "127.0.0.1",
 ) -> None:
-    """Dispatch jobs: LISTEN for new ones, launch, reconcile, retry and time them out.
+    """Dispatch jobs: LISTEN for new ones, launch, reconcile, retry and time them out; prune finished
+    jobs older than $LOCARIA_JOB_RETENTION (30d) every hour.
 
     SIGTERM or Ctrl-C stops it within a few seconds and leaves running jobs to the next worker,
     which adopts them; a second signal stops the running jobs too."""
     from locaria_batch.dispatch.dispatcher import Dispatcher, make_runner
+    from locaria_batch.dispatch.metrics import DispatcherMetrics, MeteredDispatcher
+    from locaria_batch.dispatch.retention import RetentionTimer
 
     with database():
         pass  # a clear message when there is no database, before the runner starts
     name = runner_name(runner)
-    dispatcher = Dispatcher(make_runner(name), concurrency=concurrency, lease_seconds=lease_seconds)
+    dispatcher: Dispatcher
+    metrics: DispatcherMetrics | None = None
+    if metrics_port is not None:
+        metrics = DispatcherMetrics()
+        metrics.serve(metrics_port, metrics_host)
+        dispatcher = MeteredDispatcher(make_runner(name), metrics, concurrency=concurrency,
+                                       lease_seconds=lease_seconds)
+    else:
+        dispatcher = Dispatcher(make_runner(name), concurrency=concurrency, lease_seconds=lease_seconds)
     if once:
         try:
             dispatcher.drain()
@@ -55,6 +70,18 @@ def worker(
 
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
+    retention = settings().job_retention
+    timer = RetentionTimer(retention, settings().logs_dir, on_pruned=_counted(metrics)) if retention else None
     say(f"worker {dispatcher.owner} ({name} runner, concurrency {concurrency}, lease {dispatcher.lease_seconds} s) "
-        "waiting for jobs")
-    dispatcher.serve(stop, poll=poll)
+        "waiting for jobs" + (f"; metrics on http://{metrics_host}:{metrics_port}/metrics" if metrics_port else ""))
+    if timer is not None:
+        timer.start()
+    try:
+        dispatcher.serve(stop, poll=poll)
+    finally:
+        if timer is not None:
+            timer.close()
+
+
+def _counted(metrics: Any) -> Any:
+    return None if metrics is None else metrics.pruned.inc

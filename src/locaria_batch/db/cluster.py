@@ -9,14 +9,16 @@ import pwd
 import shutil
 import socket
 import subprocess
+import time
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import quote
 
+from locaria_batch.db.credentials import DISPATCHER, OWNER, ROLES, Credentials, write_private
 from locaria_batch.errors import LocariaError
 from locaria_batch.settings import settings
 
 DATABASE = "locaria"
-SUPERUSER = "locaria"
 
 
 class ClusterError(LocariaError):
@@ -30,12 +32,24 @@ def free_port() -> int:
 
 
 def port_is_free(port: int) -> bool:
+    """Whether PostgreSQL could listen on the port now.  It binds with SO_REUSEADDR, so a port whose
+    old connections linger in TIME_WAIT (after `db down`) is free to it, and is to us."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind(("127.0.0.1", port))
         except OSError:
             return False
         return True
+
+
+def wait_for_port(port: int, seconds: float) -> bool:
+    deadline = time.monotonic() + seconds
+    while not port_is_free(port):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.2)
+    return True
 
 
 def postgres_bindir() -> Path:
@@ -102,6 +116,8 @@ class EmbeddedCluster:
         self.run_dir = self.root / "run"
         self.state_file = self.root / "cluster.json"
         self.log_file = self.root / "postgres.log"
+        self.credentials_file = home / "credentials.json"
+        self.passfile = home / "pgpass"  # the dispatcher role's, for `psql "$(locaria-batch db url)"`
 
     # -- state -----------------------------------------------------------------------
     def _state(self) -> dict[str, int]:
@@ -109,8 +125,27 @@ class EmbeddedCluster:
             return dict(json.loads(self.state_file.read_text()))
         return {}
 
-    def _url(self, port: int) -> str:
-        return f"postgresql://{SUPERUSER}@127.0.0.1:{port}/{DATABASE}"
+    def credentials(self) -> Credentials:
+        found = Credentials.load(self.credentials_file)
+        if found is None:
+            raise ClusterError(
+                f"{self.credentials_file} is missing, so nothing can log in to the embedded cluster. Restore it, "
+                f"or remove {self.root} to start a new cluster (its data is lost).")
+        return found
+
+    def url(self, role: str = DISPATCHER) -> str | None:
+        """The URL of `role` on the running cluster (None when it is stopped)."""
+        port = self._state().get("port")
+        if port and self.is_running():
+            return self.credentials().url(role, port, DATABASE)
+        return None
+
+    def url_without_password(self) -> str | None:
+        """The dispatcher's URL with its password in a private passfile, for command lines."""
+        port = self._state().get("port")
+        if not (port and self.is_running()):
+            return None
+        return f"postgresql://{DISPATCHER}@127.0.0.1:{port}/{DATABASE}?passfile={quote(str(self.passfile))}"
 
     def _as_owner(self, argv: list[str]) -> list[str]:
         """initdb and postgres refuse to run as root: run them as the `postgres` user then."""
@@ -149,48 +184,91 @@ class EmbeddedCluster:
         )
         return result.returncode == 0
 
-    def url_if_running(self) -> str | None:
-        port = self._state().get("port")
-        if port and self.is_running():
-            return self._url(port)
-        return None
-
     def status(self) -> ClusterStatus:
         running = self.is_running()
         port = self._state().get("port")
         return ClusterStatus(
             running=running, initialised=(self.data / "PG_VERSION").exists(), port=port,
-            url=self._url(port) if running and port else None, data_dir=self.data,
+            url=self.url_without_password() if running else None, data_dir=self.data,
         )
 
     # -- lifecycle -------------------------------------------------------------------
     def up(self) -> str:
+        """Start the cluster (creating it the first time); returns the owner's URL, for migrations."""
         bindir = postgres_bindir()
         ensure_postgis(bindir)
         self.root.mkdir(parents=True, exist_ok=True)
         self.run_dir.mkdir(exist_ok=True)
         if not (self.data / "PG_VERSION").exists():
-            self._check_reachable()
-            self._chown()
+            self._initdb(bindir)
+        if not self.is_running():
+            self._start(bindir, self._port())
+        port = self._state()["port"]
+        if not self.credentials_file.exists() and self._trusts_everyone():
+            self._require_passwords(port)
+        self._create_database(port)
+        return self.credentials().url(OWNER, port, DATABASE)
+
+    def _initdb(self, bindir: Path) -> None:
+        self._check_reachable()
+        credentials = Credentials.load(self.credentials_file) or Credentials.generate()
+        credentials.save(self.credentials_file)
+        pwfile = self.root / ".initdb-password"
+        write_private(pwfile, credentials.passwords[OWNER])
+        self._chown()
+        try:
             result = subprocess.run(
-                self._as_owner([str(bindir / "initdb"), "-D", str(self.data), "-U", SUPERUSER, "--auth=trust",
-                                "-E", "UTF8", "--locale=C.UTF-8", "--no-sync"]),
+                self._as_owner([str(bindir / "initdb"), "-D", str(self.data), "-U", OWNER, "--pwfile", str(pwfile),
+                                "--auth=scram-sha-256", "-E", "UTF8", "--locale=C.UTF-8", "--no-sync"]),
                 capture_output=True, text=True,
             )
-            if result.returncode != 0:
-                raise ClusterError(f"initdb failed:\n{result.stderr.strip()}")
-        if self.is_running():
-            return self._url(self._state()["port"])
+        finally:
+            pwfile.unlink(missing_ok=True)
+        if result.returncode != 0:
+            raise ClusterError(f"initdb failed:\n{result.stderr.strip()}")
+
+    def _trusts_everyone(self) -> bool:
+        hba = self.data / "pg_hba.conf"
+        return any(line.split()[-1] == "trust" for line in hba.read_text().splitlines()
+                   if line.strip() and not line.lstrip().startswith("#"))
+
+    def _require_passwords(self, port: int) -> None:
+        """A cluster made before passwords were required: give every role one, then require them."""
+        import psycopg
+        from psycopg import sql
+
+        credentials = Credentials.generate()
+        with psycopg.connect(f"postgresql://{OWNER}@127.0.0.1:{port}/postgres", autocommit=True) as conn:
+            conn.execute(sql.SQL("ALTER ROLE {} PASSWORD {}").format(
+                sql.Identifier(OWNER), sql.Literal(credentials.passwords[OWNER])))
+            credentials.save(self.credentials_file)
+            hba = self.data / "pg_hba.conf"
+            hba.write_text("".join(
+                line.rsplit("trust", 1)[0] + "scram-sha-256\n"
+                if line.strip() and not line.lstrip().startswith("#") and line.split()[-1] == "trust" else line
+                for line in hba.read_text().splitlines(keepends=True)))
+            self._chown()
+            conn.execute("SELECT pg_reload_conf()")
+
+    def _port(self) -> int:
+        """The stored port (waiting a little for it to free), else a new one the first time."""
         port = self._state().get("port")
-        if not port or not port_is_free(port):
+        if port is None:
             port = free_port()
+        elif not wait_for_port(port, 15):
+            raise ClusterError(
+                f"port {port} of the embedded cluster is taken by another program. Stop it, or remove "
+                f"{self.state_file} to give the cluster a new port (saved database URLs then change).")
         self.state_file.write_text(json.dumps({"port": port}))
+        return port
+
+    def _start(self, bindir: Path, port: int) -> None:
         self._chown()
         options = " ".join([
             f"-p {port}", f"-k {self.run_dir}", "-c listen_addresses=127.0.0.1",
             "-c max_connections=200", "-c shared_buffers=256MB", "-c synchronous_commit=off",
             "-c wal_level=minimal", "-c max_wal_senders=0", "-c max_wal_size=4GB",
-            "-c maintenance_work_mem=256MB", "-c jit=off",
+            "-c maintenance_work_mem=256MB", "-c jit=off", "-c password_encryption=scram-sha-256",
             *settings().pg_options,
         ])
         result = subprocess.run(
@@ -201,16 +279,22 @@ class EmbeddedCluster:
         if result.returncode != 0:
             tail = self.log_file.read_text()[-2000:] if self.log_file.exists() else ""
             raise ClusterError(f"PostgreSQL did not start:\n{result.stderr.strip()}\n{tail}")
-        self._create_database(port)
-        return self._url(port)
 
     def _create_database(self, port: int) -> None:
+        """The database, and a login for each role (the migrations grant them what they may do)."""
         import psycopg
+        from psycopg import sql
 
-        with psycopg.connect(f"postgresql://{SUPERUSER}@127.0.0.1:{port}/postgres", autocommit=True) as conn:
-            exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", [DATABASE]).fetchone()
-            if not exists:
-                conn.execute(f'CREATE DATABASE "{DATABASE}"')
+        credentials = self.credentials()
+        with psycopg.connect(credentials.url(OWNER, port, "postgres"), autocommit=True) as conn:
+            if not conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", [DATABASE]).fetchone():
+                conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(DATABASE)))
+            for role in ROLES:
+                verb = "ALTER" if conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", [role]).fetchone() \
+                    else "CREATE"
+                conn.execute(sql.SQL(verb + " ROLE {} LOGIN PASSWORD {}").format(
+                    sql.Identifier(role), sql.Literal(credentials.passwords[role])))
+        write_private(self.passfile, f"127.0.0.1:{port}:{DATABASE}:{DISPATCHER}:{credentials.passwords[DISPATCHER]}\n")
 
     def down(self) -> bool:
         if not self.is_running():
@@ -220,6 +304,14 @@ class EmbeddedCluster:
             check=True, capture_output=True,
         )
         return True
+
+    def restart(self) -> None:
+        """Restart the server at once (`pg_ctl restart -m fast`): every connection drops."""
+        subprocess.run(
+            self._as_owner([str(postgres_bindir() / "pg_ctl"), "restart", "-w", "-m", "fast", "-D", str(self.data),
+                            "-l", str(self.log_file)]),
+            check=True, capture_output=True,
+        )
 
     def destroy(self) -> None:
         self.down()

@@ -11,16 +11,36 @@ import psycopg.errors
 from psycopg import sql
 from psycopg.rows import dict_row
 
-from locaria_batch.errors import DatabaseNotConfigured, DatabaseUnavailable, LocariaError, SchemaNotMigrated
+from locaria_batch.db.credentials import CONSOLE, DISPATCHER, JOB, OWNER
+from locaria_batch.errors import (
+    ConfigurationError,
+    DatabaseNotConfigured,
+    DatabaseUnavailable,
+    LocariaError,
+    SchemaNotMigrated,
+)
 from locaria_batch.settings import settings
 
 Query: TypeAlias = str | bytes | sql.SQL | sql.Composed
 Params: TypeAlias = Sequence[Any] | Mapping[str, Any] | None
 
 
+def _embedded_url(role: str) -> str:
+    from locaria_batch.db.cluster import EmbeddedCluster
+
+    url = EmbeddedCluster(settings().home).url(role)
+    if url is None:
+        raise DatabaseNotConfigured(
+            "No database: set LOCARIA_DB_URL to an existing PostgreSQL+PostGIS database, "
+            "or start the embedded one with `locaria-batch db up`."
+        )
+    return url
+
+
 def database_url() -> str:
-    """LOCARIA_DB_URL, else a URL kept in Secrets Manager (LOCARIA_DB_SECRET), else the
-    embedded cluster under .locaria/ (which must be running)."""
+    """What the CLI, the worker and the Lambdas connect with: LOCARIA_DB_URL, else a URL kept in
+    Secrets Manager (LOCARIA_DB_SECRET), else the embedded cluster's dispatcher role (the cluster
+    under .locaria/ must be running)."""
     conf = settings()
     if conf.db_url:
         return conf.db_url
@@ -28,16 +48,34 @@ def database_url() -> str:
         from locaria_batch.db.secrets import database_url_from_secret
 
         return database_url_from_secret(conf.db_secret)
-    from locaria_batch.db.cluster import EmbeddedCluster
+    return _embedded_url(DISPATCHER)
 
-    cluster = EmbeddedCluster(conf.home)
-    url = cluster.url_if_running()
-    if url is None:
-        raise DatabaseNotConfigured(
-            "No database: set LOCARIA_DB_URL to an existing PostgreSQL+PostGIS database, "
-            "or start the embedded one with `locaria-batch db up`."
-        )
-    return url
+
+def owner_database_url() -> str:
+    """What migrations run as: the given database URL, or the embedded cluster's owner."""
+    conf = settings()
+    return database_url() if conf.db_url or conf.db_secret else _embedded_url(OWNER)
+
+
+def job_database_url() -> str:
+    """What job processes and containers connect with: never the dispatcher's own credentials."""
+    conf = settings()
+    if conf.job_db_url:
+        return conf.job_db_url
+    if not (conf.db_url or conf.db_secret):
+        return _embedded_url(JOB)
+    raise ConfigurationError(
+        "jobs need database credentials of their own: set LOCARIA_JOB_DB_URL to a URL of a login with the "
+        "locaria_job role (`locaria-batch db migrate` creates the role and grants it what a job may do)")
+
+
+def console_database_url() -> str | None:
+    """The console's read-only login, where one is known (else the console reads read-only on the
+    main connection)."""
+    conf = settings()
+    if conf.console_db_url:
+        return conf.console_db_url
+    return None if conf.db_url or conf.db_secret else _embedded_url(CONSOLE)
 
 
 def connect(url: str | None = None, *, autocommit: bool = False, application_name: str = "locaria-batch",
@@ -80,6 +118,20 @@ def redacted(url: str) -> str:
         return url
     netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
     return urlunsplit(parts._replace(netloc=netloc))
+
+
+def describe(url: str) -> str:
+    """Where a URL leads, for "writing to ..." lines: host:port/database as user, never the password."""
+    from psycopg.conninfo import conninfo_to_dict
+
+    try:
+        info = conninfo_to_dict(url)
+    except psycopg.ProgrammingError:
+        return redacted(url)
+    host = str(info.get("host") or "the local socket")
+    port = f":{info['port']}" if info.get("port") else ""
+    user = f" as {info['user']}" if info.get("user") else ""
+    return f"{host}{port}/{info.get('dbname') or info.get('user') or '(default)'}{user}"
 
 
 def scalar(conn: psycopg.Connection[Any], query: Query, params: Params = None) -> Any:

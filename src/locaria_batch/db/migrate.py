@@ -9,6 +9,8 @@ from typing import Any
 
 import psycopg
 
+from locaria_batch.db.adoption import around_migrations
+
 MIGRATION_LOCK = 0x10CA61A  # any constant shared by every process running migrations
 
 
@@ -47,13 +49,16 @@ def migrate(conn: psycopg.Connection[Any]) -> list[Migration]:
         )
         rows = conn.execute("SELECT version FROM locaria_core.schema_migrations").fetchall()
         done = {row["version"] if isinstance(row, dict) else row[0] for row in rows}
-        for migration in available_migrations():
-            if migration.version in done:
-                continue
-            conn.execute(migration.sql.encode())
-            conn.execute(
-                "INSERT INTO locaria_core.schema_migrations (version, name, checksum) VALUES (%s, %s, %s)",
-                [migration.version, migration.name, migration.checksum],
-            )
-            applied_now.append(migration)
+        pending = [migration for migration in available_migrations() if migration.version not in done]
+        # a database taken over from Locaria keeps the CMS's own functions as they are (db/adoption.py)
+        with around_migrations(conn):
+            for migration in pending:
+                conn.execute(migration.sql.encode())
+                conn.execute(
+                    "INSERT INTO locaria_core.schema_migrations (version, name, checksum) VALUES (%s, %s, %s)",
+                    [migration.version, migration.name, migration.checksum],
+                )
+                applied_now.append(migration)
+            # every run: functions added or replaced by any migration get their role's grants again
+            conn.execute("SELECT locaria_core.grant_roles()")
     return applied_now

@@ -3,8 +3,9 @@
     Command [h for help]?  e -> stage -> theme -> environment
     Deploy command for {stage}:{theme};{environment} [h for help]?  docker | stack | q
 
-It drives the same workflow functions as the `docker` and `deploy` commands; a failing step
-prints one sentence and returns to the menu.
+It drives the same workflow functions as the `docker` and `deploy` commands (so what they write
+goes to the chosen stage's own database, named before anything is written); a failing step prints
+one sentence and returns to the menu.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import psycopg
 from locaria_batch.deploy import workflow
 from locaria_batch.deploy.images import DEFAULT_BASE_IMAGE
 from locaria_batch.deploy.stages import StageConfigError, Target, load_stages, target, themes
-from locaria_batch.errors import DeployError, LocariaError
+from locaria_batch.errors import LocariaError
 
 TOP_HELP = """\
   e  deploy: choose a stage, theme and environment, then build/push dockers or deploy the stack
@@ -38,7 +39,6 @@ class Menu:
     project_dir: Path
     ask: Callable[[str], str] = input
     say: Callable[[str], None] = print
-    connect: Callable[[], Any] | None = None  # the database, for fargate_config
     engine: Any = None  # a Docker SDK client; default: DOCKER_HOST
     aws: Any = None  # a boto3 session; default: the stage's profile or the environment
     base_image: str = DEFAULT_BASE_IMAGE
@@ -125,8 +125,11 @@ class Menu:
             action()
         except LocariaError as exc:
             self.say(f"error: {exc}")
-        except psycopg.OperationalError as exc:
-            self.say(f"error: cannot reach the database to record fargate_config: {str(exc).strip().splitlines()[0]}")
+        except psycopg.Error as exc:
+            from locaria_batch.db.connect import explain_database_error
+
+            explained = explain_database_error(exc)
+            self.say(f"error: {explained or str(exc).strip().splitlines()[0]}")
 
     def deploy_docker(self, chosen: Target) -> None:
         specs = workflow.specs(self.project_dir)
@@ -137,13 +140,9 @@ class Menu:
                                 f"{chosen.environment}", names, names[0])
         if name == "q":
             return
-        if self.connect is None:
-            raise DeployError("no database to record fargate_config in: set LOCARIA_DB_URL")
         self.say(f"building {name}")
-        progress = self.build_progress()
-        with self.connect() as conn:
-            entry = workflow.deploy(chosen, name, conn, base_image=self.base_image, progress=progress,
-                                    engine=self.engine, aws=self.aws)
+        entry = workflow.deploy(chosen, name, base_image=self.base_image, progress=self.build_progress(),
+                                engine=self.engine, aws=self.aws, report=self.say)
         self.say(f"{name} deployed: {entry['ecrRepositoryUri']} (fargate_config.{name} recorded)")
 
     def build_progress(self) -> workflow.Progress:

@@ -1,85 +1,41 @@
-"""Create or update a target's stack through CloudFormation, follow its events until it settles,
-and keep its outputs in .locaria/outputs/{stage}-{theme}{environment}.json."""
+"""Create, update or delete a target's stack through CloudFormation, follow its events until it
+settles, and keep its outputs in .locaria/outputs/{stage}-{theme}{environment}.json."""
 
 from __future__ import annotations
 
 import json
-import os
 import time
-from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import boto3
-from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError, ProfileNotFound
+from botocore.exceptions import ClientError
 
 from locaria_batch.db.dockers import DockerSpec
+from locaria_batch.deploy.aws import Report, aws_call, session, silent
 from locaria_batch.deploy.package import build_lambda_package, digest
 from locaria_batch.deploy.render import cloudformation
 from locaria_batch.deploy.stages import Target
 from locaria_batch.errors import DeployError
-from locaria_batch.settings import environment_value
 
 MAX_INLINE_TEMPLATE = 51_200  # CloudFormation's limit for TemplateBody
 SETTLED_FAILED = ("ROLLBACK_COMPLETE", "ROLLBACK_FAILED", "UPDATE_ROLLBACK_COMPLETE", "UPDATE_ROLLBACK_FAILED",
-                  "CREATE_FAILED", "DELETE_COMPLETE", "DELETE_FAILED")
-
-Report = Callable[[str], None]
+                  "CREATE_FAILED", "DELETE_FAILED")
 
 
 class StackNotDeployed(DeployError):
     pass
 
 
-def _silent(message: str) -> None:
-    return None
-
-
-def session(target: Target) -> boto3.Session:
-    """Credentials from the environment when it has any, else the stage's profile."""
-    use_profile = target.profile and not (os.environ.get("AWS_PROFILE") or os.environ.get("AWS_ACCESS_KEY_ID"))
-    try:
-        made = boto3.Session(profile_name=target.profile if use_profile else None, region_name=target.region)
-    except ProfileNotFound as exc:
-        raise DeployError(f"AWS profile {target.profile!r} (stage {target.stage}) is not configured: "
-                          f"run `aws configure --profile {target.profile}` or set AWS_PROFILE") from exc
-    if made.get_credentials() is None:
-        raise DeployError("no AWS credentials: set AWS_PROFILE or AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, "
-                          f"or configure the profile {target.profile!r} named in locaria.json")
-    return made
-
-
-def aws_call(what: str, call: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-    """One AWS call, its failure told as one plain sentence."""
-    try:
-        return call(*args, **kwargs)
-    except NoCredentialsError as exc:
-        raise DeployError(f"{what}: no AWS credentials (set AWS_PROFILE or configure the stage's profile)") from exc
-    except ClientError as exc:
-        error = exc.response.get("Error", {})
-        raise DeployError(f"{what} failed: {error.get('Code')}: {error.get('Message')}") from exc
-    except BotoCoreError as exc:
-        raise DeployError(f"{what} failed: {exc}") from exc
-
-
 def describe(cfn: Any, name: str) -> dict[str, Any] | None:
     try:
-        return dict(cfn.describe_stacks(StackName=name)["Stacks"][0])
+        stack = dict(cfn.describe_stacks(StackName=name)["Stacks"][0])
     except ClientError as exc:
         if "does not exist" in str(exc):
             return None
         raise DeployError(f"reading stack {name} failed: {exc}") from exc
-
-
-def database_parameter(target: Target, exists: bool) -> dict[str, Any]:
-    value = environment_value(target.database_url_env)
-    if value:
-        return {"ParameterKey": "DatabaseUrl", "ParameterValue": value}
-    if exists:
-        return {"ParameterKey": "DatabaseUrl", "UsePreviousValue": True}
-    raise DeployError(f"set {target.database_url_env} to the postgresql:// URL of the jobs' database role "
-                      "(it is stored in Secrets Manager, never in the template)")
+    return None if stack["StackStatus"] == "DELETE_COMPLETE" else stack
 
 
 def upload_code(s3: Any, target: Target, work_dir: Path) -> tuple[str, str]:
@@ -90,17 +46,25 @@ def upload_code(s3: Any, target: Target, work_dir: Path) -> tuple[str, str]:
     return target.bucket, key
 
 
-def apply(target: Target, specs: dict[str, DockerSpec], *, report: Report = _silent, poll: float = 5.0,
-          aws: boto3.Session | None = None) -> dict[str, str]:
-    """Create or update the stack, report each event until it settles, record and return its outputs."""
-    aws = aws or session(target)
-    cfn, s3 = aws.client("cloudformation"), aws.client("s3")
-    existing = aws_call("reading the stack", describe, cfn, target.stack_name)
+def check_settled(cfn: Any, target: Target) -> dict[str, Any] | None:
+    """The stack's description, when it may be created or updated now."""
+    existing: dict[str, Any] | None = aws_call("reading the stack", describe, cfn, target.stack_name)
     if existing and existing["StackStatus"].endswith("_IN_PROGRESS"):
         raise DeployError(f"stack {target.stack_name} is busy ({existing['StackStatus']}): wait for it and retry")
     if existing and existing["StackStatus"] == "ROLLBACK_COMPLETE":
         raise DeployError(f"stack {target.stack_name} failed to create earlier and must be deleted first: "
-                          f"aws cloudformation delete-stack --stack-name {target.stack_name}")
+                          f"locaria-batch deploy destroy --stage {target.stage} --theme {target.theme} "
+                          f"--environment {target.environment}")
+    return existing
+
+
+def apply(target: Target, specs: dict[str, DockerSpec], *, report: Report = silent, poll: float = 5.0,
+          aws: boto3.Session | None = None) -> dict[str, str]:
+    """Create or update the stack, report each event until it settles, record and return its outputs.
+    The bucket the Lambda package goes to must exist (bucket.ensure_bucket)."""
+    aws = aws or session(target)
+    cfn, s3 = aws.client("cloudformation"), aws.client("s3")
+    existing = check_settled(cfn, target)
     report("building the Lambda package")
     bucket, key = upload_code(s3, target, target.work_dir)
     body = json.dumps(cloudformation(target, specs))
@@ -109,8 +73,7 @@ def apply(target: Target, specs: dict[str, DockerSpec], *, report: Report = _sil
         template_key = f"deploy/{target.suffix}/cloudformation-{int(time.time())}.json"
         aws_call("uploading the template", s3.put_object, Bucket=bucket, Key=template_key, Body=body.encode())
         template = {"TemplateURL": f"https://{bucket}.s3.amazonaws.com/{template_key}"}
-    parameters = [database_parameter(target, existing is not None),
-                  {"ParameterKey": "CodeBucket", "ParameterValue": bucket},
+    parameters = [{"ParameterKey": "CodeBucket", "ParameterValue": bucket},
                   {"ParameterKey": "CodeKey", "ParameterValue": key}]
     # events already there belong to earlier deployments (matched by id: clocks may differ)
     earlier = {e["EventId"] for e in cfn.describe_stack_events(StackName=target.stack_name)["StackEvents"]} \
@@ -130,10 +93,33 @@ def apply(target: Target, specs: dict[str, DockerSpec], *, report: Report = _sil
     return record_outputs(target, cfn)
 
 
+def destroy(target: Target, *, report: Report = silent, poll: float = 5.0, aws: boto3.Session | None = None) -> bool:
+    """Delete the stack and wait until it is gone; False when there was none."""
+    aws = aws or session(target)
+    cfn = aws.client("cloudformation")
+    existing = aws_call("reading the stack", describe, cfn, target.stack_name)
+    if existing is None:
+        report(f"no stack {target.stack_name} in {target.region}")
+        target.outputs_file.unlink(missing_ok=True)
+        return False
+    if existing["StackStatus"].endswith("_IN_PROGRESS"):
+        raise DeployError(f"stack {target.stack_name} is busy ({existing['StackStatus']}): wait for it and retry")
+    earlier = {e["EventId"] for e in cfn.describe_stack_events(StackName=target.stack_name)["StackEvents"]}
+    report(f"deleting stack {target.stack_name} in {target.region}")
+    aws_call(f"deleting stack {target.stack_name}", cfn.delete_stack, StackName=target.stack_name)
+    wait(cfn, target.stack_name, earlier, report, poll)
+    target.outputs_file.unlink(missing_ok=True)
+    return True
+
+
 def wait(cfn: Any, name: str, earlier: set[str], report: Report, poll: float) -> None:
     seen = set(earlier)
     failures: list[str] = []
     while True:
+        stack = aws_call("reading the stack", describe, cfn, name)
+        if stack is None:  # deleted: its events went with it
+            report(f"{name}: DELETE_COMPLETE")
+            return
         events = aws_call("reading stack events", cfn.describe_stack_events, StackName=name)["StackEvents"]
         for event in reversed(events):
             if event["EventId"] in seen:
@@ -143,7 +129,7 @@ def wait(cfn: Any, name: str, earlier: set[str], report: Report, poll: float) ->
             report(f"{event['LogicalResourceId']}: {event['ResourceStatus']}" + (f" ({reason})" if reason else ""))
             if event["ResourceStatus"].endswith("_FAILED") and reason:
                 failures.append(f"{event['LogicalResourceId']}: {reason}")
-        status = cfn.describe_stacks(StackName=name)["Stacks"][0]["StackStatus"]
+        status = stack["StackStatus"]
         if not status.endswith("_IN_PROGRESS"):
             if status in SETTLED_FAILED:
                 raise DeployError(f"stack {name} ended {status}: " + ("; ".join(failures[:3]) or "see its events"))
@@ -167,7 +153,7 @@ def load_outputs(target: Target) -> dict[str, str]:
         return dict(json.loads(target.outputs_file.read_text())["outputs"])
     except FileNotFoundError as exc:
         raise StackNotDeployed(
-            f"the stack for {target.stage}/{target.theme}/{target.environment} is not deployed yet: run "
+            f"the stack for {target.label} is not deployed yet: run "
             f"`locaria-batch deploy apply --stage {target.stage} --theme {target.theme} "
             f"--environment {target.environment}` first"
         ) from exc

@@ -1,5 +1,12 @@
 """The stage configuration file (locaria.json): one entry per stage, each with its themes and
-environments.  A deployment target is one (stage, theme, environment)."""
+environments.  A deployment target is one (stage, theme, environment).
+
+Per theme and environment: the `bucket` (and an optional `storagePrefix`), the browser origins
+allowed to PUT uploads (`corsOrigins`), the stage's own database as its owner sees it
+(`databaseUrlEnv`, an environment variable holding the URL, or `databaseSecret`, a Secrets Manager
+secret holding it), and the variables holding the URLs of the two login roles the stack stores
+as secrets (`jobDatabaseUrlEnv`: a locaria_job login for the tasks; `dispatcherDatabaseUrlEnv`: a
+locaria_dispatcher login for the Lambdas)."""
 
 from __future__ import annotations
 
@@ -76,8 +83,43 @@ class Target:
         return f"s3://{self.bucket}/{self.storage_prefix}".rstrip("/")
 
     @property
-    def database_url_env(self) -> str:
-        return str(self.settings.get("databaseUrlEnv") or "LOCARIA_DEPLOY_DB_URL")
+    def label(self) -> str:
+        return f"{self.stage}/{self.theme}/{self.environment}"
+
+    @property
+    def upload_prefix(self) -> str:
+        """Where browsers PUT uploads in the bucket: what the upload Lambda listens to."""
+        return f"{self.storage_prefix}incoming/"
+
+    @property
+    def cors_origins(self) -> list[str]:
+        return [str(origin) for origin in self.settings.get("corsOrigins") or ["*"]]
+
+    def _name(self, key: str) -> str | None:
+        value = self.settings.get(key)
+        return str(value) if value else None
+
+    @property
+    def database_url_env(self) -> str | None:
+        """The variable holding the owner's URL of the stage's database."""
+        return self._name("databaseUrlEnv")
+
+    @property
+    def database_secret(self) -> str | None:
+        """A Secrets Manager secret holding it instead."""
+        return self._name("databaseSecret")
+
+    @property
+    def job_database_url_env(self) -> str | None:
+        return self._name("jobDatabaseUrlEnv")
+
+    @property
+    def dispatcher_database_url_env(self) -> str | None:
+        return self._name("dispatcherDatabaseUrlEnv")
+
+    def secret_name(self, what: str) -> str:
+        """The stack's secrets: job-database-url, dispatcher-database-url, storage."""
+        return f"locaria-batch/{self.suffix}/{what}"
 
     @property
     def outputs_file(self) -> Path:
@@ -113,6 +155,13 @@ def target(stages: dict[str, dict[str, Any]], stage: str, theme: str | None, env
     environment = environment or next(iter(environments))
     if environment not in environments:
         raise StageConfigError(f"theme {theme!r} has no environment {environment!r}: it has {', '.join(environments)}")
+    entry = environments[environment]
+    if entry is not None and not isinstance(entry, dict):
+        raise StageConfigError(f"{stage}/{theme}/{environment} must be an object of settings, e.g. {{\"bucket\": …}}")
+    origins = (entry or {}).get("corsOrigins")
+    if origins is not None and not (isinstance(origins, list) and all(isinstance(o, str) and o for o in origins)):
+        raise StageConfigError(f"corsOrigins of {stage}/{theme}/{environment} must be a list of origins, "
+                               "e.g. [\"https://admin.example.org\"]")
     for label, value in (("stage", stage), ("theme", theme), ("environment", environment)):
         if not NAME.match(value):
             raise StageConfigError(

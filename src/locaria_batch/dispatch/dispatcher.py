@@ -31,6 +31,7 @@ from typing import Any
 import psycopg
 
 from locaria_batch.db import connect
+from locaria_batch.db.connect import job_database_url
 from locaria_batch.db.dockers import DockerSpec
 from locaria_batch.db.retry import Backoff, connection_lost
 from locaria_batch.dispatch.handles import Handle
@@ -102,8 +103,9 @@ class Dispatcher:
         self.lease_seconds = lease_seconds or settings().lease_seconds
         self.owner = owner or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.db_url = db_url
-        # local jobs get this database URL (a job role's, never the dispatcher's own when one is given);
-        # container runners pass credentials their own way
+        # jobs get credentials of their own (locaria_job), never this dispatcher's
+        if job_db_url is None and runner.needs_job_credentials:
+            job_db_url = job_database_url()
         self.job_db_url = job_db_url
         self.env_for_job = env_for_job
         self.on_pass = on_pass  # called with each serve() iteration's report (metrics)
@@ -302,11 +304,11 @@ class Dispatcher:
             return
         statuses = self.runner.status(gone)
         for handle, status in zip(gone, statuses, strict=True):
+            self.runner.cleanup(handle)  # its exit code is read: forget it (the kernel reuses pids)
             entry = self._watched.pop(handle.job_id or 0, None)
             if entry is None or entry[1].to_json().get("pid") != handle.to_json().get("pid"):
                 if entry is not None:
                     self._watched[entry[0].id] = entry
-                self.runner.cleanup(handle)
                 continue
             job = entry[0]
             reason = status.reason or f"the job process {exit_reason(status.exit_code)}"

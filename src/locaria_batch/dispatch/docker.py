@@ -61,16 +61,17 @@ class DockerRunner:
     network_mode: str = "host"
     stop_grace: int = 10
     name: str = "docker"
+    needs_job_credentials: bool = True
 
     @classmethod
     def from_environment(cls) -> DockerRunner:
         """DOCKER_HOST for the engine; LOCARIA_DOCKER_NETWORK (default host) for the network; the
-        job database URL is LOCARIA_JOB_DB_URL, else the dispatcher's own."""
-        from locaria_batch.db.connect import database_url
+        jobs' own database URL (never the dispatcher's)."""
+        from locaria_batch.db.connect import job_database_url
 
         conf = settings()
         network = conf.docker_network
-        db_url = conf.job_db_url or database_url()
+        db_url = job_database_url()
         return cls(connect_engine(), container_db_url(db_url, network), conf.storage_url, conf.logs_dir,
                    network_mode=network)
 

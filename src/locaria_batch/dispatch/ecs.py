@@ -117,6 +117,7 @@ def task_status(task: dict[str, Any], container: str | None = None) -> RunStatus
 
 class EcsRunner:
     name = "ecs"
+    needs_job_credentials = False  # a task's database URL is a secret of its task definition
 
     def __init__(self, config_source: Callable[[], dict[str, dict[str, Any]]], *, config_ttl: float = 60.0,
                  bucket: TokenBucket | None = None, sleep: Callable[[float], None] = time.sleep,

@@ -30,7 +30,7 @@ from typing import Any
 
 from locaria_batch.dispatch.forkserver import MAX_MESSAGE, process_start_time
 from locaria_batch.dispatch.handles import ProcessHandle
-from locaria_batch.dispatch.runner import LaunchError, LaunchRequest, RunStatus
+from locaria_batch.dispatch.runner import LaunchError, LaunchRequest, RunStatus, child_environment
 
 __all__ = ["LocalRunner", "process_start_time"]
 
@@ -60,7 +60,8 @@ class ForkServer:
         # its own session: a Ctrl-C at the terminal goes to the worker, which decides what jobs get
         self.process = subprocess.Popen(
             [python, "-m", "locaria_batch.dispatch.forkserver", str(theirs.fileno()), str(pool_size), *preload],
-            pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL, start_new_session=True)
+            pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL, start_new_session=True,
+            env=child_environment({}))  # never the dispatcher's credentials, even in its parent
         theirs.close()
         self.lock = threading.Lock()
         self.exits: dict[int, int] = {}  # pid -> exit code, reported but not yet taken
@@ -129,6 +130,8 @@ class ForkServer:
 
 class LocalRunner:
     name = "local"
+    needs_job_credentials = True
+    needs_job_credentials = True
 
     def __init__(self, logs_dir: Path, *, python: str = sys.executable, stop_grace: float = 10.0,
                  cwd: Path | None = None, work_root: Path | None = None,
@@ -185,7 +188,7 @@ class LocalRunner:
             except OSError as exc:
                 prepared.append(LaunchError(f"could not create the work directory {work}: {exc}"))
                 continue
-            env = {**os.environ, **request.env, "LOCARIA_WORK_DIR": str(work), "TMPDIR": str(work)}
+            env = {**child_environment(request.env), "LOCARIA_WORK_DIR": str(work), "TMPDIR": str(work)}
             command = request.docker.command
             argv = [self.python if part == "{python}" else part for part in command] if command else None
             messages.append({"env": env, "argv": argv, "docker": request.docker_name,
@@ -194,7 +197,8 @@ class LocalRunner:
                              "pid_file": str(work / "pid"), "cwd": str(self.cwd) if self.cwd else None})
             prepared.append(request)
         try:
-            replies = iter(self.server.launch_many(messages))
+            server = self.server
+            replies = iter(server.launch_many(messages))
         except LaunchError as exc:
             self._server = None
             return [exc for _ in requests]
@@ -209,6 +213,7 @@ class LocalRunner:
                 shutil.rmtree(work, ignore_errors=True)
                 results.append(LaunchError(f"could not start {item.docker_name}: {reply}"))
                 continue
+            server.exits.pop(reply.pid, None)  # an earlier process's, whose pid the kernel reused
             self._ours.add(reply.pid)
             handle = ProcessHandle(reply.pid, reply.start_time, str(self._log_path(item.job_id, item.attempt)),
                                    item.job_id, item.attempt, work_dir=str(work))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, TypeVar, runtime_checkable
 
@@ -46,6 +47,7 @@ class LaunchError(LocariaError):
 
 class Runner(Protocol[H]):
     name: str
+    needs_job_credentials: bool  # the dispatcher must hand jobs a database URL (containers on ECS have theirs)
 
     def handle(self, stored: dict[str, Any]) -> H:
         """The handle a launch recorded, read back from jobs.handle."""
@@ -62,6 +64,20 @@ class Runner(Protocol[H]):
 
     def cleanup(self, handle: H) -> None:
         """Release what a finished attempt left behind (a stopped container)."""
+
+
+# database credentials a job process must never inherit from its dispatcher's environment
+CREDENTIAL_VARIABLES = frozenset({"LOCARIA_DB_SECRET", "PGPASSWORD", "PGPASSFILE", "PGSERVICE", "PGSERVICEFILE"})
+
+
+def is_credential(name: str) -> bool:
+    return name in CREDENTIAL_VARIABLES or name.endswith(("DB_URL", "DATABASE_URL"))
+
+
+def child_environment(job_env: dict[str, str]) -> dict[str, str]:
+    """A local job process's environment: the dispatcher's, without any database credentials, plus the
+    job's own (which carries the job's credentials)."""
+    return {**{key: value for key, value in os.environ.items() if not is_credential(key)}, **job_env}
 
 
 @runtime_checkable

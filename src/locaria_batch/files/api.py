@@ -13,6 +13,7 @@ from psycopg.types.json import Jsonb
 
 from locaria_batch.db import scalar
 from locaria_batch.errors import ApiError, NotFound
+from locaria_batch.settings import settings
 from locaria_batch.storage import Storage, incoming_key
 
 Conn = psycopg.Connection[dict[str, Any]]  # connections from locaria_batch.db.connect (dict rows)
@@ -118,6 +119,31 @@ def register_upload(conn: Conn, storage: Storage, source: Path, *, name: str | N
     with conn.transaction():
         update_file(conn, file_id, status="REGISTERED", message="Upload complete")
     return file_id
+
+
+def download_attributes(fmt: str, *, table: str | None = None, categories: list[str] | None = None,
+                        name: str | None = None, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A download request's attributes: its format, its source (a table, or categories: none means
+    every category with data) and the name users see."""
+    attributes: dict[str, Any] = {"format": fmt, **(extra or {})}
+    if table:
+        attributes["table"] = table
+    else:
+        attributes["categories"] = list(categories or [])
+    attributes["name"] = name or table or "-".join(categories or []) or "all-data"
+    return attributes
+
+
+def download_sources(conn: Conn, limit: int = 500) -> dict[str, list[str]]:
+    """What a download can be asked of: the tables of the schemas downloads may read (the loaded
+    ones, and LOCARIA_DOWNLOAD_SCHEMAS) and the categories of search data."""
+    schemas = ["locaria_uploads", *settings().download_schemas]
+    tables = conn.execute("SELECT format('%%I.%%I', schemaname, tablename) AS name FROM pg_tables "
+                          "WHERE schemaname = ANY (%s) ORDER BY schemaname, tablename LIMIT %s",
+                          [schemas, limit]).fetchall()
+    categories = conn.execute("SELECT category FROM locaria_core.categories ORDER BY category LIMIT %s",
+                              [limit]).fetchall()
+    return {"tables": [row["name"] for row in tables], "categories": [row["category"] for row in categories]}
 
 
 def request_download(conn: Conn, attributes: dict[str, Any]) -> int:

@@ -92,7 +92,7 @@ class Heartbeat:
                 ctx.mark_progress_sent()
             if alive and alive["alive"]:
                 for entry in logs:
-                    conn.execute("SELECT locaria_core.update_file(%s)", [Jsonb({"id": ctx.file_id, **entry})])
+                    conn.execute("SELECT locaria_core.job_log(%s, %s, %s)", [ctx.job_id, ctx.token, Jsonb(entry)])
             else:
                 ctx.mark_cancelled()
         except psycopg.Error as exc:

@@ -7,7 +7,6 @@ log_messages gain an entry saying the file was deleted.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -18,8 +17,6 @@ from psycopg.types.json import Jsonb
 
 from locaria_batch.storage import Storage, download_key
 
-AGE = re.compile(r"^\s*(\d+)\s*([smhdw])\s*$")
-UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
 OLD_DOWNLOADS = """
 SELECT id, attributes->>'fileName' AS file_name
   FROM locaria_core.files
@@ -37,14 +34,6 @@ class Pruned:
     file_id: int
     key: str
     existed: bool  # False when the object was already gone from storage
-
-
-def parse_age(text: str) -> timedelta:
-    """'7d', '12h', '30m', '2w' or '90s'."""
-    match = AGE.match(text)
-    if not match:
-        raise ValueError(f"age {text!r} is not understood: give a number and a unit, e.g. 7d, 12h, 30m, 2w")
-    return timedelta(**{UNITS[match.group(2)]: int(match.group(1))})
 
 
 def old_downloads(conn: psycopg.Connection[Any], older_than: timedelta) -> list[dict[str, Any]]:
