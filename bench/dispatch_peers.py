@@ -52,6 +52,7 @@ from bench.common import REPO, benchmark_database, percentile
 BIN = Path(sys.executable).parent
 DURABLE = ("-c fsync=on -c synchronous_commit=on -c full_page_writes=on "
            "-c shared_preload_libraries=pg_stat_statements -c pg_stat_statements.track=top")
+BENCH_ROLES = ("bench_client", "bench_admin")  # the bench's own connections, left out of the counts
 PROBE_DOCKERS = {
     "bench_probe": {"trigger_statuses": ["BENCH"], "success_status": "BENCH_DONE", "handler": "bench.jobs:probe",
                     "concurrency": 1000, "max_attempts": 1},
@@ -263,11 +264,12 @@ def stop(worker: subprocess.Popen[bytes]) -> None:
 
 
 class Counters:
-    """Statements the workers made (pg_stat_statements, by their role) and sessions opened."""
+    """Statements the workers and their jobs made (pg_stat_statements: every role but the bench's own)
+    and sessions opened."""
 
-    def __init__(self, url: str, worker_role: str) -> None:
+    def __init__(self, url: str, bench_roles: tuple[str, ...]) -> None:
         self.conn = psycopg.connect(url, autocommit=True)
-        self.role = worker_role
+        self.bench_roles = list(bench_roles)
 
     def reset(self) -> tuple[int, int]:
         self.conn.execute("SELECT pg_stat_statements_reset()")
@@ -278,7 +280,7 @@ class Counters:
         self.conn.execute("SELECT pg_stat_clear_snapshot()")
         statements = self.conn.execute(
             "SELECT coalesce(sum(calls), 0) FROM pg_stat_statements s JOIN pg_roles r ON r.oid = s.userid "
-            "WHERE r.rolname = %s", [self.role]).fetchone()
+            "WHERE r.rolname <> ALL (%s)", [self.bench_roles]).fetchone()
         sessions = self.conn.execute("SELECT sessions FROM pg_stat_database WHERE datname = current_database()"
                                      ).fetchone()
         return int(statements[0] if statements else 0), int(sessions[0] if sessions else 0)
@@ -379,7 +381,7 @@ def main() -> None:
     folder = Path(tempfile.mkdtemp(prefix="locaria-peers-"))
     with benchmark_database(PROBE_DOCKERS) as url, prepared(url, folder) as urls:
         probe = Probe(folder)
-        counters = Counters(urls["admin"], "locaria")
+        counters = Counters(urls["admin"], BENCH_ROLES)
         homes = {name: folder / name for name in ("locaria", "procrastinate", "pgqueuer")}
         for home in homes.values():
             home.mkdir()
@@ -416,7 +418,7 @@ def prepared(url: str, folder: Path) -> Iterator[dict[str, str]]:
     schemas, pg_stat_statements."""
     with psycopg.connect(url, autocommit=True) as admin:
         admin.execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
-        for role in ("bench_client", "bench_admin"):
+        for role in BENCH_ROLES:
             if not admin.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", [role]).fetchone():
                 admin.execute(f"CREATE ROLE {role} LOGIN SUPERUSER")
     urls = {"worker": url, "client": url.replace("//locaria@", "//bench_client@"),
