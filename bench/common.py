@@ -64,7 +64,7 @@ def percentile(values: list[float], fraction: float) -> float:
 @dataclass
 class Timing:
     seconds: float  # wall time; for a command that does the handshake, from "go" to "done"
-    peak_mb: float  # the process's own high-water RSS
+    peak_mb: float  # the process's own high-water RSS, or its children's and its own together if higher
     startup: float | None = None  # for a handshaking command: interpreter start-up and imports, not in seconds
 
 
@@ -82,6 +82,20 @@ def peak_rss_mb(pid: int) -> float:
     except OSError:
         pass
     return 0.0
+
+
+def tree_rss_mb(pid: int) -> float:
+    """The RSS of a process and of its children, theirs included (a loader's helper process counts)."""
+    total = 0.0
+    try:
+        with open(f"/proc/{pid}/status") as status:
+            total = next((int(line.split()[1]) / 1024 for line in status if line.startswith("VmRSS:")), 0.0)
+        for task in os.listdir(f"/proc/{pid}/task"):
+            with open(f"/proc/{pid}/task/{task}/children") as children:
+                total += sum(tree_rss_mb(int(child)) for child in children.read().split())
+    except OSError:
+        pass
+    return total
 
 
 def timed(argv: list[str], env: dict[str, str] | None = None, ready_handshake: bool = False) -> Timing:
@@ -110,11 +124,11 @@ def timed(argv: list[str], env: dict[str, str] | None = None, ready_handshake: b
         watcher = threading.Thread(target=process.stdout.readline, daemon=True)
         watcher.start()
         while watcher.is_alive() and process.poll() is None:
-            peak = max(peak, peak_rss_mb(process.pid))
+            peak = max(peak, peak_rss_mb(process.pid), tree_rss_mb(process.pid))
             watcher.join(timeout=0.02)
         seconds = time.monotonic() - started
     while process.poll() is None:
-        peak = max(peak, peak_rss_mb(process.pid))
+        peak = max(peak, peak_rss_mb(process.pid), tree_rss_mb(process.pid))
         time.sleep(0.02)
     seconds = seconds if seconds is not None else time.monotonic() - started
     if process.returncode != 0:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gzip
 import io
+import json
 import zipfile
 from datetime import date
 from pathlib import Path
@@ -486,3 +487,67 @@ def test_reload_replaces_the_table_atomically(db_url: str, conn: psycopg.Connect
     assert column_types(conn)["b"] == "text" and "a" not in column_types(conn)
     assert upload_tables(conn) == [TABLE]  # no staging table left behind
     conn.execute("DROP TABLE public.keep_reading")
+
+
+# -- GeoJSON's own reader (GDAL's only for what it alone reads as users expect) ---------------------
+
+def _no_gdal(monkeypatch: pytest.MonkeyPatch) -> None:
+    def refuse(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("read through GDAL")
+    monkeypatch.setattr(readers, "open_gdal", refuse)
+
+
+def test_geojson_without_gdal(db_url: str, conn: psycopg.Connection[Any], tmp_path: Path,
+                              monkeypatch: pytest.MonkeyPatch) -> None:
+    _no_gdal(monkeypatch)
+    features = [
+        {"type": "Feature", "geometry": {"type": "Point", "coordinates": [530000, 180000, 12.5]},
+         "properties": {"Straße": "Hauptstraße", "address": {"street": "High St", "number": 5}, "tags": ["a", "b"],
+                        "huge": "x" * 200_000, "big": 123456789012345678901234567890, "count": 2**40,
+                        "opened": "2020-05-06"}},
+        {"type": "Feature", "geometry": None, "properties": {"Straße": None, "count": None}},
+        {"type": "Feature", "geometry": {"type": "Point", "coordinates": [531000, 181000]}},
+    ]
+    text = json.dumps({"type": "FeatureCollection", "crs": {"type": "name", "properties": {
+        "name": "urn:ogc:def:crs:EPSG::27700"}}, "features": features}, ensure_ascii=False)
+    path = tmp_path / "sites.geojson"
+    path.write_bytes(b"\xef\xbb\xbf" + text.encode())
+    result = load(db_url, path)
+    assert result["record_count"] == 3 and result["source_crs"] == "EPSG:27700"
+    assert result["geometry_type"] == "PointZ"
+    assert [c["source"] for c in result["columns"]] == ["Straße", "address_street", "address_number", "tags",
+                                                        "huge", "big", "count", "opened"]
+    types = column_types(conn)
+    assert types["big"] == "double precision" and types["count"] == "bigint" and types["opened"] == "date"
+    assert types["tags"] == "jsonb"
+    got = rows(conn, "SELECT strasse, address_street, tags, length(huge) AS huge, big, count, opened, "
+                     "ST_Z(wkb_geometry) AS z FROM {t} ORDER BY ogc_fid")
+    assert got[0] == {"strasse": "Hauptstraße", "address_street": "High St", "tags": ["a", "b"], "huge": 200_000,
+                      "big": 1.2345678901234568e29, "count": 2**40, "opened": date(2020, 5, 6),
+                      "z": pytest.approx(12.5, abs=1e-3)}
+    assert got[1]["strasse"] is None and got[1]["z"] is None
+    seq = tmp_path / "sites.geojsonl"
+    seq.write_text("".join(json.dumps(f) + "\n" for f in features[:1] + features[2:]))
+    assert load(db_url, seq, source_srid=27700)["record_count"] == 2
+
+
+def test_geojson_mixed_geometries_and_empty_collection_without_gdal(db_url: str, conn: psycopg.Connection[Any],
+                                                                    tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    _no_gdal(monkeypatch)
+    square = [[[0, 0], [1, 0], [1, 1], [0, 1], [0, 0]]]
+    path = fx.write_text(tmp_path / "any.geojson", json.dumps({"type": "FeatureCollection", "features": [
+        {"type": "Feature", "properties": {}, "geometry": {"type": "Point", "coordinates": [0.5, 0.5]}},
+        {"type": "Feature", "properties": {}, "geometry": {"type": "Polygon", "coordinates": square}}]}))
+    assert load(db_url, path)["geometry_type"] == "Geometry"
+    assert rows(conn, "SELECT GeometryType(wkb_geometry) AS g FROM {t} ORDER BY ogc_fid") == [
+        {"g": "POINT"}, {"g": "POLYGON"}]
+    conn.execute("DROP TABLE locaria_uploads.upload_file_9")
+    empty = fx.write_text(tmp_path / "none.geojson", '{"type": "FeatureCollection", "features": []}')
+    load_fails(db_url, conn, empty, "no rows or features")
+
+
+def test_geojson_that_is_not_json_names_the_file(db_url: str, conn: psycopg.Connection[Any], tmp_path: Path) -> None:
+    broken = fx.write_text(tmp_path / "broken.geojson", '{"type": "FeatureCollection", "features": [{"a": tru}]}')
+    message = load_fails(db_url, conn, broken, "broken.geojson")
+    assert "export" in message or "upload" in message

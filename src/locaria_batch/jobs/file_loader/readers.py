@@ -1,7 +1,8 @@
 """Readers: every layer of a data file as a stream of Arrow record batches.
 
-GDAL formats go through pyogrio's Arrow stream; delimited text through Arrow's CSV reader (after
-its encoding, delimiter and decimal mark are found); GeoParquet through pyarrow.parquet.
+GDAL formats go through pyogrio's Arrow stream, except GeoJSON and GeoJSONSeq whenever our own parser
+(geojson.py) reads them as GDAL would; delimited text through Arrow's CSV reader (after its encoding,
+delimiter and decimal mark are found); GeoParquet through pyarrow.parquet.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from pyogrio.errors import DataLayerError
 from pyogrio.raw import open_arrow
 
 from locaria_batch.job import JobError
+from locaria_batch.jobs.file_loader import geojson
 from locaria_batch.jobs.file_loader.sources import DataFile
 
 SAMPLE_BYTES = 1 << 20
@@ -104,6 +106,9 @@ def open_layer(data: DataFile, layer: str, batch_size: int) -> Iterator[RawLayer
         raw = open_parquet(data, batch_size)
         raw.name = display_name(data, raw.name)
         yield raw
+    elif data.driver in ("GeoJSON", "GeoJSONSeq") and (fast := open_geojson(data, batch_size)) is not None:
+        fast.name = display_name(data, fast.name)
+        yield fast
     else:
         with open_gdal(data, layer, batch_size) as raw:
             raw.name = display_name(data, raw.name)
@@ -155,6 +160,19 @@ def open_gdal(data: DataFile, layer: str, batch_size: int) -> Iterator[RawLayer]
                        spreadsheet=data.driver in SPREADSHEET_DRIVERS)
     finally:
         stream.__exit__(None, None, None)
+
+
+def open_geojson(data: DataFile, batch_size: int) -> RawLayer | None:
+    """The layer through the fast GeoJSON reader; None when only GDAL reads this file as users expect."""
+    try:
+        spooled = geojson.spool(data.path, sequence=data.driver == "GeoJSONSeq")
+    except geojson.NotFast:
+        return None
+    schema = geojson.arrow_schema(spooled)
+    layer = data.path.stem
+    return RawLayer(name=layer, label=f"{data.label}, layer {layer}", fields=list(schema)[:-1],
+                    batches=geojson.batches(spooled, batch_size), geometry_column=schema.names[-1], crs=spooled.crs,
+                    declared_type=spooled.schema.declared_type(), total=spooled.schema.rows)
 
 
 def dbf_encoding(data: DataFile) -> str | None:
