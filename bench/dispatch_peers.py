@@ -29,6 +29,7 @@ import argparse
 import asyncio
 import logging
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -409,6 +410,7 @@ def main() -> None:
         finally:
             for system in systems:
                 system.close()
+            shutil.rmtree(folder, ignore_errors=True)  # the probe socket, the workers' homes and logs
     report(systems, figures, takeovers, args)
 
 
