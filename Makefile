@@ -14,6 +14,7 @@ test:
 bench-smoke:
 	scripts/bootstrap.sh --test
 	.venv/bin/python bench/dispatch.py --jobs 40
+	.venv/bin/python bench/dispatch_peers.py --smoke
 	.venv/bin/python bench/load.py --size small
 	.venv/bin/python bench/export.py --size small
 	.venv/bin/python bench/s3_transfer.py --size small

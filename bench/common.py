@@ -21,6 +21,7 @@ from locaria_batch.db import connect, dockers
 from locaria_batch.db.cluster import EmbeddedCluster
 from locaria_batch.db.credentials import JOB
 from locaria_batch.db.migrate import migrate
+from locaria_batch.settings import reset as reset_settings
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -47,6 +48,7 @@ def benchmark_database(extra_dockers: dict[str, dict[str, object]] | None = None
         os.environ["LOCARIA_DB_URL"] = url
         if cluster is not None:  # jobs get the cluster's job login, as they would from `db up`
             os.environ["LOCARIA_JOB_DB_URL"] = cluster.url(JOB) or ""
+        reset_settings()  # what was read before these were set (starting the cluster reads settings)
         yield url
     finally:
         if cluster is not None and home is not None:

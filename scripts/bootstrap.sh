@@ -3,7 +3,7 @@
 # root on Debian, otherwise named), the virtual environment and the package itself.
 #   scripts/bootstrap.sh          what `make demo` needs (PostgreSQL + PostGIS, Python env)
 #   scripts/bootstrap.sh --test   plus what the tests, benchmarks and docs use (GDAL tools, Podman, serverless,
-#                                 Graphviz)
+#                                 Graphviz, the peers of bench/dispatch_peers.py)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -56,7 +56,7 @@ if [[ ! -x .venv/bin/python ]]; then
   python3 -m venv .venv
 fi
 extras=""
-[[ $with_test == 1 ]] && extras="[test]"
+[[ $with_test == 1 ]] && extras="[test,bench]"  # bench: the peers of bench/dispatch_peers.py
 stamp=".venv/.installed$extras"
 if [[ ! -f $stamp || pyproject.toml -nt $stamp ]]; then
   say "installing locaria-batch$extras into .venv"

@@ -5,7 +5,9 @@ from __future__ import annotations
 import os
 import secrets
 import shutil
+import subprocess
 import tempfile
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -24,6 +26,7 @@ from locaria_batch.settings import reset as reset_settings
 REPO = Path(__file__).resolve().parent.parent
 
 pytest_plugins = ["tests.aws_fixtures", "tests.console_fixtures"]  # moto and Fargate; the console and a browser
+CLUSTERS: list[EmbeddedCluster] = []  # the session's embedded cluster, for tests that restart it
 
 
 @pytest.fixture(scope="session")
@@ -40,6 +43,7 @@ def pg_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     reset_settings()
     cluster = EmbeddedCluster(home)
     url = cluster.up()
+    CLUSTERS.append(cluster)
     with connect(url, autocommit=True) as conn:
         migrate(conn)
     yield url
@@ -130,3 +134,51 @@ def dispatchers() -> Iterator[Callable[..., Dispatcher]]:
     yield make
     for dispatcher in made:
         dispatcher.close()
+
+
+def restart_postgres(url: str) -> None:
+    """`pg_ctl restart -m fast` on the session's embedded cluster (as the postgres user when root, as
+    the cluster runs), then wait until it answers again."""
+    assert CLUSTERS, "restarting PostgreSQL needs the embedded test cluster (unset LOCARIA_TEST_DB_URL)"
+    cluster = CLUSTERS[0]
+    from locaria_batch.db.cluster import postgres_bindir
+
+    # -l: the server's output goes to its log, not to a pipe this test would wait on for ever
+    argv = [str(postgres_bindir() / "pg_ctl"), "restart", "-m", "fast", "-w", "-D", str(cluster.data),
+            "-l", str(cluster.log_file)]
+    if os.geteuid() == 0:
+        argv = ["runuser", "-u", "postgres", "--", *argv]
+    subprocess.run(argv, check=True, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                   timeout=60)
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            psycopg.connect(url, connect_timeout=2).close()
+            return
+        except psycopg.OperationalError:
+            assert time.monotonic() < deadline, "PostgreSQL did not come back"
+            time.sleep(0.1)
+
+
+def terminate_backends(url: str, application_prefix: str = "locaria-batch") -> int:
+    """pg_terminate_backend on every session whose application_name starts with the prefix."""
+    with psycopg.connect(url, autocommit=True) as admin:
+        row = admin.execute("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                            "WHERE application_name LIKE %s AND pid <> pg_backend_pid()",
+                            [application_prefix + "%"]).fetchone()
+    return int(row[0]) if row else 0
+
+
+@pytest.fixture
+def runs(conn: psycopg.Connection[dict[str, Any]]) -> Any:
+    """public.test_runs: one row per execution of a test job (see tests/jobs_for_tests.py)."""
+    conn.execute("DROP TABLE IF EXISTS public.test_runs")
+    conn.execute("CREATE TABLE public.test_runs (file_id bigint, job_id bigint, attempt int, pid int, "
+                 "at timestamptz DEFAULT clock_timestamp())")
+    conn.execute("GRANT INSERT ON public.test_runs TO locaria_job")  # test jobs record their runs here
+
+    def rows() -> list[dict[str, Any]]:
+        with connect(os.environ["LOCARIA_DB_URL"], autocommit=True) as fresh:  # survives a restart
+            return fresh.execute("SELECT * FROM public.test_runs ORDER BY at").fetchall()
+
+    return rows

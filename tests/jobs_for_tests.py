@@ -52,6 +52,28 @@ def report_environment(ctx: JobContext) -> JobResult:
     return JobResult(attributes={"marker": os.environ.get("LOCARIA_TEST_MARKER")})
 
 
+def hold_the_gil(ctx: JobContext) -> JobResult:
+    """Report its pid, then sit in a C call that keeps the GIL (PyDLL does not release it): the
+    heartbeat thread cannot run, and no Python signal handler either."""
+    import ctypes
+
+    ctx.conn.execute("INSERT INTO public.test_runs (file_id, job_id, attempt, pid) VALUES (%s, %s, %s, %s)",
+                     [ctx.file_id, ctx.job_id, ctx.attempt, os.getpid()])
+    ctx.conn.commit()
+    ctypes.PyDLL("libc.so.6").sleep(int(ctx.attributes.get("sleep", 60)))
+    return JobResult()
+
+
+def unpack_then_sleep(ctx: JobContext) -> JobResult:
+    """Leave a temporary folder with a file in it (as an unzip does), then sleep."""
+    import tempfile
+
+    folder = tempfile.mkdtemp(prefix="locaria-test-unpack-")
+    with open(os.path.join(folder, "data.bin"), "wb") as out:
+        out.write(b"x" * 1024)
+    return sleeper(ctx)
+
+
 # What a hostile job tries with the credentials it finds; each must be refused by the database.
 ATTACKS = {
     "update another file's row": "UPDATE locaria_core.files SET status = 'HACKED' WHERE id = {victim_file}",

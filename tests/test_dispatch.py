@@ -20,19 +20,6 @@ from locaria_batch.dispatch.store import JobStore
 from locaria_batch.files import cancel_file
 
 
-@pytest.fixture
-def runs(conn) -> Any:
-    conn.execute("DROP TABLE IF EXISTS public.test_runs")
-    conn.execute("CREATE TABLE public.test_runs (file_id bigint, job_id bigint, attempt int, pid int, "
-                 "at timestamptz DEFAULT clock_timestamp())")
-    conn.execute("GRANT INSERT ON public.test_runs TO locaria_job")  # test jobs record their runs here
-
-    def rows() -> list[dict[str, Any]]:
-        return conn.execute("SELECT * FROM public.test_runs ORDER BY at").fetchall()
-
-    return rows
-
-
 def runner(home: Path) -> LocalRunner:
     return LocalRunner(home / "logs", stop_grace=2)
 
@@ -98,8 +85,10 @@ def test_a_killed_job_is_retried_then_failed_with_its_exit_code(
     assert row["attributes"]["exit_code"] == 137
     events = [r["event"] for r in conn.execute(
         "SELECT event FROM locaria_core.job_events WHERE job_id = %s ORDER BY id", [job["id"]])]
-    assert events == ["queued", "launching", "launched", "running", "queued", "launching", "launched", "running",
-                      "failed"]
+    # a forked job may start before its dispatcher has recorded the launch: "launched" and "running" race
+    assert [event for event in events if event != "launched"] == [
+        "queued", "launching", "running", "queued", "launching", "running", "failed"]
+    assert events.count("launched") == 2
 
 
 def test_a_job_past_its_timeout_is_stopped(conn, db_url, add_docker, runs, locaria_env, dispatchers) -> None:

@@ -7,8 +7,12 @@ import signal
 import subprocess
 import sys
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 
+from psycopg.types.json import Jsonb
+
+from locaria_batch.dispatch.local import LocalRunner
 from locaria_batch.dispatch.store import JobStore
 from locaria_batch.dispatch.wait import wait_for_file
 from locaria_batch.files import register_upload
@@ -41,3 +45,63 @@ def test_worker_picks_up_new_files_and_stops_gracefully(conn, db_url: str) -> No
     assert worker.returncode == 0, output
     assert "stopping" in output
     assert not JobStore(conn).worker_attached()  # a stopped worker no longer counts
+
+
+def _start_worker_with_a_running_job(conn, add_docker, runs) -> tuple[subprocess.Popen[str], int, int]:
+    add_docker("sleeper", trigger_statuses=["SLEEP"], success_status="SLEPT", handler="tests.jobs_for_tests:sleeper",
+               max_attempts=2, retry_base_seconds=0.05)
+    worker = subprocess.Popen([sys.executable, "-m", "locaria_batch.cli.main", "worker", "--poll", "30"],
+                              env=os.environ.copy(), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                              text=True)
+    file_id = conn.execute("SELECT (locaria_core.add_file(%s)->>'id')::bigint AS id", [Jsonb(
+        {"status": "SLEEP", "file_attributes": {"sleep": 4}})]).fetchone()["id"]
+    deadline = time.monotonic() + 30
+    while not runs():
+        assert worker.poll() is None, worker.stdout.read() if worker.stdout else ""
+        assert time.monotonic() < deadline, "the job did not start"
+        time.sleep(0.05)
+    return worker, file_id, runs()[0]["pid"]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return not Path(f"/proc/{pid}/stat").read_text().split(") ")[-1].startswith("Z")
+    except FileNotFoundError:
+        return False
+
+
+def test_sigterm_returns_at_once_and_the_next_worker_adopts_the_running_job(
+        conn, db_url, add_docker, runs, locaria_env, dispatchers) -> None:
+    worker, file_id, pid = _start_worker_with_a_running_job(conn, add_docker, runs)
+    signalled = time.monotonic()
+    worker.send_signal(signal.SIGTERM)
+    output, _ = worker.communicate(timeout=10)
+    assert time.monotonic() - signalled < 3, "the worker waited for its job"
+    assert worker.returncode == 0, output
+    assert "adopted by the next worker" in output
+    assert _alive(pid), "the running job must carry on"
+    job = conn.execute("SELECT * FROM locaria_core.jobs WHERE file_id = %s", [file_id]).fetchone()
+    assert job["state"] == "running" and job["lease_expires"] <= datetime.now(UTC)  # handed over, not waited out
+    successor = dispatchers(LocalRunner(locaria_env / "logs"), db_url=db_url, job_db_url=db_url)
+    deadline = time.monotonic() + 30
+    while conn.execute("SELECT state FROM locaria_core.jobs WHERE file_id = %s", [file_id]).fetchone()["state"] \
+            != "succeeded":
+        assert time.monotonic() < deadline
+        successor.run_once()
+        time.sleep(0.05)
+    job = conn.execute("SELECT * FROM locaria_core.jobs WHERE file_id = %s", [file_id]).fetchone()
+    assert job["lease_owner"] == successor.owner and job["attempt"] == 1 and len(runs()) == 1
+
+
+def test_a_second_signal_stops_the_running_jobs(conn, db_url, add_docker, runs) -> None:
+    worker, file_id, pid = _start_worker_with_a_running_job(conn, add_docker, runs)
+    signalled = time.monotonic()
+    worker.send_signal(signal.SIGINT)
+    worker.send_signal(signal.SIGTERM)
+    output, _ = worker.communicate(timeout=15)
+    assert time.monotonic() - signalled < 6
+    assert worker.returncode == 0, output
+    assert "stopping the running jobs too" in output
+    assert not _alive(pid)
+    job = conn.execute("SELECT * FROM locaria_core.jobs WHERE file_id = %s", [file_id]).fetchone()
+    assert job["state"] == "queued" and "stopped with its worker" in job["error"]  # retried by the next worker

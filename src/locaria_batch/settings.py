@@ -65,6 +65,8 @@ VARIABLES: tuple[Variable, ...] = (
     Variable("LOCARIA_LOADER_MAX_LINE_BYTES", "`134217728`", "the longest line (row) of a CSV/TSV/TXT file, "
              "its cells included"),
     Variable("LOCARIA_HEARTBEAT_SECONDS", "`5`", "how often a running job reports it is alive"),
+    Variable("LOCARIA_LEASE_SECONDS", "`30`", "a worker's lease on the jobs it runs: renewed every third of "
+             "it; another worker adopts them once it lapses (`worker --lease-seconds`)"),
     Variable("LOCARIA_DOCKER_NETWORK", "`host`", "network of job containers under the `docker` runner"),
     Variable("LOCARIA_JOB_DB_URL", "the embedded cluster's `locaria_job` login",
              "the database URL jobs get: a login of the `locaria_job` role (required with LOCARIA_DB_URL and the "
@@ -87,6 +89,8 @@ VARIABLES: tuple[Variable, ...] = (
     Variable("LOCARIA_JOB_ATTEMPT", "set by the dispatcher", "the attempt number"),
     Variable("LOCARIA_FILE_ID", "set by the dispatcher", "the file row the job works on"),
     Variable("LOCARIA_DOCKER", "set by the dispatcher", "the docker (job type) of the job"),
+    Variable("LOCARIA_WORK_DIR", "set by the `local` runner", "the attempt's own work directory (temporary "
+             "files, unpacked archives), removed when the attempt ends"),
 )
 KNOWN = {variable.name for variable in VARIABLES}
 
@@ -133,6 +137,8 @@ class Settings:
     download_max_rows: int = 10_000_000
     loader_limits: LoaderLimits = field(default_factory=LoaderLimits)
     heartbeat_seconds: float = 5.0
+    lease_seconds: int = 30
+    work_dir: Path | None = None
     docker_network: str = "host"
     job_db_url: str | None = None
     console_db_url: str | None = None
@@ -185,6 +191,8 @@ class Settings:
             download_max_rows=read.integer("LOCARIA_DOWNLOAD_MAX_ROWS", defaults.download_max_rows),
             loader_limits=limits,
             heartbeat_seconds=read.number("LOCARIA_HEARTBEAT_SECONDS", defaults.heartbeat_seconds),
+            lease_seconds=read.positive("LOCARIA_LEASE_SECONDS", defaults.lease_seconds),
+            work_dir=read.path("LOCARIA_WORK_DIR"),
             docker_network=read.text("LOCARIA_DOCKER_NETWORK") or defaults.docker_network,
             job_db_url=read.text("LOCARIA_JOB_DB_URL"),
             console_db_url=read.text("LOCARIA_CONSOLE_DB_URL"),
@@ -219,6 +227,12 @@ class _Reader:
             return int(value.replace("_", ""))
         except ValueError:
             raise ConfigurationError(f"{name} must be a whole number, not {value!r}") from None
+
+    def positive(self, name: str, default: int) -> int:
+        value = self.integer(name, default)
+        if value <= 0:
+            raise ConfigurationError(f"{name} must be a whole number of seconds above 0, not {value}")
+        return value
 
     def number(self, name: str, default: float) -> float:
         value = self.text(name)

@@ -19,14 +19,20 @@ def worker(
     runner: Annotated[RunnerName | None, typer.Option(help=(
         "Where jobs run (default: $LOCARIA_RUNNER, else local)."))] = None,
     poll: Annotated[float, typer.Option(metavar="SECONDS", min=0.05, help=(
-        "Seconds between passes when nothing is notified."))] = 2.0,
+        "Seconds between claims when nothing is notified (a safety net: notifications wake it at once)."))] = 2.0,
+    lease_seconds: Annotated[int | None, typer.Option("--lease-seconds", metavar="SECONDS", min=1, help=(
+        "The lease on running jobs, renewed every third of it; another worker adopts them once it lapses "
+        "(default: $LOCARIA_LEASE_SECONDS, else 30)."))] = None,
     metrics_port: Annotated[int | None, typer.Option(metavar="PORT", min=1, max=65535, help=(
         "Serve this worker's Prometheus metrics on PORT (/metrics)."))] = None,
     metrics_host: Annotated[str, typer.Option(metavar="ADDRESS", help=(
         "Address the metrics listen on."))] = "127.0.0.1",
 ) -> None:
     """Dispatch jobs: LISTEN for new ones, launch, reconcile, retry and time them out; prune finished
-    jobs older than $LOCARIA_JOB_RETENTION (30d) every hour."""
+    jobs older than $LOCARIA_JOB_RETENTION (30d) every hour.
+
+    SIGTERM or Ctrl-C stops it within a few seconds and leaves running jobs to the next worker,
+    which adopts them; a second signal stops the running jobs too."""
     from locaria_batch.dispatch.dispatcher import Dispatcher, make_runner
     from locaria_batch.dispatch.metrics import DispatcherMetrics, MeteredDispatcher
     from locaria_batch.dispatch.retention import RetentionTimer
@@ -39,26 +45,35 @@ def worker(
     if metrics_port is not None:
         metrics = DispatcherMetrics()
         metrics.serve(metrics_port, metrics_host)
-        dispatcher = MeteredDispatcher(make_runner(name), metrics, concurrency=concurrency)
+        dispatcher = MeteredDispatcher(make_runner(name), metrics, concurrency=concurrency,
+                                       lease_seconds=lease_seconds)
     else:
-        dispatcher = Dispatcher(make_runner(name), concurrency=concurrency)
+        dispatcher = Dispatcher(make_runner(name), concurrency=concurrency, lease_seconds=lease_seconds)
     if once:
-        dispatcher.drain()
-        dispatcher.close()
+        try:
+            dispatcher.drain()
+        finally:
+            dispatcher.close()
         say("queue drained")
         return
     stop = threading.Event()
 
     def _stop(signum: int, frame: FrameType | None) -> None:
-        say("stopping: no new jobs are claimed; running ones carry on and are adopted later")
-        stop.set()
+        if stop.is_set():
+            say("stopping the running jobs too")
+            dispatcher.stop_jobs_on_exit = True
+        else:
+            say("stopping: no new jobs are claimed; running ones carry on and are adopted by the next worker "
+                "(signal again to stop them)")
+            stop.set()
+        dispatcher.wake()
 
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
     retention = settings().job_retention
     timer = RetentionTimer(retention, settings().logs_dir, on_pruned=_counted(metrics)) if retention else None
-    say(f"worker {dispatcher.owner} ({name} runner, concurrency {concurrency}) waiting for jobs"
-        + (f"; metrics on http://{metrics_host}:{metrics_port}/metrics" if metrics_port else ""))
+    say(f"worker {dispatcher.owner} ({name} runner, concurrency {concurrency}, lease {dispatcher.lease_seconds} s) "
+        "waiting for jobs" + (f"; metrics on http://{metrics_host}:{metrics_port}/metrics" if metrics_port else ""))
     if timer is not None:
         timer.start()
     try:

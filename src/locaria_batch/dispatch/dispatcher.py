@@ -1,29 +1,49 @@
-"""The dispatcher: one pass claims, launches, renews, adopts, reconciles and times out jobs.
+"""The dispatcher: claims, launches, renews, adopts, reconciles and times out jobs.
 
-All state lives in locaria_core.jobs; the SQL functions of 0003_jobs.sql make every transition
+All state lives in locaria_core.jobs; the SQL functions of the migrations make every transition
 atomic and fenced by the attempt token, so any number of dispatchers may run at once.
+
+`run_once()` is one full pass (the Lambda launcher, `--wait` without a worker, tests).  `serve()`
+is the worker's event loop: a notification is answered by a claim first; the jobs of a claim are
+launched without waiting for each and their handles recorded in one statement; leases are renewed
+and expired ones adopted on a timer of their own (a third of the lease); an attempt is reconciled
+when its process ends (the runner says so: SIGCHLD through the fork server, a pidfd), and the ends
+seen together are written in one statement.  A lost connection is reopened with backoff and
+jitter, LISTEN again, and followed by a full pass (notifications sent meanwhile are lost).
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
+import select
 import socket
 import threading
 import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 import psycopg
 
 from locaria_batch.db import connect
 from locaria_batch.db.connect import job_database_url
+from locaria_batch.db.dockers import DockerSpec
+from locaria_batch.db.retry import Backoff, connection_lost
 from locaria_batch.dispatch.handles import Handle
-from locaria_batch.dispatch.runner import LaunchError, LaunchRequest, Runner, RunStatus, exit_reason
-from locaria_batch.dispatch.store import InFlight, Job, JobState, JobStore
+from locaria_batch.dispatch.runner import (
+    LaunchError,
+    LaunchRequest,
+    Runner,
+    WatchesExits,
+    exit_reason,
+    launch_all,
+)
+from locaria_batch.dispatch.store import Ended, InFlight, Job, JobState, JobStore
 from locaria_batch.errors import ConfigurationError
 from locaria_batch.settings import settings
 
@@ -60,6 +80,10 @@ class PassReport:
     def busy(self) -> bool:
         return bool(self.launched or self.finished or self.adopted or self.in_flight)
 
+    @property
+    def eventful(self) -> bool:
+        return bool(self.launched or self.finished or self.adopted or self.timed_out or self.stopped)
+
 
 class Dispatcher:
     def __init__(
@@ -67,15 +91,16 @@ class Dispatcher:
         runner: Runner[Any],
         *,
         concurrency: int = 4,
-        lease_seconds: int = 30,
+        lease_seconds: int | None = None,
         owner: str | None = None,
         db_url: str | None = None,
         job_db_url: str | None = None,
         env_for_job: Callable[[Job, str | None], dict[str, str]] = job_environment,
+        on_pass: Callable[[PassReport], None] | None = None,
     ) -> None:
         self.runner = runner
         self.concurrency = concurrency
-        self.lease_seconds = lease_seconds
+        self.lease_seconds = lease_seconds or settings().lease_seconds
         self.owner = owner or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.db_url = db_url
         # jobs get credentials of their own (locaria_job), never this dispatcher's
@@ -83,7 +108,17 @@ class Dispatcher:
             job_db_url = job_database_url()
         self.job_db_url = job_db_url
         self.env_for_job = env_for_job
+        self.on_pass = on_pass  # called with each serve() iteration's report (metrics)
+        self.stop_jobs_on_exit = False  # a second signal: stop the running jobs instead of leaving them
         self._conn: psycopg.Connection[dict[str, Any]] | None = None
+        self._listener: psycopg.Connection[dict[str, Any]] | None = None
+        self._dockers: dict[str, DockerSpec] = {}
+        self._watched: dict[int, tuple[Job, Handle]] = {}  # job id -> its attempt launched/adopted here
+        self._ended: dict[int, Ended] = {}  # ends seen, not yet written (the database may be away)
+        self._unrecorded: list[tuple[Job, dict[str, Any]]] = []  # handles launched, not yet written
+        self._watching_since = datetime.now(UTC)  # heartbeats are judged from here (see in_flight)
+        self._stopping = threading.Event()
+        self._wake_r, self._wake_w = -1, -1  # a pipe while serve() runs: wake() interrupts its wait
 
     # -- plumbing --------------------------------------------------------------------
     @property
@@ -97,53 +132,101 @@ class Dispatcher:
     def store(self) -> JobStore:
         return JobStore(self.conn)
 
+    @property
+    def watches_exits(self) -> WatchesExits | None:
+        return self.runner if isinstance(self.runner, WatchesExits) else None
+
+    def wake(self) -> None:
+        """Interrupt serve()'s wait (a signal handler calls it after setting the stop event)."""
+        if self._wake_w >= 0:
+            with contextlib.suppress(BlockingIOError, OSError):
+                os.write(self._wake_w, b"!")
+
+    def disconnect(self) -> None:
+        """Drop the connections (after the database went away; the next use reconnects)."""
+        for conn in (self._conn, self._listener):
+            if conn is not None:
+                with contextlib.suppress(Exception):
+                    conn.close()
+        self._conn = self._listener = None
+
     def close(self) -> None:
-        if self._conn is not None:
-            self._conn.close()
+        self.disconnect()
+        watcher = self.watches_exits
+        if watcher is not None:
+            watcher.close()
 
     # -- one pass --------------------------------------------------------------------
     def run_once(self) -> PassReport:
+        """One full pass: write the ends the runner saw, maintain, claim and launch."""
         report = PassReport()
+        self.collect_ends()
+        self.write_collected_ends(report)
+        self.maintain(report)
+        self.claim_and_launch(report)
+        return report
+
+    def maintain(self, report: PassReport) -> None:
+        """What runs on the lease timer: renew, adopt, reconcile everything in flight (timeouts,
+        hung jobs, cancellations, ends), release what finished attempts left behind."""
+        self._dockers = {}  # settings changed in dockers.json reach new attempts within this timer
         self.store.renew_leases(self.owner, self.lease_seconds)
         self.adopt(report)
         self.reconcile(report)
         self.release_finished()
-        self.claim_and_launch(report)
-        return report
 
     def release_finished(self) -> None:
         """Attempts that reported their own verdict: let the runner remove what they left behind
-        (a stopped container) once, then mark them released (the lease owner stays as a record)."""
+        (a stopped container, a work directory) once, then mark them released in one statement."""
         store = self.store
         done = store.unreleased(self.owner)
         for job in done:
             if job.handle is not None:
                 self.runner.cleanup(self.runner.handle(job.handle))
+            self._watched.pop(job.id, None)
         store.mark_released(self.owner, done)
 
     def claim_and_launch(self, report: PassReport) -> None:
+        self.record_launches()
         store = self.store
-        free = self.concurrency - store.in_flight_count(self.owner)
-        if free <= 0:
+        jobs = store.claim_free_slots(self.owner, self.concurrency, self.lease_seconds, self.runner.name)
+        if not jobs:
             return
-        jobs = store.claim(self.owner, free, self.lease_seconds, self.runner.name)
-        dockers = store.dockers({job.docker for job in jobs})
-        for job in jobs:
-            request = LaunchRequest(job_id=job.id, attempt=job.attempt, token=job.token, file_id=job.file_id,
-                                    docker=dockers[job.docker], env=self.env_for_job(job, self.job_db_url))
-            try:
-                handle = self.runner.launch(request)
-            except LaunchError as exc:
-                log.warning("job %s: launch failed: %s", job.id, exc)
-                if exc.requeue:
-                    store.requeue(job, str(exc), exc.delay)
+        dockers = self._dockers_of(jobs)
+        requests = [LaunchRequest(job_id=job.id, attempt=job.attempt, token=job.token, file_id=job.file_id,
+                                  docker=dockers[job.docker], env=self._environment(job)) for job in jobs]
+        for job, result in zip(jobs, launch_all(self.runner, requests), strict=True):
+            if isinstance(result, LaunchError):
+                log.warning("job %s: launch failed: %s", job.id, result)
+                if result.requeue:
+                    store.requeue(job, str(result), result.delay)
                 else:
-                    store.attempt_failed(job, f"launch failed: {exc}")
+                    store.attempt_failed(job, f"launch failed: {result}")
                 continue
-            store.launched(job, handle.to_json())
+            self._watched[job.id] = (job, result)
+            self._unrecorded.append((job, result.to_json()))
             report.launched.append(job.id)
             log.info("job %s (%s, file %s, attempt %s) launched: %s",
-                     job.id, job.docker, job.file_id, job.attempt, handle.where)
+                     job.id, job.docker, job.file_id, job.attempt, result.where)
+        self.record_launches()
+
+    def _dockers_of(self, jobs: list[Job]) -> dict[str, DockerSpec]:
+        """The jobs' docker settings, read again on each lease timer (not on each claim)."""
+        missing = {job.docker for job in jobs} - set(self._dockers)
+        if missing:
+            self._dockers.update(self.store.dockers(missing))
+        return self._dockers
+
+    def _environment(self, job: Job) -> dict[str, str]:
+        env = self.env_for_job(job, self.job_db_url)
+        env["LOCARIA_LEASE_SECONDS"] = str(self.lease_seconds)  # how long the job waits out an outage
+        return env
+
+    def record_launches(self) -> None:
+        """Write the handles of launched attempts together (kept until the database takes them)."""
+        if self._unrecorded:
+            self.store.launched_many(self.owner, self._unrecorded)
+            self._unrecorded = []
 
     def adopt(self, report: PassReport) -> None:
         """Take over jobs of a dispatcher that stopped renewing its lease.  An attempt without a
@@ -164,45 +247,94 @@ class Dispatcher:
                 store.attempt_failed(job, "the job's process could not be found after its dispatcher stopped")
 
     def reconcile(self, report: PassReport) -> None:
-        watched = self.store.in_flight(self.owner)
-        if not watched:
-            return
+        """Everything this dispatcher holds, as the database sees it: stop cancelled attempts, time out
+        overdue ones, stop hung ones, and write the ends of those whose process has gone."""
+        watched = self.store.in_flight(self.owner, self._watching_since)
         handles = [self.runner.handle(item.job.handle or {}) for item in watched]
-        statuses = self.runner.status(handles)
+        statuses = self.runner.status(handles) if handles else []
+        ended: list[tuple[Ended, Handle | None]] = []
+        watcher = self.watches_exits
         for item, handle, status in zip(watched, handles, statuses, strict=True):
-            if item.job.stop_requested:
-                self._stop_cancelled(item.job, handle, status, report)
-            elif status.state == "running":
-                report.in_flight += 1
-                if item.overdue:
-                    self._time_out(item, handle, report)
+            if status.state != "running":
+                reason = status.reason or f"the job process {exit_reason(status.exit_code)}"
+                ended.append((Ended(item.job, status.exit_code, reason, status.details), handle))
+            elif item.job.stop_requested:
+                self._stop_cancelled(item.job, handle, report)
+            elif item.overdue:
+                self._give_up(item, handle, f"timed out after {item.timeout_seconds} s", report)
+            elif item.hung:
+                self._give_up(item, handle, f"no heartbeat for {item.heartbeat_timeout} s", report)
             else:
-                self._ended_without_report(item.job, handle, status, report)
+                report.in_flight += 1
+                self._watched.setdefault(item.job.id, (item.job, handle))
+                if watcher is not None:
+                    watcher.watch(handle)
+        self._write_ends(ended, report)
 
-    def _stop_cancelled(self, job: Job, handle: Handle, status: RunStatus, report: PassReport) -> None:
-        if status.state == "running":
-            self.runner.stop(handle, "cancelled")
+    def _stop_cancelled(self, job: Job, handle: Handle, report: PassReport) -> None:
+        self.runner.stop(handle, "cancelled")
+        if self.watches_exits is not None:
+            return  # its end (and the stop_done) is written when the runner sees it go
         self.runner.cleanup(handle)
         self.store.stop_done(job, self.owner)
+        self._watched.pop(job.id, None)
         report.stopped.append(job.id)
 
-    def _time_out(self, item: InFlight, handle: Handle, report: PassReport) -> None:
-        reason = f"timed out after {item.timeout_seconds} s"
+    def _give_up(self, item: InFlight, handle: Handle, reason: str, report: PassReport) -> None:
+        """A timed-out or hung attempt: stop it (a hung one is killed: it answers no signal it could
+        handle) and count the attempt as failed (retried while attempts remain)."""
         log.warning("job %s %s: stopping it", item.job.id, reason)
-        self.runner.stop(handle, reason)
+        watcher = self.watches_exits
+        if item.hung and watcher is not None:
+            watcher.kill(handle)
+        else:
+            self.runner.stop(handle, reason)
         self.runner.cleanup(handle)
         self.store.attempt_failed(item.job, reason)
+        self._watched.pop(item.job.id, None)
         report.timed_out.append(item.job.id)
 
-    def _ended_without_report(self, job: Job, handle: Handle, status: RunStatus, report: PassReport) -> None:
-        # The job writes its own verdict before it exits; if the row still says in flight, the
-        # process died first.  attempt_failed is fenced, so a verdict that lands in between wins.
-        reason = status.reason or f"the job process {exit_reason(status.exit_code)}"
-        new_state = self.store.attempt_failed(job, reason, status.exit_code, status.details)
-        self.runner.cleanup(handle)
-        if new_state:
-            log.warning("job %s attempt %s %s -> %s", job.id, job.attempt, reason, new_state)
-            report.finished.append(job.id)
+    def collect_ends(self) -> None:
+        """Ends the runner has seen since the last call, kept until written."""
+        watcher = self.watches_exits
+        if watcher is None:
+            return
+        gone = watcher.ended()
+        if not gone:
+            return
+        statuses = self.runner.status(gone)
+        for handle, status in zip(gone, statuses, strict=True):
+            self.runner.cleanup(handle)  # its exit code is read: forget it (the kernel reuses pids)
+            entry = self._watched.pop(handle.job_id or 0, None)
+            if entry is None or entry[1].to_json().get("pid") != handle.to_json().get("pid"):
+                if entry is not None:
+                    self._watched[entry[0].id] = entry
+                continue
+            job = entry[0]
+            reason = status.reason or f"the job process {exit_reason(status.exit_code)}"
+            self._ended[job.id] = Ended(job, status.exit_code, reason, status.details)
+
+    def write_collected_ends(self, report: PassReport) -> None:
+        """Write the ends collected so far in one statement (the runner already removed what they
+        left behind)."""
+        if self._ended:
+            self._write_ends([(item, None) for item in self._ended.values()], report)
+            self._ended.clear()
+
+    def _write_ends(self, ended: list[tuple[Ended, Handle | None]], report: PassReport) -> None:
+        if not ended:
+            return
+        outcomes = self.store.ended(self.owner, [item for item, _ in ended])
+        for item, handle in ended:
+            if handle is not None:
+                self.runner.cleanup(handle)
+            self._watched.pop(item.job.id, None)
+            outcome = outcomes.get(item.job.id)
+            if outcome == "stopped":
+                report.stopped.append(item.job.id)
+            elif outcome is not None:
+                log.warning("job %s attempt %s %s -> %s", item.job.id, item.job.attempt, item.reason, outcome)
+                report.finished.append(item.job.id)
 
     # -- loops -----------------------------------------------------------------------
     def has_pending_work(self) -> bool:
@@ -216,7 +348,7 @@ class Dispatcher:
         """Run passes until nothing is queued or in flight for this dispatcher (or `until()`)."""
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
-            self.run_once()
+            report = self.run_once()
             if until is not None and until():
                 return
             if until is None and not self.has_pending_work():
@@ -224,44 +356,126 @@ class Dispatcher:
             if deadline is not None and time.monotonic() > deadline:
                 raise TimeoutError("jobs still in progress when the time ran out")
             due = self.next_due_in()
-            time.sleep(poll if due is None else min(max(due, 0.02), poll * 5))
+            time.sleep(min(poll, 0.05) if report.eventful else (poll if due is None else min(max(due, 0.02), poll)))
 
     def serve(self, stop: threading.Event, *, poll: float = 2.0) -> None:
-        """LISTEN for new jobs, with a poll as the safety net, until `stop` is set."""
-        listener = connect(self.db_url, autocommit=True,
+        """The worker's loop, until `stop` is set (see the module's docstring).  `poll` is the safety
+        net: a claim at least that often although nothing was notified."""
+        maintain_every = max(0.5, self.lease_seconds / 3)
+        next_maintenance = 0.0  # a full pass first, and after every reconnection
+        next_claim = 0.0
+        backoff = Backoff(first=0.5, cap=10.0)
+        outage_since: float | None = None
+        self._stopping = stop
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_r, False)
+        os.set_blocking(self._wake_w, False)
+        try:
+            while not stop.is_set():
+                report = PassReport()
+                try:
+                    if self._listener is None or self._listener.closed:
+                        self._listen()
+                        if outage_since is not None:
+                            log.warning("database reachable again after %.1f s: running a full pass",
+                                        time.monotonic() - outage_since)
+                            outage_since = None
+                            self._watching_since = datetime.now(UTC)
+                        backoff.reset()
+                        next_maintenance = next_claim = 0.0
+                    self.collect_ends()
+                    self.write_collected_ends(report)
+                    now = time.monotonic()
+                    if now >= next_maintenance:
+                        self.maintain(report)
+                        next_maintenance = now + maintain_every
+                    if now >= next_claim or report.finished:
+                        self.claim_and_launch(report)
+                        next_claim = now + poll
+                    if self.on_pass is not None:
+                        self.on_pass(report)
+                    claim, reconcile = self._wait_for_events(min(next_claim, next_maintenance) - time.monotonic())
+                    if claim:
+                        next_claim = 0.0
+                    if reconcile:
+                        next_maintenance = 0.0
+                except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
+                    if not connection_lost(exc):
+                        raise
+                    if outage_since is None:
+                        outage_since = time.monotonic()
+                        log.error("database unreachable (%s); reconnecting with backoff, running jobs carry on",
+                                  str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__)
+                    self.disconnect()
+                    self.collect_ends()  # keep hearing of ends meanwhile; they are written on return
+                    stop.wait(backoff.next_delay())
+        finally:
+            self._shut_down(outage_since is None)
+            wake_r, wake_w, self._wake_r, self._wake_w = self._wake_r, self._wake_w, -1, -1
+            os.close(wake_r)
+            os.close(wake_w)
+
+    def _listen(self) -> None:
+        listener = connect(self.db_url, autocommit=True, connect_timeout=10,
                            application_name=f"locaria-batch dispatcher {self.owner} listen")
         listener.execute("LISTEN locaria_jobs")
         JobStore(listener).attach(self.owner, socket.gethostname(), os.getpid(), self.runner.name, self.concurrency)
-        try:
-            while not stop.is_set():
-                try:
-                    self.run_once()
-                except psycopg.OperationalError as exc:
-                    log.error("database error, retrying: %s", exc)
-                    self.close()
-                    stop.wait(poll)
-                    continue
-                due = self.next_due_in()
-                self._wait_for_notice(listener, stop, poll if due is None else min(poll, max(due, 0.01)))
-        finally:
-            with contextlib.suppress(psycopg.Error):
-                self.store.release_leases(self.owner)
-            with contextlib.suppress(psycopg.Error):
-                JobStore(listener).detach(self.owner)
-            listener.close()
-            self.close()
+        self._listener = listener
 
-    @staticmethod
-    def _wait_for_notice(listener: psycopg.Connection[Any], stop: threading.Event, seconds: float) -> None:
-        """Until a notification, the timeout, or `stop` (checked twice a second: a signal handler
-        cannot interrupt the wait itself)."""
-        deadline = time.monotonic() + seconds
-        while not stop.is_set():
+    def _wait_for_events(self, seconds: float) -> tuple[bool, bool]:
+        """Wait until a notification, a runner event, a wake-up or `seconds` (at most half a second at
+        a time, so a stop set from another thread is seen).  Returns (claim now, reconcile now)."""
+        listener = self._listener
+        assert listener is not None
+        watcher = self.watches_exits
+        deadline = time.monotonic() + max(0.0, seconds)
+        kill_due = watcher.next_deadline() if watcher is not None else None
+        if kill_due is not None:
+            deadline = min(deadline, time.monotonic() + kill_due)
+        while True:
+            claim = reconcile = False
+            for notice in listener.notifies(timeout=0):
+                claim = True  # a queued job, or a finished one that freed a slot of its docker
+                with contextlib.suppress(ValueError, TypeError, AttributeError):
+                    reconcile = reconcile or json.loads(notice.payload).get("state") == "cancelled"
             remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                return
-            if list(listener.notifies(timeout=min(remaining, 0.5), stop_after=1)):
-                return
+            if claim or remaining <= 0:
+                return claim, reconcile
+            fds = [listener.fileno(), self._wake_r, *(watcher.wakeup_fds() if watcher is not None else [])]
+            ready, _, _ = select.select(fds, [], [], min(remaining, 0.5))
+            if self._wake_r in ready:
+                with contextlib.suppress(BlockingIOError):
+                    os.read(self._wake_r, 4096)
+                return False, False
+            if any(fd != listener.fileno() for fd in ready):
+                return False, False  # a runner event: an attempt ended
+            if not ready and self._stopping.is_set():
+                return False, False
+
+    def _shut_down(self, reachable: bool) -> None:
+        """Leave: by default the running jobs carry on and the lease is released at once so the next
+        dispatcher adopts them without waiting it out; after a second signal they are stopped."""
+        watcher = self.watches_exits
+        try:
+            if self.stop_jobs_on_exit and watcher is not None:
+                running = [handle for _, handle in self._watched.values()]
+                log.warning("stopping %s running job(s)", len(running))
+                watcher.stop_now(running, grace=3.0)
+                self.collect_ends()
+                for job_id, item in list(self._ended.items()):
+                    self._ended[job_id] = Ended(item.job, item.exit_code,
+                                                "stopped with its worker (a second stop signal)", item.details)
+            if reachable:
+                with contextlib.suppress(psycopg.Error):
+                    self.write_collected_ends(PassReport())
+                    self.record_launches()
+                with contextlib.suppress(psycopg.Error):
+                    self.store.release_leases(self.owner)
+                if self._listener is not None and not self._listener.closed:
+                    with contextlib.suppress(psycopg.Error):
+                        JobStore(self._listener).detach(self.owner)
+        finally:
+            self.close()
 
 
 def make_runner(name: str) -> Runner[Any]:

@@ -48,6 +48,7 @@ class ProcessHandle(_Stored):
     job_id: int | None = None
     attempt: int | None = None
     adopted: bool = False
+    work_dir: str | None = None  # the attempt's own directory (temporary files, pid file)
 
     @property
     def where(self) -> str:

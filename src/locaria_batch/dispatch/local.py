@@ -1,189 +1,379 @@
 """The `local` runner: each attempt is a process on this machine.
 
-Jobs with the default entrypoint are forked from a fork server that has already imported the
-job SDK and psycopg (a fresh interpreter spends ~0.4 s of CPU on imports alone); a docker that
-declares its own `command` runs it as a subprocess.  Either way the attempt writes a pid file,
-so a dispatcher that adopts it later can find it.
+Attempts are forked by a fork server of our own (`forkserver.py`): a warm process that has
+imported the job SDK, psycopg and the built-in handlers, and nothing of the command line.  A
+docker that declares its own `command` is forked and exec'd by the same server.  Either way each
+attempt gets a process and a session of its own, its log, the dispatcher's environment of the
+moment plus the job's, and a work directory of its own under $LOCARIA_HOME/work (LOCARIA_WORK_DIR: temporary files,
+unpacked archives, the pid file that adoption reads), removed when the attempt ends however it ends.
+
+The server reports every exit with its code; `wakeup_fds()` is readable when one is waiting (and,
+through a pidfd, when an adopted process ends), so the dispatcher reconciles without polling.
 """
 
 from __future__ import annotations
 
-import multiprocessing
+import contextlib
+import json
 import os
+import select
+import shutil
 import signal
+import socket
 import subprocess
 import sys
+import threading
 import time
-from multiprocessing.context import ForkServerContext
-from multiprocessing.process import BaseProcess
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from locaria_batch.dispatch.forkserver import MAX_MESSAGE, process_start_time
 from locaria_batch.dispatch.handles import ProcessHandle
 from locaria_batch.dispatch.runner import LaunchError, LaunchRequest, RunStatus, child_environment
 
+__all__ = ["LocalRunner", "process_start_time"]
 
-def process_start_time(pid: int) -> int | None:
-    """The kernel's start time of pid (clock ticks since boot): tells a reused pid apart."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except (FileNotFoundError, ProcessLookupError, PermissionError):
-        return None
-    # the command name may hold spaces and parentheses: split after the last ')'
-    fields = stat[stat.rindex(")") + 2 :].split()
-    if fields[0] == "Z":  # a zombie has ended
-        return None
-    return int(fields[19])
+# the built-in jobs' handlers, imported by the fork server before its first fork
+BUILT_IN_HANDLERS = ("locaria_batch.jobs.file_loader", "locaria_batch.jobs.file_download",
+                     "locaria_batch.jobs.file_import", "locaria_batch.storage.local")
 
 
-def exit_code_of(returncode: int) -> int:
-    """Python reports -N for a signal; report it as a shell would (128 + N)."""
-    return 128 - returncode if returncode < 0 else returncode
+class ForkServerGone(LaunchError):
+    def __init__(self, detail: str) -> None:
+        super().__init__(f"the job fork server stopped ({detail}); it is restarted for the next launch",
+                         requeue=True, delay=1.0)
 
 
-def _forked_job(docker: str, env: dict[str, str], log_path: str) -> None:
-    """Entry point of a forked attempt: its own session, its own log, its job environment."""
-    os.setsid()
-    log_fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-    null_fd = os.open(os.devnull, os.O_RDONLY)
-    os.dup2(null_fd, 0)
-    os.dup2(log_fd, 1)
-    os.dup2(log_fd, 2)
-    # the fork server started with the environment of its first launch: use this launch's instead
-    os.environ.clear()
-    os.environ.update(env)
-    from locaria_batch.job import main
-    from locaria_batch.settings import reset as reset_settings
-
-    reset_settings()
-    code = main([docker])
-    sys.stdout.flush()
-    sys.stderr.flush()
-    sys.exit(code)
+@dataclass
+class _Started:
+    pid: int
+    start_time: int | None
 
 
-_fork_server: ForkServerContext | None = None
+class ForkServer:
+    """The dispatcher's side of the fork server: start it, send launches, collect replies and exits."""
 
+    def __init__(self, python: str, preload: tuple[str, ...], pool_size: int = 0) -> None:
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        self.channel = ours
+        # its own session: a Ctrl-C at the terminal goes to the worker, which decides what jobs get
+        self.process = subprocess.Popen(
+            [python, "-m", "locaria_batch.dispatch.forkserver", str(theirs.fileno()), str(pool_size), *preload],
+            pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL, start_new_session=True,
+            env=child_environment({}))  # never the dispatcher's credentials, even in its parent
+        theirs.close()
+        self.lock = threading.Lock()
+        self.exits: dict[int, int] = {}  # pid -> exit code, reported but not yet taken
+        self.seq = 0
+        ready = self._receive(timeout=120)
+        if ready.get("op") != "ready":
+            raise ForkServerGone(f"unexpected greeting {ready}")
 
-def fork_server() -> ForkServerContext:
-    global _fork_server
-    if _fork_server is None:
-        context = multiprocessing.get_context("forkserver")
-        context.set_forkserver_preload(["locaria_batch.job", "locaria_batch.dispatch.local"])
-        _fork_server = context
-    return _fork_server
+    def fileno(self) -> int:
+        return self.channel.fileno()
+
+    @property
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+    def _receive(self, timeout: float | None) -> dict[str, Any]:
+        if timeout is not None:
+            ready, _, _ = select.select([self.channel], [], [], timeout)
+            if not ready:
+                return {}
+        data = self.channel.recv(MAX_MESSAGE)
+        if not data:
+            raise ForkServerGone("it closed its socket")
+        message: dict[str, Any] = json.loads(data)
+        if message.get("op") == "exited":
+            self.exits[int(message["pid"])] = int(message["code"])
+        return message
+
+    def drain(self) -> None:
+        """Take whatever the server has sent (exits) without waiting."""
+        with self.lock:
+            while self._receive(timeout=0):
+                pass
+
+    def launch_many(self, requests: list[dict[str, Any]]) -> list[_Started | str]:
+        """Send every request, then collect the replies: the launches of a claim are forked while
+        the dispatcher is still sending the next ones."""
+        with self.lock:
+            seqs = []
+            for request in requests:
+                self.seq += 1
+                seqs.append(self.seq)
+                try:
+                    self.channel.send(json.dumps({**request, "seq": self.seq}).encode())
+                except OSError as exc:
+                    raise ForkServerGone(str(exc)) from exc
+            replies: dict[int, _Started | str] = {}
+            while len(replies) < len(seqs):
+                message = self._receive(timeout=60)
+                if not message:
+                    raise ForkServerGone("no answer in 60 s")
+                if message.get("op") == "started":
+                    replies[int(message["seq"])] = _Started(int(message["pid"]), message.get("start_time"))
+                elif message.get("op") == "failed":
+                    replies[int(message["seq"])] = str(message["error"])
+            return [replies[seq] for seq in seqs]
+
+    def take_exit(self, pid: int) -> int | None:
+        return self.exits.pop(pid, None)
+
+    def close(self) -> None:
+        self.channel.close()  # the server exits on EOF; its running jobs carry on
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.process.wait(timeout=5)
 
 
 class LocalRunner:
     name = "local"
     needs_job_credentials = True
+    needs_job_credentials = True
 
     def __init__(self, logs_dir: Path, *, python: str = sys.executable, stop_grace: float = 10.0,
-                 cwd: Path | None = None) -> None:
+                 cwd: Path | None = None, work_root: Path | None = None,
+                 preload: tuple[str, ...] = BUILT_IN_HANDLERS, pool_size: int = 2) -> None:
         self.logs_dir = logs_dir
+        self.work_root = work_root or logs_dir.parent / "work"
         self.python = python
         self.stop_grace = stop_grace
         self.cwd = cwd
-        self._children: dict[int, BaseProcess | subprocess.Popen[bytes]] = {}
-        self._exit_codes: dict[int, int] = {}  # reaped children whose status nobody asked for yet
-        self._pid_files: dict[int, Path] = {}
+        self.preload = preload
+        self.pool_size = pool_size  # attempts forked ahead, each with its connection open
+        self._server: ForkServer | None = None
+        self._ours: set[int] = set()  # pids the fork server started for this runner (it reports their exits)
+        self._watched: dict[int, ProcessHandle] = {}  # attempts followed until they end
+        self._pidfds: dict[int, int] = {}  # adopted pid -> pidfd (readable once it ends)
+        self._kill_at: dict[int, tuple[float, ProcessHandle]] = {}  # stopped, to be killed if still alive
 
-    def _paths(self, job_id: int, attempt: int) -> tuple[Path, Path]:
-        stem = self.logs_dir / f"job-{job_id}-attempt-{attempt}"
-        return stem.with_suffix(".log"), stem.with_suffix(".pid")
+    # -- paths --------------------------------------------------------------------------
+    def _log_path(self, job_id: int, attempt: int) -> Path:
+        return self.logs_dir / f"job-{job_id}-attempt-{attempt}.log"
+
+    def work_dir(self, job_id: int, attempt: int) -> Path:
+        return self.work_root / f"job-{job_id}-attempt-{attempt}"
 
     def handle(self, stored: dict[str, Any]) -> ProcessHandle:
         return ProcessHandle.from_json(stored)
 
+    # -- launch -------------------------------------------------------------------------
+    @property
+    def server(self) -> ForkServer:
+        if self._server is None or not self._server.alive:
+            if self._server is not None:
+                self._server.close()
+            self._server = ForkServer(self.python, self.preload, self.pool_size)
+        return self._server
+
     def launch(self, request: LaunchRequest) -> ProcessHandle:
+        [result] = self.launch_many([request])
+        if isinstance(result, LaunchError):
+            raise result
+        return result
+
+    def launch_many(self, requests: list[LaunchRequest]) -> list[ProcessHandle | LaunchError]:
+        """Launch every request without waiting for each in turn."""
+        if not requests:
+            return []
         self.logs_dir.mkdir(parents=True, exist_ok=True)
-        log_path, pid_path = self._paths(request.job_id, request.attempt)
+        messages: list[dict[str, Any]] = []
+        prepared: list[LaunchRequest | LaunchError] = []
+        for request in requests:
+            work = self.work_dir(request.job_id, request.attempt)
+            try:
+                work.mkdir(parents=True, exist_ok=True, mode=0o700)
+            except OSError as exc:
+                prepared.append(LaunchError(f"could not create the work directory {work}: {exc}"))
+                continue
+            env = {**child_environment(request.env), "LOCARIA_WORK_DIR": str(work), "TMPDIR": str(work)}
+            command = request.docker.command
+            argv = [self.python if part == "{python}" else part for part in command] if command else None
+            messages.append({"env": env, "argv": argv, "docker": request.docker_name,
+                             "handler": request.docker.handler, "log": str(self._log_path(request.job_id,
+                                                                                           request.attempt)),
+                             "pid_file": str(work / "pid"), "cwd": str(self.cwd) if self.cwd else None})
+            prepared.append(request)
         try:
-            if request.docker.command:
-                pid = self._spawn(request, log_path)
-            else:
-                environment = child_environment(request.env)
-                process = fork_server().Process(target=_forked_job, args=(request.docker_name, environment,
-                                                                           str(log_path)), daemon=False)
-                process.start()
-                pid = int(process.pid or 0)
-                self._children[pid] = process
-        except OSError as exc:
-            raise LaunchError(f"could not start {request.docker_name}: {exc}") from exc
-        handle = ProcessHandle(pid, process_start_time(pid), str(log_path), request.job_id, request.attempt)
-        pid_path.write_text(f"{pid} {handle.start_time}\n")
-        self._pid_files[pid] = pid_path
-        return handle
+            server = self.server
+            replies = iter(server.launch_many(messages))
+        except LaunchError as exc:
+            self._server = None
+            return [exc for _ in requests]
+        results: list[ProcessHandle | LaunchError] = []
+        for item in prepared:
+            if isinstance(item, LaunchError):
+                results.append(item)
+                continue
+            reply = next(replies)
+            work = self.work_dir(item.job_id, item.attempt)
+            if isinstance(reply, str):
+                shutil.rmtree(work, ignore_errors=True)
+                results.append(LaunchError(f"could not start {item.docker_name}: {reply}"))
+                continue
+            server.exits.pop(reply.pid, None)  # an earlier process's, whose pid the kernel reused
+            self._ours.add(reply.pid)
+            handle = ProcessHandle(reply.pid, reply.start_time, str(self._log_path(item.job_id, item.attempt)),
+                                   item.job_id, item.attempt, work_dir=str(work))
+            self._watched[reply.pid] = handle
+            results.append(handle)
+        return results
 
-    def _spawn(self, request: LaunchRequest, log_path: Path) -> int:
-        argv = [self.python if part == "{python}" else part for part in request.docker.command or []]
-        with log_path.open("ab") as log:
-            child = subprocess.Popen(argv, env=child_environment(request.env), stdout=log, stderr=subprocess.STDOUT,
-                                     stdin=subprocess.DEVNULL, start_new_session=True, cwd=self.cwd)
-        self._children[child.pid] = child
-        return child.pid
+    # -- watching -----------------------------------------------------------------------
+    def wakeup_fds(self) -> list[int]:
+        """Readable when an attempt this runner watches may have ended."""
+        fds = list(self._pidfds.values())
+        if self._server is not None and self._server.alive:
+            fds.append(self._server.fileno())
+        return fds
 
-    def _reap(self) -> None:
-        for pid, child in list(self._children.items()):
-            code = child.poll() if isinstance(child, subprocess.Popen) else child.exitcode
-            if code is not None:
-                self._exit_codes[pid] = exit_code_of(code)
-                del self._children[pid]
-                pid_file = self._pid_files.pop(pid, None)
-                if pid_file is not None:
-                    pid_file.unlink(missing_ok=True)
-        while len(self._exit_codes) > 10_000:  # jobs that reported their own verdict are never asked about
-            del self._exit_codes[next(iter(self._exit_codes))]
+    def watch(self, handle: ProcessHandle) -> None:
+        """Follow an attempt until it ends (for one this runner did not start, through a pidfd)."""
+        if handle.pid in self._watched:
+            return
+        self._watched[handle.pid] = handle
+        if handle.pid not in self._ours and self._alive(handle):
+            with contextlib.suppress(OSError):
+                self._pidfds[handle.pid] = os.pidfd_open(handle.pid)
 
     def _alive(self, handle: ProcessHandle) -> bool:
         start = process_start_time(handle.pid)
         return start is not None and (handle.start_time is None or start == handle.start_time)
 
+    def _exit_code(self, pid: int) -> int | None:
+        if self._server is None or pid not in self._ours:
+            return None
+        return self._server.exits.get(pid)
+
+    def ended(self) -> list[ProcessHandle]:
+        """Watched attempts that have ended since the last call (status() says how); their work
+        directories are removed at once."""
+        if self._server is not None:
+            with contextlib.suppress(LaunchError):
+                self._server.drain()
+        done = []
+        server_alive = self._server is not None and self._server.alive
+        for pid, handle in list(self._watched.items()):
+            # our children end when the server reports them (their exit code with it); others when they are gone
+            ours = pid in self._ours and server_alive
+            if self._exit_code(pid) is not None if ours else not self._alive(handle):
+                del self._watched[pid]
+                fd = self._pidfds.pop(pid, None)
+                if fd is not None:
+                    os.close(fd)
+                self._remove_work_dir(handle)
+                done.append(handle)
+        self._kill_overdue()
+        return done
+
     def status(self, handles: list[ProcessHandle]) -> list[RunStatus]:
-        self._reap()
+        if self._server is not None:
+            with contextlib.suppress(LaunchError):
+                self._server.drain()
+        server_alive = self._server is not None and self._server.alive
         result = []
         for handle in handles:
-            pid = handle.pid
-            if pid in self._exit_codes:
-                result.append(RunStatus("exited", self._exit_codes[pid]))
-            elif pid in self._children or self._alive(handle):
-                result.append(RunStatus("running"))
+            code = self._exit_code(handle.pid)
+            if code is not None:
+                result.append(RunStatus("exited", code))
+            elif (handle.pid in self._ours and server_alive) or self._alive(handle):
+                result.append(RunStatus("running"))  # (one of ours that ended: its report is on its way)
+            elif handle.pid in self._ours:
+                result.append(RunStatus("missing", None, "the process ended and its exit code was lost"))
             else:
                 # not our child (we adopted it): it has gone, and nobody can tell its exit code
                 result.append(RunStatus("missing", None, "the process ended while no dispatcher was watching it"))
         return result
 
     def find(self, job_id: int, attempt: int) -> ProcessHandle | None:
-        log_path, pid_path = self._paths(job_id, attempt)
+        work = self.work_dir(job_id, attempt)
         try:
-            pid_text, start_text = pid_path.read_text().split()
-        except (FileNotFoundError, ValueError):
+            pid_text, start_text = (work / "pid").read_text().split()
+        except (OSError, ValueError):
             return None
-        handle = ProcessHandle(int(pid_text), None if start_text == "None" else int(start_text), str(log_path),
-                               job_id, attempt, adopted=True)
+        handle = ProcessHandle(int(pid_text), None if start_text == "None" else int(start_text),
+                               str(self._log_path(job_id, attempt)), job_id, attempt, adopted=True,
+                               work_dir=str(work))
         return handle if self._alive(handle) else None
 
+    # -- stopping -----------------------------------------------------------------------
     def stop(self, handle: ProcessHandle, reason: str) -> None:
-        pid = handle.pid
+        """SIGTERM to the attempt's process group (with SIGCONT: a stopped process must wake to
+        die), then SIGKILL after the grace period unless it has ended.  Returns at once."""
         if not self._alive(handle):
             return
         try:
-            os.killpg(pid, signal.SIGTERM)
+            os.killpg(handle.pid, signal.SIGTERM)
+            os.killpg(handle.pid, signal.SIGCONT)
         except ProcessLookupError:
             return
-        deadline = time.monotonic() + self.stop_grace
-        while time.monotonic() < deadline:
-            self._reap()
-            if pid in self._exit_codes or not self._alive(handle):
-                return
-            time.sleep(0.05)
-        try:
-            os.killpg(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            return
-        while pid in self._children and time.monotonic() < deadline + 5:
-            self._reap()
+        self._kill_at.setdefault(handle.pid, (time.monotonic() + self.stop_grace, handle))
+        self.watch(handle)
+
+    def kill(self, handle: ProcessHandle) -> None:
+        """SIGKILL the attempt's process group: a hung process (stopped, or stuck in a C call) cannot
+        be asked to end."""
+        if self._alive(handle):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(handle.pid, signal.SIGKILL)
+        self.watch(handle)
+
+    def _kill_overdue(self) -> None:
+        now = time.monotonic()
+        for pid, (deadline, handle) in list(self._kill_at.items()):
+            if not self._alive(handle):
+                del self._kill_at[pid]
+            elif now >= deadline:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(pid, signal.SIGKILL)
+                del self._kill_at[pid]
+
+    def next_deadline(self) -> float | None:
+        """Seconds until a stopped attempt is due its SIGKILL (the dispatcher wakes for it)."""
+        if not self._kill_at:
+            return None
+        return max(0.0, min(deadline for deadline, _ in self._kill_at.values()) - time.monotonic())
+
+    def stop_now(self, handles: list[ProcessHandle], grace: float) -> None:
+        """Stop these attempts and wait for them (at most `grace`, then SIGKILL)."""
+        for handle in handles:
+            self.stop(handle, "the worker is stopping")
+        deadline = time.monotonic() + grace
+        while any(self._alive(handle) for handle in handles) and time.monotonic() < deadline:
+            self.ended()
             time.sleep(0.02)
+        for handle in handles:
+            if self._alive(handle):
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(handle.pid, signal.SIGKILL)
 
     def cleanup(self, handle: ProcessHandle) -> None:
-        self._exit_codes.pop(handle.pid, None)
+        """The attempt is over for the dispatcher: forget its exit code and remove its work directory
+        (with its pid file), now if the process has gone, else as soon as it ends."""
+        if self._alive(handle):
+            self.watch(handle)
+            return
+        self._watched.pop(handle.pid, None)
+        self._ours.discard(handle.pid)
+        if self._server is not None:
+            self._server.take_exit(handle.pid)
+        fd = self._pidfds.pop(handle.pid, None)
+        if fd is not None:
+            os.close(fd)
+        self._remove_work_dir(handle)
+
+    def _remove_work_dir(self, handle: ProcessHandle) -> None:
+        work = handle.work_dir or (str(self.work_dir(handle.job_id, handle.attempt))
+                                   if handle.job_id is not None and handle.attempt is not None else None)
+        if work:
+            shutil.rmtree(work, ignore_errors=True)
+
+    def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            self._server = None
+        for fd in self._pidfds.values():
+            os.close(fd)
+        self._pidfds.clear()

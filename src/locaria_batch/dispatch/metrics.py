@@ -12,7 +12,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_serv
 
 from locaria_batch.dispatch.dispatcher import Dispatcher, PassReport
 from locaria_batch.dispatch.handles import Handle
-from locaria_batch.dispatch.runner import LaunchError, LaunchRequest, Runner, RunStatus
+from locaria_batch.dispatch.runner import LaunchError, LaunchRequest, Runner, RunStatus, launch_all
 
 
 class DispatcherMetrics:
@@ -52,7 +52,8 @@ class MeteredDispatcher(Dispatcher):
     """A dispatcher whose every pass is counted."""
 
     def __init__(self, runner: Runner[Any], metrics: DispatcherMetrics, **options: Any) -> None:
-        super().__init__(CountingRunner(runner, metrics), **options)
+        # serve() reports each loop iteration through on_pass; run_once (drain, --once) below
+        super().__init__(CountingRunner(runner, metrics), on_pass=metrics.observe, **options)
         self.metrics = metrics
 
     def run_once(self) -> PassReport:
@@ -82,6 +83,13 @@ class CountingRunner:
         except LaunchError as exc:
             self.metrics.launch_errors.labels(requeued=str(exc.requeue).lower()).inc()
             raise
+
+    def launch_many(self, requests: list[LaunchRequest]) -> list[Any]:
+        results = launch_all(self.inner, requests)
+        for result in results:
+            if isinstance(result, LaunchError):
+                self.metrics.launch_errors.labels(requeued=str(result.requeue).lower()).inc()
+        return results
 
     def status(self, handles: list[Any]) -> list[RunStatus]:
         return self.inner.status(handles)

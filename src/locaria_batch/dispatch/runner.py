@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol, TypeVar
+from typing import Any, Literal, Protocol, TypeVar, runtime_checkable
 
 from locaria_batch.db.dockers import DockerSpec
 from locaria_batch.dispatch.handles import Handle
@@ -78,6 +78,46 @@ def child_environment(job_env: dict[str, str]) -> dict[str, str]:
     """A local job process's environment: the dispatcher's, without any database credentials, plus the
     job's own (which carries the job's credentials)."""
     return {**{key: value for key, value in os.environ.items() if not is_credential(key)}, **job_env}
+
+
+@runtime_checkable
+class WatchesExits(Protocol):
+    """A runner that learns at once when an attempt ends (the local runner: its fork server reports
+    each exit, a pidfd each adopted process's), so the dispatcher reconciles without polling."""
+
+    def wakeup_fds(self) -> list[int]:
+        """Readable when a watched attempt may have ended."""
+
+    def watch(self, handle: Any) -> None:
+        """Follow an attempt this runner did not start (an adopted one) until it ends."""
+
+    def ended(self) -> list[Any]:
+        """The watched attempts' handles that ended since the last call."""
+
+    def kill(self, handle: Any) -> None:
+        """End an attempt at once (a hung one: it answers no signal it could handle)."""
+
+    def next_deadline(self) -> float | None:
+        """Seconds until the runner has something to do (a stopped attempt's SIGKILL is due)."""
+
+    def stop_now(self, handles: list[Any], grace: float) -> None:
+        """Stop these attempts and wait for them, at most `grace` seconds."""
+
+    def close(self) -> None: ...
+
+
+def launch_all(runner: Runner[Any], requests: list[LaunchRequest]) -> list[Handle | LaunchError]:
+    """Launch every request; a runner that can (the local one) starts them all without waiting for each."""
+    many = getattr(runner, "launch_many", None)
+    if many is not None:
+        return list(many(requests))
+    results: list[Handle | LaunchError] = []
+    for request in requests:
+        try:
+            results.append(runner.launch(request))
+        except LaunchError as exc:
+            results.append(exc)
+    return results
 
 
 def exit_reason(exit_code: int | None) -> str:

@@ -90,11 +90,23 @@ JOB_FIELDS = tuple(item.name for item in fields(Job))
 
 @dataclass(frozen=True)
 class InFlight:
-    """A launched attempt the dispatcher watches, with what its timeout rule says of it."""
+    """A launched attempt the dispatcher watches, with what its timeout and heartbeat rules say of it."""
 
     job: Job
     timeout_seconds: int
     overdue: bool
+    heartbeat_timeout: int = 0
+    hung: bool = False  # running, and silent for longer than its docker's heartbeat_timeout
+
+
+@dataclass(frozen=True)
+class Ended:
+    """An attempt whose process ended, as its runner saw it."""
+
+    job: Job
+    exit_code: int | None
+    reason: str
+    details: dict[str, Any]
 
 
 @dataclass(frozen=True)
@@ -131,6 +143,32 @@ class JobStore:
     def renew_leases(self, owner: str, lease_seconds: int) -> int:
         return int(self._value("SELECT locaria_core.renew_leases(%s, %s)", [owner, lease_seconds]))
 
+    def claim_free_slots(self, owner: str, concurrency: int, lease_seconds: int, runner: str) -> list[Job]:
+        """Claim as many due jobs as `owner` has free slots of `concurrency` (one statement)."""
+        return self._jobs("SELECT * FROM locaria_core.claim_free_slots(%s, %s, %s, %s)",
+                          [owner, concurrency, lease_seconds, runner])
+
+    def launched_many(self, owner: str, launched: list[tuple[Job, dict[str, Any]]]) -> int:
+        """Record the handles of a whole claim's launches in one statement."""
+        if not launched:
+            return 0
+        return int(self._value("SELECT locaria_core.jobs_launched(%s, %s, %s, %s)", [
+            owner, [job.id for job, _ in launched], [job.token for job, _ in launched],
+            [Jsonb(handle) for _, handle in launched]]))
+
+    def ended(self, owner: str, ended: list[Ended]) -> dict[int, str]:
+        """Attempts whose processes ended, in one statement: those that did not report fail (and are
+        retried while attempts remain), cancelled ones are done stopping, the rest are released.
+        Returns {job id: 'queued' | 'failed' | 'stopped'} for what changed."""
+        if not ended:
+            return {}
+        rows = self.conn.execute(
+            "SELECT * FROM locaria_core.jobs_ended(%s, %s, %s, %s, %s, %s)",
+            [owner, [item.job.id for item in ended], [item.job.token for item in ended],
+             [item.exit_code for item in ended], [item.reason for item in ended],
+             [Jsonb(item.details) for item in ended]]).fetchall()
+        return {int(row["job_id"]): str(row["outcome"]) for row in rows}
+
     def claim(self, owner: str, limit: int, lease_seconds: int, runner: str) -> list[Job]:
         return self._jobs("SELECT * FROM locaria_core.claim_jobs(%s, %s, %s, %s)",
                           [owner, limit, lease_seconds, runner])
@@ -159,20 +197,27 @@ class JobStore:
         return int(self._value("SELECT count(*) FROM locaria_core.jobs WHERE lease_owner = %s "
                                "AND state IN ('launching', 'running')", [owner]))
 
-    def in_flight(self, owner: str) -> list[InFlight]:
+    def in_flight(self, owner: str, watching_since: datetime | None = None) -> list[InFlight]:
         """This owner's launched attempts, and cancelled ones still to stop.  The timeout rule:
         an attempt is overdue once its docker's timeout_seconds have passed since it started
-        (or, if it never started, since its launch)."""
+        (or, if it never started, since its launch).  The heartbeat rule: a running attempt is hung
+        once its docker's heartbeat_timeout has passed since its last heartbeat, or since
+        `watching_since` (when the dispatcher last (re)connected: nobody could beat while the
+        database was away)."""
         rows = self.conn.execute(
-            """SELECT j.*, d.timeout_seconds,
+            """SELECT j.*, d.timeout_seconds, d.heartbeat_timeout,
                       clock_timestamp() > COALESCE(j.started_at, j.launched_at)
-                                          + make_interval(secs => d.timeout_seconds) AS overdue
+                                          + make_interval(secs => d.timeout_seconds) AS overdue,
+                      j.state = 'running' AND clock_timestamp() >
+                          GREATEST(j.heartbeat_at, %s::timestamptz) + make_interval(secs => d.heartbeat_timeout)
+                          AS hung
                  FROM locaria_core.jobs j JOIN locaria_core.dockers d ON d.name = j.docker
                 WHERE j.lease_owner = %s AND j.handle IS NOT NULL
                   AND (j.state IN ('launching', 'running') OR j.stop_requested)""",
-            [owner],
+            [watching_since, owner],
         ).fetchall()
-        return [InFlight(Job.from_row(row), int(row["timeout_seconds"]), bool(row["overdue"])) for row in rows]
+        return [InFlight(Job.from_row(row), int(row["timeout_seconds"]), bool(row["overdue"]),
+                         int(row["heartbeat_timeout"]), bool(row["hung"])) for row in rows]
 
     def stop_done(self, job: Job, owner: str) -> bool:
         return bool(self._value("SELECT locaria_core.job_stop_done(%s, %s)", [job.id, owner]))

@@ -106,6 +106,18 @@ class JobContext:
             logs, self._pending_logs = self._pending_logs, []
         return progress, logs
 
+    def restore_updates(self, updates: Updates) -> None:
+        """Updates a failed write took: keep them for the next one (newer progress wins)."""
+        progress, logs = updates
+        with self._lock:
+            if self._progress is None:
+                self._progress = progress
+            self._pending_logs[:0] = logs
+
+    def has_updates(self) -> bool:
+        with self._lock:
+            return self._progress is not None or bool(self._pending_logs)
+
     def mark_progress_sent(self) -> None:
         self._progress_sent_at = time.monotonic()
 

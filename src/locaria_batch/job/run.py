@@ -1,12 +1,21 @@
 """One attempt from start to finish: claim it, run the docker's handler while the heartbeat beats,
-then finish the job and write the file's final status and result attributes in one transaction."""
+then finish the job and write the file's final status and result attributes in one transaction.
+
+On the happy path a job makes one connection and two statements (job_start, job_finish); the
+handler's own work runs in transactions on the same connection.  A database that goes away is
+waited for, with backoff, for as long as the attempt's lease would last: claiming and finishing
+are retried; a handler that lost its connection is retried as a new attempt.
+"""
 
 from __future__ import annotations
 
 import importlib
 import json
+import shutil
 import signal
 import sys
+import tempfile
+import time
 import traceback
 from types import FrameType
 from typing import Any
@@ -15,10 +24,18 @@ import psycopg
 from psycopg.types.json import Jsonb
 
 from locaria_batch.db import connect
+from locaria_batch.db.retry import Backoff, connection_lost
 from locaria_batch.job.context import JobCancelled, JobContext, JobError, JobResult, RetryableJobError, Terminated
 from locaria_batch.job.heartbeat import Heartbeat
 from locaria_batch.settings import settings
 from locaria_batch.storage import open_storage
+
+Conn = psycopg.Connection[dict[str, Any]]
+UNREACHABLE_EXIT = 75  # EX_TEMPFAIL: the database stayed away longer than the lease; the attempt is retried
+
+
+class DatabaseAway(Exception):
+    """The database could not be reached before the attempt's lease would have ended."""
 
 
 def _resolve(reference: str) -> Any:
@@ -39,30 +56,103 @@ def user_message(exc: BaseException, docker: str) -> str:
     return f"{docker} failed unexpectedly: {type(exc).__name__}: {exc}. The job's log has the details."
 
 
-def main(argv: list[str] | None = None) -> int:
+class Session:
+    """The job's one connection, reopened (with backoff) while the lease lasts when it drops."""
+
+    def __init__(self, db_url: str | None, job_id: int, lease_seconds: float, conn: Conn | None = None) -> None:
+        self.db_url = db_url
+        self.job_id = job_id
+        self.lease_seconds = lease_seconds
+        self.conn = conn  # opened ahead by a pre-forked process, for this same db_url
+
+    @staticmethod
+    def connect(db_url: str | None) -> Conn:
+        return connect(db_url, application_name="locaria-batch job")
+
+    @staticmethod
+    def warm_up(conn: Conn) -> None:
+        """A new server process loads its caches and compiles functions on first use (about 10 ms):
+        a connection opened ahead does that before its job comes, with a call that changes nothing."""
+        conn.autocommit = True
+        conn.execute("SELECT locaria_core.job_start(NULL, NULL)")
+        conn.autocommit = False
+
+    def open(self) -> Conn:
+        if self.conn is None or self.conn.closed:
+            self.conn = self.connect(self.db_url)
+        return self.conn
+
+    def call(self, query: str, params: list[Any]) -> Any:
+        """One function call in autocommit (a statement of its own), retried while the database is
+        away; its one value."""
+        deadline = time.monotonic() + self.lease_seconds
+        backoff = Backoff()
+        while True:
+            try:
+                conn = self.open()
+                if conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+                    conn.rollback()
+                conn.autocommit = True
+                row = conn.execute(query, params).fetchone()
+                conn.autocommit = False
+                if backoff.tries:
+                    print(f"job {self.job_id}: the database answers again", flush=True)
+                return next(iter(row.values())) if row else None
+            except psycopg.Error as exc:
+                if not connection_lost(exc):
+                    raise
+                self.close()
+                if time.monotonic() >= deadline:
+                    raise DatabaseAway(str(exc)) from exc
+                if not backoff.tries:
+                    print(f"job {self.job_id}: database unreachable, retrying until the lease would end: {exc}",
+                          flush=True)
+                time.sleep(min(backoff.next_delay(), max(0.0, deadline - time.monotonic())))
+
+    def close(self) -> None:
+        if self.conn is not None:
+            self.conn.close()
+
+
+def main(argv: list[str] | None = None, *, conn: Conn | None = None) -> int:
+    """Run the attempt the environment names; `conn`: a connection opened ahead to the same database."""
     args = sys.argv[1:] if argv is None else argv
-    identity = settings().job
+    conf = settings()
+    identity = conf.job
     if identity is None:
         print("locaria_batch.job runs a job started by a dispatcher: LOCARIA_JOB_ID and LOCARIA_JOB_TOKEN "
               "must be set (use `locaria-batch worker` to run jobs).", file=sys.stderr)
         return 2
+    if conf.work_dir is not None:  # what the job unpacks goes when its attempt ends, however it ends
+        tempfile.tempdir = str(conf.work_dir)
     job_id, token = identity.job_id, identity.token
     docker_name = args[0] if args else identity.docker
     signal.signal(signal.SIGTERM, _on_sigterm)
-    db_url = settings().db_url
-    conn = connect(db_url, application_name=f"locaria-batch job {job_id}")
-    claim = conn.execute("SELECT locaria_core.job_start(%s, %s) AS claim", [job_id, token]).fetchone()
-    conn.commit()
-    if not claim or claim["claim"] is None:
+    session = Session(conf.db_url, job_id, conf.lease_seconds, conn)
+    try:
+        return _attempt(session, job_id, token, docker_name)
+    except DatabaseAway as exc:
+        print(f"job {job_id}: the database stayed unreachable for the attempt's lease ({exc}); "
+              "the dispatcher retries the job", flush=True)
+        return UNREACHABLE_EXIT
+    finally:
+        session.close()
+        if conf.work_dir is not None:  # an attempt that ends abnormally has its directory removed by its dispatcher
+            shutil.rmtree(conf.work_dir, ignore_errors=True)
+
+
+def _attempt(session: Session, job_id: int, token: str, docker_name: str) -> int:
+    claim = session.call("SELECT locaria_core.job_start(%s, %s) AS claim", [job_id, token])
+    if claim is None:
         print(f"job {job_id}: this attempt is stale, cancelled or its file is gone; nothing to do", flush=True)
         return 0
-    job, docker, file_row = claim["claim"]["job"], claim["claim"]["docker"], claim["claim"]["file"]
+    job, docker, file_row = claim["job"], claim["docker"], claim["file"]
     if docker_name and docker_name != docker["name"]:
         print(f"warning: started as {docker_name!r} but job {job_id} belongs to {docker['name']!r}", file=sys.stderr)
     print(f"job {job_id}: {docker['name']} attempt {job['attempt']} for file {file_row['id']}", flush=True)
     ctx = JobContext(job_id=job_id, attempt=job["attempt"], token=token, docker=docker, file=file_row,
-                     storage=open_storage(), conn=conn)
-    heartbeat = Heartbeat(ctx, db_url)
+                     storage=open_storage(), conn=session.open())
+    heartbeat = Heartbeat(ctx, session.db_url)
     heartbeat.start()
     outcome: dict[str, Any]
     try:
@@ -84,19 +174,17 @@ def main(argv: list[str] | None = None) -> int:
         outcome = {"state": "retry", "error": str(exc)}
     except Exception as exc:
         traceback.print_exc()
-        message = user_message(exc, docker["name"])
-        outcome = {"state": "failed", "error": message, "log": {"message": message},
-                   "attributes": {"error": message}}
+        if isinstance(exc, psycopg.Error) and connection_lost(exc):  # worth another attempt
+            outcome = {"state": "retry", "error": f"the database connection was lost: {exc}"}
+        else:
+            message = user_message(exc, docker["name"])
+            outcome = {"state": "failed", "error": message, "log": {"message": message},
+                       "attributes": {"error": message}}
     finally:
         heartbeat.stop()
         heartbeat.join(timeout=10)
-    if not conn.closed and conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
-        conn.rollback()
-    accepted = conn.execute("SELECT locaria_core.job_finish(%s, %s, %s) AS ok",
-                            [job_id, token, Jsonb(outcome)]).fetchone()
-    conn.commit()
-    conn.close()
-    if not accepted or not accepted["ok"]:
+    accepted = session.call("SELECT locaria_core.job_finish(%s, %s, %s) AS ok", [job_id, token, Jsonb(outcome)])
+    if not accepted:
         print(f"job {job_id}: attempt superseded before it finished; result discarded", flush=True)
         return 0
     print(f"job {job_id}: {outcome['state']}: {json.dumps(outcome.get('log', {}), default=str)[:500]}", flush=True)
