@@ -75,14 +75,25 @@ DELETE FROM locaria_core.dockers;
 """
 
 
+def role_login(pg_url: str, role: str) -> str:
+    """Give ROLE a login with a new password (as the embedded cluster's `db up` does); its URL."""
+    password = secrets.token_urlsafe(16)
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        conn.execute(sql.SQL("ALTER ROLE {} LOGIN PASSWORD {}").format(sql.Identifier(role), sql.Literal(password)))
+    parts = urlsplit(pg_url)
+    return urlunsplit(parts._replace(netloc=f"{role}:{password}@{parts.hostname}:{parts.port}"))
+
+
 @pytest.fixture(scope="session")
 def job_url(pg_url: str) -> str:
     """A login of the locaria_job role: what every job process of the tests connects with."""
-    password = secrets.token_urlsafe(16)
-    with psycopg.connect(pg_url, autocommit=True) as conn:
-        conn.execute(sql.SQL("ALTER ROLE locaria_job LOGIN PASSWORD {}").format(sql.Literal(password)))
-    parts = urlsplit(pg_url)
-    return urlunsplit(parts._replace(netloc=f"locaria_job:{password}@{parts.hostname}:{parts.port}"))
+    return role_login(pg_url, "locaria_job")
+
+
+@pytest.fixture(scope="session")
+def dispatcher_url(pg_url: str) -> str:
+    """A login of the locaria_dispatcher role: what the CLI and workers connect with."""
+    return role_login(pg_url, "locaria_dispatcher")
 
 
 @pytest.fixture

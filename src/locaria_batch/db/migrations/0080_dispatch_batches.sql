@@ -136,19 +136,4 @@ BEGIN
     RETURN jsonb_build_object('job', to_jsonb(j), 'docker', to_jsonb(d), 'file', to_jsonb(f));
 END;
 $$;
-
--- The dispatcher's role calls these, as their owner (see 0061_grants.sql); nobody else may.
-DO $$
-DECLARE
-    f TEXT;
-BEGIN
-    FOREACH f IN ARRAY ARRAY[
-        'locaria_core.claim_free_slots(text, integer, integer, text)',
-        'locaria_core.jobs_launched(text, bigint[], uuid[], jsonb[])',
-        'locaria_core.jobs_ended(text, bigint[], uuid[], integer[], text[], jsonb[])'] LOOP
-        EXECUTE format('ALTER FUNCTION %s SECURITY DEFINER SET search_path = locaria_core, public, pg_temp', f);
-        EXECUTE format('REVOKE ALL ON FUNCTION %s FROM PUBLIC', f);
-        EXECUTE format('GRANT EXECUTE ON FUNCTION %s TO locaria_dispatcher', f);
-    END LOOP;
-END;
-$$;
+-- The dispatcher's role calls these as their owner: 0061_grants.sql lists them.
