@@ -19,6 +19,7 @@ bench-smoke:
 	.venv/bin/python bench/export.py --size small
 	.venv/bin/python bench/s3_transfer.py --size small
 	.venv/bin/python bench/console.py --size small
+	.venv/bin/python bench/chaos.py --size small
 
 lint:
 	.venv/bin/ruff check src tests bench

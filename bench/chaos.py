@@ -11,7 +11,8 @@ and pg_terminate_backend of the workers' and jobs' connections.  When every file
 the files per final status and what must stay zero: files lost, attempts of one file run at the same
 time, attempts above the maximum, rows left in a running status, temporary folders and pid files left
 behind, workers that exited on their own; then the takeover time per fault kind (p50/p99: from the fault
-to the job's next attempt starting, its adoption by another worker, or the workers attached again).
+to the job being queued again or ending, its adoption by another worker, or the workers attached again;
+a retry's own backoff is not counted).
 Exits 1 when a figure that must be zero is not.
 """
 
@@ -61,6 +62,7 @@ class Fault:
     kind: str
     at: datetime
     jobs: list[int] = field(default_factory=list)  # the jobs it hit (worker and job faults)
+    seconds: list[float] | None = None  # measured as it happened (database restarts, cut connections)
 
 
 class Workers:
@@ -144,22 +146,37 @@ def inject(kind: str, conn: Any, cluster: EmbeddedCluster, workers: Workers, sto
     return fault
 
 
-def takeover_seconds(conn: Any, fault: Fault, expected_workers: int) -> list[float]:
-    """From the fault to what ends it: the hit jobs' next start, adoption or end; the workers back."""
-    if not fault.jobs:
-        deadline = time.monotonic() + 120
+def watch_workers_back(owner_url: str, fault: Fault, expected_workers: int) -> None:
+    """In the background, from the fault: the seconds until every worker is attached and has beaten
+    again (a database restart, a cut connection)."""
+
+    def watch() -> None:
+        deadline = time.monotonic() + 300
         while time.monotonic() < deadline:
-            alive = scalar(conn, "SELECT count(*) FROM locaria_core.dispatchers_alive "
-                                 "WHERE heartbeat_at > %s OR started_at > %s", [fault.at, fault.at])
-            if alive is not None and int(alive) >= expected_workers:
-                return [(datetime.now(UTC) - fault.at).total_seconds()]
+            try:
+                with connect(owner_url, autocommit=True, connect_timeout=5) as conn:
+                    alive = scalar(conn, "SELECT count(*) FROM locaria_core.dispatchers_alive WHERE heartbeat_at > %s",
+                                   [fault.at])
+                if int(alive) >= expected_workers:
+                    fault.seconds = [(datetime.now(UTC) - fault.at).total_seconds()]
+                    return
+            except psycopg.Error:
+                pass  # the database is still coming back
             time.sleep(0.2)
-        return [float("inf")]
+        fault.seconds = [float("inf")]
+
+    threading.Thread(target=watch, daemon=True).start()
+
+
+def takeover_seconds(conn: Any, fault: Fault) -> list[float]:
+    """From the fault to what ends it: the hit jobs queued again, adopted or ended; the workers back."""
+    if fault.seconds is not None:
+        return fault.seconds
     result = []
     for job in fault.jobs:
         ended = one(conn, """SELECT min(at) AS at FROM locaria_core.job_events
                              WHERE job_id = %s AND at > %s
-                               AND event IN ('running', 'adopted', 'succeeded', 'failed', 'cancelled')""",
+                               AND event IN ('queued', 'running', 'adopted', 'succeeded', 'failed', 'cancelled')""",
                     [job, fault.at])["at"]
         result.append((ended - fault.at).total_seconds() if ended else float("inf"))
     return result
@@ -270,13 +287,15 @@ def main() -> int:
                 continue
             if fault is not None:
                 faults.append(fault)
+                if kind in ("PostgreSQL restart", "connections cut"):
+                    watch_workers_back(owner_url, fault, len(workers.processes))
                 if kind == "PostgreSQL restart":
                     conn = connect(owner_url, autocommit=True)
         producer.join()
         settle(conn, files, timeout=900, workers=workers)
         takeovers: dict[str, list[float]] = defaultdict(list)
         for fault in faults:
-            takeovers[fault.kind] += takeover_seconds(conn, fault, 3)
+            takeovers[fault.kind] += takeover_seconds(conn, fault)
         report(conn, files, faults, takeovers, workers, home, temp_before)
         return 0 if clean(conn, files, workers, home, temp_before) else 1
     finally:
@@ -330,7 +349,8 @@ def report(conn: Any, files: int, faults: list[Fault], takeovers: dict[str, list
     for kind in FAULTS:
         values = takeovers.get(kind) or []
         if values:
-            print(f"  {kind:<22}{len(values):>8}{percentile(values, 0.5):>8.1f}{percentile(values, 0.99):>8.1f}")
+            each = "   " + " ".join(f"{v:.1f}" for v in sorted(values)) if len(values) <= 12 else ""
+            print(f"  {kind:<22}{len(values):>8}{percentile(values, 0.5):>8.1f}{percentile(values, 0.99):>8.1f}{each}")
     if workers.exited_on_their_own:
         print("\nworkers that exited on their own: " + "; ".join(workers.exited_on_their_own))
 

@@ -44,7 +44,7 @@ class DockerSpec:
     cpu: int = 256
     memory: int = 512
     timeout_seconds: int = 3600
-    heartbeat_timeout: int = 30  # a running attempt silent this long is stopped and retried (hung)
+    heartbeat_timeout: int = 20  # a running attempt silent this long is stopped and retried (hung)
     max_attempts: int = 3
     retry_base_seconds: float = 10.0
     concurrency: int = 4

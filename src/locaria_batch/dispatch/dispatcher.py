@@ -361,7 +361,8 @@ class Dispatcher:
     def serve(self, stop: threading.Event, *, poll: float = 2.0) -> None:
         """The worker's loop, until `stop` is set (see the module's docstring).  `poll` is the safety
         net: a claim at least that often although nothing was notified."""
-        maintain_every = max(0.5, self.lease_seconds / 3)
+        # a third of the lease, and at least every 5 s: hung jobs and dead dispatchers are found that soon
+        maintain_every = max(0.5, min(self.lease_seconds / 3, 5.0))
         next_maintenance = 0.0  # a full pass first, and after every reconnection
         next_claim = 0.0
         backoff = Backoff(first=0.5, cap=10.0)

@@ -161,7 +161,7 @@ DECLARE
     -- `locaria adopt`); named so that a test can tell a function nobody classified from one kept private
     owner_functions TEXT[] := ARRAY['aws_lambda_interface', 'install_launcher_hook', 'jobs_wake_launcher',
         'files_trigger', 'files_broadcast', 'jobs_audit', 'job_events_append_only', 'job_file_update',
-        'job_live_file', 'enter_status', 'entry_statuses', 'in_flight_statuses', 'grant_roles', 'take_over_files',
+        'job_live_file', 'dead_dispatchers', 'enter_status', 'entry_statuses', 'in_flight_statuses', 'grant_roles', 'take_over_files',
         'hand_back_files', 'import_tags', 'import_text', 'upload_file_label', 'upload_table_adopt',
         'upload_table_append', 'upload_table_of_file', 'upload_table_reserved_for'];
     -- read nothing, write nothing: anyone may call them, as their caller
