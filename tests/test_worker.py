@@ -47,14 +47,15 @@ def test_worker_picks_up_new_files_and_stops_gracefully(conn, db_url: str) -> No
     assert not JobStore(conn).worker_attached()  # a stopped worker no longer counts
 
 
-def _start_worker_with_a_running_job(conn, add_docker, runs) -> tuple[subprocess.Popen[str], int, int]:
+def _start_worker_with_a_running_job(conn, add_docker, runs, sleep: float = 4
+                                     ) -> tuple[subprocess.Popen[str], int, int]:
     add_docker("sleeper", trigger_statuses=["SLEEP"], success_status="SLEPT", handler="tests.jobs_for_tests:sleeper",
                max_attempts=2, retry_base_seconds=0.05)
     worker = subprocess.Popen([sys.executable, "-m", "locaria_batch.cli.main", "worker", "--poll", "30"],
                               env=os.environ.copy(), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                               text=True)
     file_id = conn.execute("SELECT (locaria_core.add_file(%s)->>'id')::bigint AS id", [Jsonb(
-        {"status": "SLEEP", "file_attributes": {"sleep": 4}})]).fetchone()["id"]
+        {"status": "SLEEP", "file_attributes": {"sleep": sleep}})]).fetchone()["id"]
     deadline = time.monotonic() + 30
     while not runs():
         assert worker.poll() is None, worker.stdout.read() if worker.stdout else ""
@@ -105,3 +106,22 @@ def test_a_second_signal_stops_the_running_jobs(conn, db_url, add_docker, runs) 
     assert not _alive(pid)
     job = conn.execute("SELECT * FROM locaria_core.jobs WHERE file_id = %s", [file_id]).fetchone()
     assert job["state"] == "queued" and "stopped with its worker" in job["error"]  # retried by the next worker
+
+
+def test_a_killed_workers_job_is_adopted_long_before_its_lease_ends(
+        conn, db_url, add_docker, runs, locaria_env, dispatchers) -> None:
+    """SIGKILL: no hand-over, but the worker's session (and its lock) died with it; another worker adopts
+    the job once the dead one has missed its beats, not after the whole 30 s lease."""
+    worker, file_id, pid = _start_worker_with_a_running_job(conn, add_docker, runs, sleep=28)
+    worker.kill()
+    worker.communicate(timeout=10)
+    killed = time.monotonic()
+    successor = dispatchers(LocalRunner(locaria_env / "logs"), db_url=db_url)
+    while not conn.execute("SELECT 1 FROM locaria_core.job_events e JOIN locaria_core.jobs j ON j.id = e.job_id "
+                           "WHERE j.file_id = %s AND e.event = 'adopted'", [file_id]).fetchone():
+        assert time.monotonic() - killed < 22, "not adopted before the lease would have run out"
+        successor.run_once()
+        time.sleep(0.2)
+    assert _alive(pid), "adoption takes over the running process; it does not start another"
+    job = conn.execute("SELECT * FROM locaria_core.jobs WHERE file_id = %s", [file_id]).fetchone()
+    assert job["lease_owner"] == successor.owner and job["attempt"] == 1 and len(runs()) == 1
