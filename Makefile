@@ -13,7 +13,6 @@ test:
 
 bench-smoke:
 	scripts/bootstrap.sh --test
-	.venv/bin/python bench/dispatch.py --jobs 40
 	.venv/bin/python bench/dispatch_peers.py --smoke
 	.venv/bin/python bench/load.py --size small
 	.venv/bin/python bench/export.py --size small
