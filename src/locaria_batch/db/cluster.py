@@ -293,7 +293,7 @@ class EmbeddedCluster:
                 verb = "ALTER" if conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", [role]).fetchone() \
                     else "CREATE"
                 conn.execute(sql.SQL(verb + " ROLE {} LOGIN PASSWORD {}").format(
-                    sql.Identifier(role), sql.Literal(credentials.passwords[role])))
+                    sql.Identifier(role), sql.Literal(credentials.verifier(role))))
         write_private(self.passfile, f"127.0.0.1:{port}:{DATABASE}:{DISPATCHER}:{credentials.passwords[DISPATCHER]}\n")
 
     def down(self) -> bool:
