@@ -456,20 +456,14 @@ class Dispatcher:
     def _shut_down(self, reachable: bool) -> None:
         """Leave: by default the running jobs carry on and the lease is released at once so the next
         dispatcher adopts them without waiting it out; after a second signal they are stopped."""
-        watcher = self.watches_exits
         try:
-            if self.stop_jobs_on_exit and watcher is not None:
-                running = [handle for _, handle in self._watched.values()]
-                log.warning("stopping %s running job(s)", len(running))
-                watcher.stop_now(running, grace=3.0)
-                self.collect_ends()
-                for job_id, item in list(self._ended.items()):
-                    self._ended[job_id] = Ended(item.job, item.exit_code,
-                                                "stopped with its worker (a second stop signal)", item.details)
+            self._stop_running_if_asked()
             if reachable:
                 with contextlib.suppress(psycopg.Error):
                     self.write_collected_ends(PassReport())
                     self.record_launches()
+                    if self._stop_running_if_asked():  # the second signal came while the ends were written
+                        self.write_collected_ends(PassReport())
                 with contextlib.suppress(psycopg.Error):
                     self.store.release_leases(self.owner)
                 if self._listener is not None and not self._listener.closed:
@@ -477,6 +471,21 @@ class Dispatcher:
                         JobStore(self._listener).detach(self.owner)
         finally:
             self.close()
+
+    def _stop_running_if_asked(self) -> bool:
+        """After a second stop signal: stop the attempts still running here and keep their ends, so
+        that they are retried.  True if it stopped any."""
+        watcher = self.watches_exits
+        if not self.stop_jobs_on_exit or watcher is None or not self._watched:
+            return False
+        running = [handle for _, handle in self._watched.values()]
+        log.warning("stopping %s running job(s)", len(running))
+        watcher.stop_now(running, grace=3.0)
+        self.collect_ends()
+        for job_id, item in list(self._ended.items()):
+            self._ended[job_id] = Ended(item.job, item.exit_code,
+                                        "stopped with its worker (a second stop signal)", item.details)
+        return True
 
 
 def make_runner(name: str) -> Runner[Any]:

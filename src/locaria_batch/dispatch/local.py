@@ -247,18 +247,26 @@ class LocalRunner:
             return None
         return self._server.exits.get(pid)
 
-    def ended(self) -> list[ProcessHandle]:
-        """Watched attempts that have ended since the last call (status() says how); their work
-        directories are removed at once."""
+    def _drain(self) -> None:
+        """Read what the fork server has reported (exit codes) without waiting."""
         if self._server is not None:
             with contextlib.suppress(LaunchError):
                 self._server.drain()
+
+    def _over(self, handle: ProcessHandle) -> bool:
+        """Whether the attempt has ended as far as we can know: our children when the server has
+        reported their exit code (or has gone itself), others when their process has gone."""
+        if handle.pid in self._ours and self._server is not None and self._server.alive:
+            return self._exit_code(handle.pid) is not None
+        return not self._alive(handle)
+
+    def ended(self) -> list[ProcessHandle]:
+        """Watched attempts that have ended since the last call (status() says how); their work
+        directories are removed at once."""
+        self._drain()
         done = []
-        server_alive = self._server is not None and self._server.alive
         for pid, handle in list(self._watched.items()):
-            # our children end when the server reports them (their exit code with it); others when they are gone
-            ours = pid in self._ours and server_alive
-            if self._exit_code(pid) is not None if ours else not self._alive(handle):
+            if self._over(handle):
                 del self._watched[pid]
                 fd = self._pidfds.pop(pid, None)
                 if fd is not None:
@@ -269,9 +277,7 @@ class LocalRunner:
         return done
 
     def status(self, handles: list[ProcessHandle]) -> list[RunStatus]:
-        if self._server is not None:
-            with contextlib.suppress(LaunchError):
-                self._server.drain()
+        self._drain()
         server_alive = self._server is not None and self._server.alive
         result = []
         for handle in handles:
@@ -337,17 +343,26 @@ class LocalRunner:
         return max(0.0, min(deadline for deadline, _ in self._kill_at.values()) - time.monotonic())
 
     def stop_now(self, handles: list[ProcessHandle], grace: float) -> None:
-        """Stop these attempts and wait for them (at most `grace`, then SIGKILL)."""
+        """Stop these attempts and return once they have ended, their exit codes known for ended()
+        (at most `grace` after SIGTERM, then SIGKILL)."""
         for handle in handles:
             self.stop(handle, "the worker is stopping")
-        deadline = time.monotonic() + grace
-        while any(self._alive(handle) for handle in handles) and time.monotonic() < deadline:
-            self.ended()
-            time.sleep(0.02)
-        for handle in handles:
-            if self._alive(handle):
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(handle.pid, signal.SIGKILL)
+        if not self._wait_over(handles, grace):
+            for handle in handles:
+                if self._alive(handle):
+                    with contextlib.suppress(ProcessLookupError):
+                        os.killpg(handle.pid, signal.SIGKILL)
+            self._wait_over(handles, 2.0)  # SIGKILL is not instant either
+
+    def _wait_over(self, handles: list[ProcessHandle], seconds: float) -> bool:
+        deadline = time.monotonic() + seconds
+        while True:
+            self._drain()
+            if all(self._over(handle) for handle in handles):
+                return True
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.01)
 
     def cleanup(self, handle: ProcessHandle) -> None:
         """The attempt is over for the dispatcher: forget its exit code and remove its work directory
