@@ -22,7 +22,7 @@ from locaria_batch.jobs.file_loader.sources import DataFile, find_data_files
 from locaria_batch.jobs.names import unique_name
 from locaria_batch.settings import LoaderLimits, settings
 
-BATCH_ROWS = 65_536
+BATCH_ROWS = 32_768
 
 
 @dataclass
