@@ -194,3 +194,21 @@ def test_a_dispatcher_loop_keeps_serving_after_its_connections_are_cut(conn, db_
         dispatcher.wake()
         serving.join(timeout=10)
     assert not serving.is_alive()
+
+
+def test_an_upload_whose_completion_was_lost_is_completed_by_the_dispatcher(
+        conn, db_url, locaria_env, dispatchers, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The client stored the object, then died (or lost the database) before completing the upload:
+    the dispatcher completes it and the file loads; an upload never sent stays UPLOADING."""
+    from locaria_batch.files import api, uploads
+    from locaria_batch.storage import incoming_key, open_storage
+
+    monkeypatch.setattr(uploads, "STALE_UPLOAD_SECONDS", 0)
+    storage = open_storage()
+    stored = int(api.add_file(conn, api.upload_attributes("parks.geojson", {}), status="UPLOADING")["id"])
+    storage.put(incoming_key(stored, "geojson"), REPO / "samples" / "parks.geojson")
+    never_sent = int(api.add_file(conn, api.upload_attributes("roads.csv", {}), status="UPLOADING")["id"])
+    dispatcher = dispatchers(LocalRunner(locaria_env / "logs"), db_url=db_url)
+    pump(dispatcher, lambda: file_row(conn, stored)["status"] == "FARGATE_PROCESSED")
+    assert file_row(conn, stored)["attributes"]["record_count"] == 20
+    assert file_row(conn, never_sent)["status"] == "UPLOADING"

@@ -45,9 +45,13 @@ from locaria_batch.dispatch.runner import (
 )
 from locaria_batch.dispatch.store import Ended, InFlight, Job, JobState, JobStore
 from locaria_batch.errors import ConfigurationError
+from locaria_batch.files.uploads import complete_stale_uploads
 from locaria_batch.settings import settings
+from locaria_batch.storage import open_storage
 
 log = logging.getLogger("locaria_batch.dispatch")
+
+UPLOAD_SWEEP_SECONDS = 60.0  # how often a dispatcher looks for uploads whose completion was lost
 
 def job_environment(job: Job, db_url: str | None) -> dict[str, str]:
     """What a job process needs: who it is, its fencing token, and where data lives."""
@@ -117,6 +121,7 @@ class Dispatcher:
         self._ended: dict[int, Ended] = {}  # ends seen, not yet written (the database may be away)
         self._unrecorded: list[tuple[Job, dict[str, Any]]] = []  # handles launched, not yet written
         self._watching_since = datetime.now(UTC)  # heartbeats are judged from here (see in_flight)
+        self._next_upload_sweep = 0.0
         self._stopping = threading.Event()
         self._wake_r, self._wake_w = -1, -1  # a pipe while serve() runs: wake() interrupts its wait
 
@@ -174,6 +179,22 @@ class Dispatcher:
         self.adopt(report)
         self.reconcile(report)
         self.release_finished()
+        if time.monotonic() >= self._next_upload_sweep:
+            self._next_upload_sweep = time.monotonic() + UPLOAD_SWEEP_SECONDS
+            self.complete_lost_uploads()
+
+    def complete_lost_uploads(self) -> None:
+        """Uploads whose object is stored but whose completion was lost are completed here, so that
+        no file waits in UPLOADING for a client that is gone."""
+        try:
+            completed = complete_stale_uploads(self.conn, open_storage())
+        except psycopg.Error:
+            raise  # the serve loop reconnects
+        except Exception as exc:  # storage unreachable or misconfigured: never the worker's end; tried again later
+            log.warning("lost uploads not checked: %s: %s", type(exc).__name__, exc)
+            return
+        for file_id in completed:
+            log.warning("file %s: its object was stored but its upload never completed; completed it now", file_id)
 
     def release_finished(self) -> None:
         """Attempts that reported their own verdict: let the runner remove what they left behind

@@ -63,3 +63,26 @@ def complete_upload(conn: Conn, storage: Storage, file_id: int) -> dict[str, Any
     if "error" in result:
         raise ApiError(result["error"])
     return dict(result)
+
+
+STALE_UPLOAD_SECONDS = 60  # the uploading client completes at once; a minute later it is not coming back
+ABANDONED_UPLOAD_HOURS = 24  # older UPLOADING rows are uploads never sent: not looked at again
+
+
+def complete_stale_uploads(conn: Conn, storage: Storage, limit: int = 100) -> list[int]:
+    """REGISTER the UPLOADING files whose object reached storage while the completion was lost (the
+    uploading client or its database connection died in between, a storage event went astray).
+    Returns the ids completed; files whose object is not there are left as they are."""
+    rows = conn.execute(
+        "SELECT id FROM locaria_core.files WHERE status = 'UPLOADING' "
+        "AND last_update < now() - make_interval(secs => %s) AND last_update > now() - make_interval(hours => %s) "
+        "ORDER BY last_update DESC LIMIT %s", [STALE_UPLOAD_SECONDS, ABANDONED_UPLOAD_HOURS, limit]).fetchall()
+    completed = []
+    for row in rows:
+        file_id = int(row["id"] if isinstance(row, dict) else row[0])
+        try:
+            if complete_upload(conn, storage, file_id)["completed"]:
+                completed.append(file_id)
+        except UploadNotReady:
+            continue
+    return completed
