@@ -74,13 +74,18 @@ class Workers:
         self.processes: list[subprocess.Popen[bytes]] = []
         self.killed: set[int] = set()
         self.exited_on_their_own: list[str] = []
+        self.log_of: dict[int, Path] = {}
         for _ in range(count):
             self.processes.append(self._start())
 
     def _start(self) -> subprocess.Popen[bytes]:
-        log = (self.logs / f"worker-{len(self.killed)}-{time.monotonic_ns()}.log").open("wb")
-        return subprocess.Popen([sys.executable, "-m", "locaria_batch.cli.main", "worker", "--concurrency", "8",
-                                 "--poll", "1"], env=self.env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
+        path = self.logs / f"worker-{len(self.killed)}-{time.monotonic_ns()}.log"
+        with path.open("wb") as log:
+            process = subprocess.Popen([sys.executable, "-m", "locaria_batch.cli.main", "worker", "--concurrency",
+                                        "8", "--poll", "1"], env=self.env, cwd=REPO, stdout=log,
+                                       stderr=subprocess.STDOUT)
+        self.log_of[process.pid] = path
+        return process
 
     def kill(self, index: int) -> None:
         """SIGKILL worker INDEX; another takes its place a moment later."""
@@ -98,7 +103,9 @@ class Workers:
         """A worker that exited without being killed is a failure; start another so the run goes on."""
         for index, process in enumerate(self.processes):
             if process.poll() is not None and process.pid not in self.killed:
-                self.exited_on_their_own.append(f"pid {process.pid} exit {process.returncode}")
+                tail = self.log_of[process.pid].read_text(errors="replace").splitlines()[-12:]
+                self.exited_on_their_own.append(f"pid {process.pid} exit {process.returncode}; the end of its log:\n"
+                                                + "\n".join(f"    {line}" for line in tail))
                 self.killed.add(process.pid)
                 self.processes[index] = self._start()
 

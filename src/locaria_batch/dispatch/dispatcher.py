@@ -25,7 +25,7 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import psycopg
@@ -120,12 +120,19 @@ class Dispatcher:
         self._watched: dict[int, tuple[Job, Handle]] = {}  # job id -> its attempt launched/adopted here
         self._ended: dict[int, Ended] = {}  # ends seen, not yet written (the database may be away)
         self._unrecorded: list[tuple[Job, dict[str, Any]]] = []  # handles launched, not yet written
-        self._watching_since = datetime.now(UTC)  # heartbeats are judged from here (see in_flight)
+        self._beats_resume_by = self._rebeat_deadline()  # no job is judged hung before (see in_flight)
         self._next_upload_sweep = 0.0
         self._stopping = threading.Event()
         self._wake_r, self._wake_w = -1, -1  # a pipe while serve() runs: wake() interrupts its wait
 
     # -- plumbing --------------------------------------------------------------------
+    @staticmethod
+    def _rebeat_deadline() -> datetime:
+        """When every live job has beaten again after the database came back: its heartbeat retries
+        every interval at most.  Not the whole heartbeat timeout, or database restarts in quick
+        succession would keep a hung job from ever being found."""
+        return datetime.now(UTC) + timedelta(seconds=2 * settings().heartbeat_seconds)
+
     @property
     def conn(self) -> psycopg.Connection[dict[str, Any]]:
         if self._conn is None or self._conn.closed:
@@ -270,7 +277,7 @@ class Dispatcher:
     def reconcile(self, report: PassReport) -> None:
         """Everything this dispatcher holds, as the database sees it: stop cancelled attempts, time out
         overdue ones, stop hung ones, and write the ends of those whose process has gone."""
-        watched = self.store.in_flight(self.owner, self._watching_since)
+        watched = self.store.in_flight(self.owner, self._beats_resume_by)
         handles = [self.runner.handle(item.job.handle or {}) for item in watched]
         statuses = self.runner.status(handles) if handles else []
         ended: list[tuple[Ended, Handle | None]] = []
@@ -402,7 +409,7 @@ class Dispatcher:
                             log.warning("database reachable again after %.1f s: running a full pass",
                                         time.monotonic() - outage_since)
                             outage_since = None
-                            self._watching_since = datetime.now(UTC)
+                            self._beats_resume_by = self._rebeat_deadline()
                         backoff.reset()
                         next_maintenance = next_claim = 0.0
                     self.collect_ends()

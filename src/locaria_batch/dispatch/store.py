@@ -197,24 +197,24 @@ class JobStore:
         return int(self._value("SELECT count(*) FROM locaria_core.jobs WHERE lease_owner = %s "
                                "AND state IN ('launching', 'running')", [owner]))
 
-    def in_flight(self, owner: str, watching_since: datetime | None = None) -> list[InFlight]:
+    def in_flight(self, owner: str, beats_resume_by: datetime | None = None) -> list[InFlight]:
         """This owner's launched attempts, and cancelled ones still to stop.  The timeout rule:
         an attempt is overdue once its docker's timeout_seconds have passed since it started
         (or, if it never started, since its launch).  The heartbeat rule: a running attempt is hung
-        once its docker's heartbeat_timeout has passed since its last heartbeat, or since
-        `watching_since` (when the dispatcher last (re)connected: nobody could beat while the
-        database was away)."""
+        once its docker's heartbeat_timeout has passed since its last heartbeat, and not before
+        `beats_resume_by` (a little after the dispatcher last (re)connected: nobody could beat while
+        the database was away, and a live job beats again within its heartbeat interval)."""
         rows = self.conn.execute(
             """SELECT j.*, d.timeout_seconds, d.heartbeat_timeout,
                       clock_timestamp() > COALESCE(j.started_at, j.launched_at)
                                           + make_interval(secs => d.timeout_seconds) AS overdue,
                       j.state = 'running' AND clock_timestamp() >
-                          GREATEST(j.heartbeat_at, %s::timestamptz) + make_interval(secs => d.heartbeat_timeout)
+                          GREATEST(j.heartbeat_at + make_interval(secs => d.heartbeat_timeout), %s::timestamptz)
                           AS hung
                  FROM locaria_core.jobs j JOIN locaria_core.dockers d ON d.name = j.docker
                 WHERE j.lease_owner = %s AND j.handle IS NOT NULL
                   AND (j.state IN ('launching', 'running') OR j.stop_requested)""",
-            [watching_since, owner],
+            [beats_resume_by, owner],
         ).fetchall()
         return [InFlight(Job.from_row(row), int(row["timeout_seconds"]), bool(row["overdue"]),
                          int(row["heartbeat_timeout"]), bool(row["hung"])) for row in rows]
