@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
 
 from locaria_batch.db import connect
@@ -212,3 +213,21 @@ def test_an_upload_whose_completion_was_lost_is_completed_by_the_dispatcher(
     pump(dispatcher, lambda: file_row(conn, stored)["status"] == "FARGATE_PROCESSED")
     assert file_row(conn, stored)["attributes"]["record_count"] == 20
     assert file_row(conn, never_sent)["status"] == "UPLOADING"
+
+
+def test_what_a_worker_retries_and_what_it_reports(conn, db_url) -> None:
+    """A lost connection and a moment's contention are retried (the pass again); a faulty statement is not."""
+    from locaria_batch.db.retry import worth_retrying
+
+    def error_of(statement: str) -> psycopg.Error:
+        with connect(db_url, autocommit=True) as other:
+            try:
+                other.execute(statement)
+            except psycopg.Error as exc:
+                return exc
+        raise AssertionError(f"{statement} did not fail")
+
+    assert worth_retrying(error_of("SET statement_timeout = 10; SELECT pg_sleep(1)"))  # 57014
+    assert worth_retrying(error_of("SELECT pg_terminate_backend(pg_backend_pid())"))  # 57P01
+    assert not worth_retrying(error_of("SELECT * FROM locaria_core.no_such_table"))
+    assert not worth_retrying(error_of("SELECT 1/0"))

@@ -21,6 +21,16 @@ def connection_lost(exc: BaseException) -> bool:
     return not state or state.startswith("08") or state in {"57P01", "57P02", "57P03"}
 
 
+def worth_retrying(exc: BaseException) -> bool:
+    """An error the same statement may not meet again: a lost connection, or the server's answer to a
+    moment's contention (a deadlock or serialization failure, too many clients, no memory, a lock or
+    statement timeout)."""
+    if connection_lost(exc):
+        return True
+    state = getattr(exc, "sqlstate", None) or ""
+    return isinstance(exc, psycopg.OperationalError) and (state[:2] in {"40", "53"} or state in {"55P03", "57014"})
+
+
 class Backoff:
     """Delays of `first`, doubling up to `cap`, each drawn between half and all of it."""
 

@@ -33,7 +33,7 @@ import psycopg
 from locaria_batch.db import connect
 from locaria_batch.db.connect import job_database_url
 from locaria_batch.db.dockers import DockerSpec
-from locaria_batch.db.retry import Backoff, connection_lost
+from locaria_batch.db.retry import Backoff, connection_lost, worth_retrying
 from locaria_batch.dispatch.handles import Handle
 from locaria_batch.dispatch.runner import (
     LaunchError,
@@ -429,8 +429,13 @@ class Dispatcher:
                     if reconcile:
                         next_maintenance = 0.0
                 except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
-                    if not connection_lost(exc):
+                    if not worth_retrying(exc):
                         raise
+                    if not connection_lost(exc):  # contention (a deadlock, too many clients): the pass again
+                        log.warning("pass interrupted (%s: %s); trying again", type(exc).__name__,
+                                    str(exc).strip().splitlines()[0] if str(exc).strip() else exc.sqlstate)
+                        stop.wait(backoff.next_delay())
+                        continue
                     if outage_since is None:
                         outage_since = time.monotonic()
                         log.error("database unreachable (%s); reconnecting with backoff, running jobs carry on",
