@@ -37,6 +37,7 @@ import sys
 import tempfile
 import threading
 import time
+from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -107,7 +108,7 @@ class Figures:
     connections: list[float] = field(default_factory=list)
 
 
-class System:
+class System(ABC):
     name = ""
     in_process = False
 
@@ -122,23 +123,24 @@ class System:
                 "BENCH_CONCURRENCY": str(self.concurrency),
                 "PYTHONPATH": os.pathsep.join([str(REPO), str(REPO / "src")])}
 
+    @abstractmethod
     def worker_argv(self, lease: int) -> list[str]:
-        raise NotImplementedError
+        """The command line of this system's documented worker."""
 
     def start(self, lease: int = 30) -> subprocess.Popen[bytes]:
         log = open(self.home / f"{self.name.replace(' ', '_')}.log", "ab")  # noqa: SIM115 (the worker's own)
         return subprocess.Popen(self.worker_argv(lease), env=self.environment(), stdout=log, stderr=log,
                                 stdin=subprocess.DEVNULL, cwd=REPO)
 
+    @abstractmethod
     def enqueue(self, tags: list[str], kind: str = "", seconds: float = 0) -> float:
         """Enqueue one job per tag in one transaction; the time its commit returned."""
-        raise NotImplementedError
 
     def claim_times(self, tags: list[str]) -> dict[str, float]:
         return {}
 
-    def close(self) -> None:
-        pass
+    def close(self) -> None:  # noqa: B027 (a system with nothing to close keeps this one)
+        """Release what the system holds in this process."""
 
 
 class Locaria(System):
@@ -198,8 +200,9 @@ class Peer(System):
         self.loop.run_until_complete(self._enqueue(tags, kind or self.variant, seconds))
         return time.time()
 
+    @abstractmethod
     async def _enqueue(self, tags: list[str], kind: str, seconds: float) -> None:
-        raise NotImplementedError
+        """Enqueue through the peer's own API (on the peer's event loop)."""
 
 
 class Procrastinate(Peer):
