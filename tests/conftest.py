@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import secrets
 import shutil
-import subprocess
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -76,7 +75,12 @@ DELETE FROM locaria_core.dockers;
 
 
 def role_login(pg_url: str, role: str) -> str:
-    """Give ROLE a login with a new password (as the embedded cluster's `db up` does); its URL."""
+    """Give ROLE a login with a new password (as the embedded cluster's `db up` does); its URL.  On the
+    embedded cluster, its own login (which `db up` sets again after a stop)."""
+    if CLUSTERS:
+        url = CLUSTERS[0].url(role)
+        assert url is not None, "the session's cluster is not running"
+        return url
     password = secrets.token_urlsafe(16)
     with psycopg.connect(pg_url, autocommit=True) as conn:
         conn.execute(sql.SQL("ALTER ROLE {} LOGIN PASSWORD {}").format(sql.Identifier(role), sql.Literal(password)))
@@ -147,20 +151,17 @@ def dispatchers() -> Iterator[Callable[..., Dispatcher]]:
         dispatcher.close()
 
 
-def restart_postgres(url: str) -> None:
-    """`pg_ctl restart -m fast` on the session's embedded cluster (as the postgres user when root, as
-    the cluster runs), then wait until it answers again."""
+def restart_postgres(url: str, down_seconds: float = 0.0) -> None:
+    """`pg_ctl restart -m fast` on the session's embedded cluster, or a stop and a start `down_seconds`
+    apart (on its port, as `db down` and `db up` do), then wait until it answers again."""
     assert CLUSTERS, "restarting PostgreSQL needs the embedded test cluster (unset LOCARIA_TEST_DB_URL)"
     cluster = CLUSTERS[0]
-    from locaria_batch.db.cluster import postgres_bindir
-
-    # -l: the server's output goes to its log, not to a pipe this test would wait on for ever
-    argv = [str(postgres_bindir() / "pg_ctl"), "restart", "-m", "fast", "-w", "-D", str(cluster.data),
-            "-l", str(cluster.log_file)]
-    if os.geteuid() == 0:
-        argv = ["runuser", "-u", "postgres", "--", *argv]
-    subprocess.run(argv, check=True, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                   timeout=60)
+    if down_seconds > 0:
+        cluster.down()
+        time.sleep(down_seconds)
+        cluster.up()
+    else:
+        cluster.restart()
     deadline = time.monotonic() + 30
     while True:
         try:

@@ -59,6 +59,41 @@ def test_a_hung_job_is_killed_and_retried(fault, conn, db_url, add_docker, runs,
     assert job_row(conn, file_id)["attempt"] == 2
 
 
+def test_silence_while_the_database_was_away_is_not_held_against_a_job(conn, db_url, add_docker, runs,
+                                                                      locaria_env) -> None:
+    """A job whose heartbeat comes back after its dispatcher does (here: held with SIGSTOP through the
+    outage and a pass after it) is still the same attempt: only silence the database could have heard
+    counts against its heartbeat timeout, so a restart never turns a healthy job into a retry."""
+    add_docker("sleeper", trigger_statuses=["SLEEP"], success_status="SLEPT", handler="tests.jobs_for_tests:sleeper",
+               heartbeat_timeout=3)
+    passes: list[float] = []
+    dispatcher = Dispatcher(LocalRunner(locaria_env / "logs"), db_url=db_url, job_db_url=db_url, lease_seconds=30,
+                            on_pass=lambda report: passes.append(time.monotonic()))
+    stop = threading.Event()
+    serving = threading.Thread(target=dispatcher.serve, args=(stop,), kwargs={"poll": 30})
+    serving.start()
+    try:
+        file_id = add(conn, "SLEEP", sleep=10)
+        wait_for(lambda: len(runs()) == 1, 20, "the job did not start")
+        time.sleep(1)  # it has beaten
+        pid = runs()[0]["pid"]
+        os.kill(pid, signal.SIGSTOP)
+        restart_postgres(db_url, down_seconds=4)  # longer than its heartbeat timeout
+        back = time.monotonic()
+        wait_for(lambda: any(at > back for at in passes), 30, "the dispatcher did not come back")
+        time.sleep(0.5)  # the dispatcher's full pass after the outage has judged it
+        os.kill(pid, signal.SIGCONT)
+        wait_for(lambda: file_status(db_url, file_id) == "SLEPT", 30, "the job did not finish")
+        with fresh(db_url) as after:
+            assert job_row(after, file_id)["attempt"] == 1
+        assert len(runs()) == 1
+    finally:
+        stop.set()
+        dispatcher.wake()
+        serving.join(timeout=10)
+    assert not serving.is_alive()
+
+
 def test_a_killed_attempts_work_directory_goes_with_it(conn, db_url, add_docker, runs, locaria_env,
                                                        dispatchers) -> None:
     add_docker("unpacker", trigger_statuses=["UNPACK"], handler="tests.jobs_for_tests:unpack_then_sleep",

@@ -52,6 +52,7 @@ from locaria_batch.storage import open_storage
 log = logging.getLogger("locaria_batch.dispatch")
 
 UPLOAD_SWEEP_SECONDS = 60.0  # how often a dispatcher looks for uploads whose completion was lost
+MAX_OUTAGES_KEPT = 32  # outages remembered for the heartbeat rule (more than any silence it still judges spans)
 
 def job_environment(job: Job, db_url: str | None) -> dict[str, str]:
     """What a job process needs: who it is, its fencing token, and where data lives."""
@@ -120,18 +121,21 @@ class Dispatcher:
         self._watched: dict[int, tuple[Job, Handle]] = {}  # job id -> its attempt launched/adopted here
         self._ended: dict[int, Ended] = {}  # ends seen, not yet written (the database may be away)
         self._unrecorded: list[tuple[Job, dict[str, Any]]] = []  # handles launched, not yet written
-        self._beats_resume_by = self._rebeat_deadline()  # no job is judged hung before (see in_flight)
+        self._outages: list[tuple[datetime, datetime]] = []  # when the database was away (its clock)
+        self._hung_check_at: float | None = None  # monotonic: when the next running job turns hung
         self._next_upload_sweep = 0.0
         self._stopping = threading.Event()
         self._wake_r, self._wake_w = -1, -1  # a pipe while serve() runs: wake() interrupts its wait
 
     # -- plumbing --------------------------------------------------------------------
-    @staticmethod
-    def _rebeat_deadline() -> datetime:
-        """When every live job has beaten again after the database came back: its heartbeat retries
-        every interval at most.  Not the whole heartbeat timeout, or database restarts in quick
-        succession would keep a hung job from ever being found."""
-        return datetime.now(UTC) + timedelta(seconds=2 * settings().heartbeat_seconds)
+    def _record_outage(self, lasted: float | None) -> None:
+        """Remember an outage that has just ended, on the database's clock, so that a job's silence
+        while nobody could hear it does not count against its heartbeat timeout.  `lasted` None: it
+        began before this dispatcher started, nobody here knows when."""
+        assert self._listener is not None
+        ended: datetime = self._listener.execute("SELECT clock_timestamp() AS now").fetchone()["now"]  # type: ignore[index]
+        began = datetime(1970, 1, 1, tzinfo=UTC) if lasted is None else ended - timedelta(seconds=lasted)
+        self._outages = [*self._outages[-(MAX_OUTAGES_KEPT - 1):], (began, ended)]
 
     @property
     def conn(self) -> psycopg.Connection[dict[str, Any]]:
@@ -277,7 +281,10 @@ class Dispatcher:
     def reconcile(self, report: PassReport) -> None:
         """Everything this dispatcher holds, as the database sees it: stop cancelled attempts, time out
         overdue ones, stop hung ones, and write the ends of those whose process has gone."""
-        watched = self.store.in_flight(self.owner, self._beats_resume_by)
+        watched = self.store.in_flight(self.owner, self._outages, rebeat_seconds=2 * settings().heartbeat_seconds)
+        turns_hung = [item.hung_in for item in watched if item.hung_in is not None and item.hung_in > 0]
+        # looked at again the moment the next one would turn hung, not a maintenance period later
+        self._hung_check_at = time.monotonic() + min(turns_hung) + 0.05 if turns_hung else None
         handles = [self.runner.handle(item.job.handle or {}) for item in watched]
         statuses = self.runner.status(handles) if handles else []
         ended: list[tuple[Ended, Handle | None]] = []
@@ -395,6 +402,7 @@ class Dispatcher:
         next_claim = 0.0
         backoff = Backoff(first=0.5, cap=10.0)
         outage_since: float | None = None
+        attached_before = False  # an outage met at start began nobody here knows when
         self._stopping = stop
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
@@ -406,10 +414,11 @@ class Dispatcher:
                     if self._listener is None or self._listener.closed:
                         self._listen()
                         if outage_since is not None:
-                            log.warning("database reachable again after %.1f s: running a full pass",
-                                        time.monotonic() - outage_since)
+                            lasted = time.monotonic() - outage_since
+                            log.warning("database reachable again after %.1f s: running a full pass", lasted)
+                            self._record_outage(lasted if attached_before else None)
                             outage_since = None
-                            self._beats_resume_by = self._rebeat_deadline()
+                        attached_before = True
                         backoff.reset()
                         next_maintenance = next_claim = 0.0
                     self.collect_ends()
@@ -418,6 +427,8 @@ class Dispatcher:
                     if now >= next_maintenance:
                         self.maintain(report)
                         next_maintenance = now + maintain_every
+                        if self._hung_check_at is not None:
+                            next_maintenance = max(now + 0.2, min(next_maintenance, self._hung_check_at))
                     if now >= next_claim or report.finished:
                         self.claim_and_launch(report)
                         next_claim = now + poll

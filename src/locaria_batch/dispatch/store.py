@@ -7,6 +7,7 @@ The dispatcher and the runners decide; the writes go through the fenced SQL func
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, fields
 from datetime import datetime, timedelta
 from decimal import Decimal
@@ -96,7 +97,12 @@ class InFlight:
     timeout_seconds: int
     overdue: bool
     heartbeat_timeout: int = 0
-    hung: bool = False  # running, and silent for longer than its docker's heartbeat_timeout
+    hung_in: float | None = None  # running: seconds until it counts as hung (see JobStore.in_flight)
+
+    @property
+    def hung(self) -> bool:
+        """Running, and silent for longer than its docker's heartbeat_timeout."""
+        return self.hung_in is not None and self.hung_in <= 0
 
 
 @dataclass(frozen=True)
@@ -197,27 +203,43 @@ class JobStore:
         return int(self._value("SELECT count(*) FROM locaria_core.jobs WHERE lease_owner = %s "
                                "AND state IN ('launching', 'running')", [owner]))
 
-    def in_flight(self, owner: str, beats_resume_by: datetime | None = None) -> list[InFlight]:
+    def in_flight(self, owner: str, outages: Sequence[tuple[datetime, datetime]] = (),
+                  rebeat_seconds: float = 0.0) -> list[InFlight]:
         """This owner's launched attempts, and cancelled ones still to stop.  The timeout rule:
         an attempt is overdue once its docker's timeout_seconds have passed since it started
         (or, if it never started, since its launch).  The heartbeat rule: a running attempt is hung
-        once its docker's heartbeat_timeout has passed since its last heartbeat, and not before
-        `beats_resume_by` (a little after the dispatcher last (re)connected: nobody could beat while
-        the database was away, and a live job beats again within its heartbeat interval)."""
+        once it has been silent for its docker's heartbeat_timeout while the database could hear it:
+        the `outages` this dispatcher saw (database time, began and ended) do not count, nor does
+        anything before an adoption until `rebeat_seconds` after it (the previous owner's outages
+        are not known here; a live job beats again within its heartbeat interval)."""
+        began = [outage[0] for outage in outages]
+        ended = [outage[1] for outage in outages]
         rows = self.conn.execute(
             """SELECT j.*, d.timeout_seconds, d.heartbeat_timeout,
                       clock_timestamp() > COALESCE(j.started_at, j.launched_at)
                                           + make_interval(secs => d.timeout_seconds) AS overdue,
-                      j.state = 'running' AND clock_timestamp() >
-                          GREATEST(j.heartbeat_at + make_interval(secs => d.heartbeat_timeout), %s::timestamptz)
-                          AS hung
+                      CASE WHEN j.state = 'running' THEN GREATEST(
+                          d.heartbeat_timeout - extract(epoch FROM clock_timestamp() - silent.since - silent.unheard),
+                          extract(epoch FROM silent.adopted + make_interval(secs => %s) - clock_timestamp()))
+                      END AS hung_in
                  FROM locaria_core.jobs j JOIN locaria_core.dockers d ON d.name = j.docker
+                 CROSS JOIN LATERAL (
+                     SELECT COALESCE(j.heartbeat_at, j.started_at, j.launched_at) AS since,
+                            (SELECT max(e.at) FROM locaria_core.job_events e
+                              WHERE e.job_id = j.id AND e.event = 'adopted') AS adopted,
+                            (SELECT COALESCE(sum(GREATEST(LEAST(o.ended, clock_timestamp())
+                                                          - GREATEST(o.began, COALESCE(j.heartbeat_at, j.started_at,
+                                                                                       j.launched_at)),
+                                                          interval '0')), interval '0')
+                               FROM unnest(%s::timestamptz[], %s::timestamptz[]) AS o(began, ended)) AS unheard
+                 ) silent
                 WHERE j.lease_owner = %s AND j.handle IS NOT NULL
                   AND (j.state IN ('launching', 'running') OR j.stop_requested)""",
-            [beats_resume_by, owner],
+            [rebeat_seconds, began, ended, owner],
         ).fetchall()
         return [InFlight(Job.from_row(row), int(row["timeout_seconds"]), bool(row["overdue"]),
-                         int(row["heartbeat_timeout"]), bool(row["hung"])) for row in rows]
+                         int(row["heartbeat_timeout"]),
+                         None if row["hung_in"] is None else float(row["hung_in"])) for row in rows]
 
     def stop_done(self, job: Job, owner: str) -> bool:
         return bool(self._value("SELECT locaria_core.job_stop_done(%s, %s)", [job.id, owner]))
