@@ -349,6 +349,10 @@ def report(conn: Any, files: int, faults: list[Fault], takeovers: dict[str, list
     print("\nfinal status            files")
     for status, count in sorted(statuses.items()):
         print(f"  {status:<22}{count:>6}")
+    failed = conn.execute("SELECT id, status, attributes->>'error' AS error FROM locaria_core.files "
+                          "WHERE status IN ('ERROR', 'DOWNLOAD_ERROR') ORDER BY id LIMIT 10").fetchall()
+    for row in failed:  # attempts used up by faults are expected; anything else is worth a look
+        print(f"    file {row['id']} {row['status']}: {row['error']}")
     print("\nmust be zero                         found")
     for name, count in zero_figures(conn, files, workers, home, temp_before).items():
         print(f"  {name:<34}{count:>6}")
