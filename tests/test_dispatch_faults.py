@@ -65,7 +65,7 @@ def test_silence_while_the_database_was_away_is_not_held_against_a_job(conn, db_
     outage and a pass after it) is still the same attempt: only silence the database could have heard
     counts against its heartbeat timeout, so a restart never turns a healthy job into a retry."""
     add_docker("sleeper", trigger_statuses=["SLEEP"], success_status="SLEPT", handler="tests.jobs_for_tests:sleeper",
-               heartbeat_timeout=3)
+               heartbeat_timeout=5)
     passes: list[float] = []
     dispatcher = Dispatcher(LocalRunner(locaria_env / "logs"), db_url=db_url, job_db_url=db_url, lease_seconds=30,
                             on_pass=lambda report: passes.append(time.monotonic()))
@@ -73,12 +73,12 @@ def test_silence_while_the_database_was_away_is_not_held_against_a_job(conn, db_
     serving = threading.Thread(target=dispatcher.serve, args=(stop,), kwargs={"poll": 30})
     serving.start()
     try:
-        file_id = add(conn, "SLEEP", sleep=10)
+        file_id = add(conn, "SLEEP", sleep=14)
         wait_for(lambda: len(runs()) == 1, 20, "the job did not start")
         time.sleep(1)  # it has beaten
         pid = runs()[0]["pid"]
         os.kill(pid, signal.SIGSTOP)
-        restart_postgres(db_url, down_seconds=4)  # longer than its heartbeat timeout
+        restart_postgres(db_url, down_seconds=7)  # longer than its heartbeat timeout
         back = time.monotonic()
         wait_for(lambda: any(at > back for at in passes), 30, "the dispatcher did not come back")
         time.sleep(0.5)  # the dispatcher's full pass after the outage has judged it
