@@ -159,8 +159,8 @@ def load_as(db_url: str, file_id: int, path: Path, name: str | None = None, **op
         loaded = load_file(conn, path, name or path.name, LoadOptions(**options), fence)
         conn.commit()
     result = describe(loaded, name or path.name, 0.0)
-    result["appended"] = [item.table for item in loaded if item.appended]
-    result["notes"] = [note for item in loaded for note in item.result.notes]
+    result["appended"] = [item.table for item in loaded.layers if item.appended]
+    result["notes"] = [note for item in loaded.layers for note in item.result.notes]
     return result
 
 

@@ -232,7 +232,7 @@ def test_xlsx_every_sheet_and_empty_sheets_skipped(db_url: str, conn: psycopg.Co
     book.save(tmp_path / "council.xlsx")
     result = load(db_url, tmp_path / "council.xlsx")
     assert result["tables"] == ["locaria_uploads.upload_file_9_parks_gardens", "locaria_uploads.upload_file_9_schools"]
-    assert any("Notes" in w and "not loaded" in w for w in result["warnings"]), result["warnings"]
+    assert "council.xlsx, layer Notes has no features and was not loaded" in result["warnings"], result["warnings"]
     assert result["layer_details"][0]["source_crs"] == "EPSG:27700"
 
 
@@ -342,7 +342,8 @@ def test_geopackage_every_layer_and_projected_crs(db_url: str, conn: psycopg.Con
     result = load(db_url, gpkg)
     assert result["tables"] == ["locaria_uploads.upload_file_9_bus_stops", "locaria_uploads.upload_file_9_wards"]
     assert result["result"]["layers"] == ["bus stops", "wards"]
-    assert any("empty" in w and "not loaded" in w for w in result["warnings"]), result["warnings"]
+    # about the file, not prefixed with a loaded layer's name as that layer's own warnings are
+    assert "council.gpkg, layer empty has no features and was not loaded" in result["warnings"], result["warnings"]
     assert geometry_column(conn, "upload_file_9_wards") == ("POLYGON", 4326)
     wards = result["layer_details"][1]
     assert wards["source_crs"] == "EPSG:27700" and -0.2 < wards["bbox"][0] < -0.1

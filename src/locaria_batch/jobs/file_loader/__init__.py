@@ -27,7 +27,7 @@ from typing import Any
 from locaria_batch.job import JobContext, JobError, JobResult
 from locaria_batch.jobs.file_loader.crs import srid_from_attribute
 from locaria_batch.jobs.file_loader.layer import SCHEMA
-from locaria_batch.jobs.file_loader.loader import LoadedLayer, LoadOptions, load_file
+from locaria_batch.jobs.file_loader.loader import LoadedFile, LoadOptions, load_file
 from locaria_batch.jobs.file_loader.publish import Fence, LoadMode
 from locaria_batch.jobs.file_loader.readers import check_encoding
 from locaria_batch.settings import settings
@@ -116,7 +116,7 @@ def run(ctx: JobContext) -> JobResult:
             ctx.conn.commit()
     except ObjectNotFound as exc:
         raise JobError(f"{name}: the uploaded file is missing from storage; upload it again") from exc
-    for item in loaded:
+    for item in loaded.layers:
         for note in item.result.notes:
             ctx.log(note)
     result = describe(loaded, name, time.monotonic() - started)
@@ -126,7 +126,7 @@ def run(ctx: JobContext) -> JobResult:
     if ignored:
         result["warnings"].append(f"the attributes {', '.join(ignored)} are not used by this loader and were ignored")
     count = result["record_count"]
-    verb = "Appended" if all(item.appended for item in loaded) else "Loaded"
+    verb = "Appended" if all(item.appended for item in loaded.layers) else "Loaded"
     return JobResult(
         attributes=result,
         status="IMPORT_REQUESTED" if auto_import else None,
@@ -135,14 +135,17 @@ def run(ctx: JobContext) -> JobResult:
     )
 
 
-def describe(loaded: list[LoadedLayer], name: str, seconds: float) -> dict[str, Any]:
+def describe(file: LoadedFile, name: str, seconds: float) -> dict[str, Any]:
     """The result attributes: the original's keys, then what the tables hold."""
+    loaded = file.layers
     first = loaded[0].result
     tables = [f"{SCHEMA}.{item.table}" for item in loaded]
     boxes = [item.result.bbox for item in loaded if item.result.bbox]
     bbox = [min(b[0] for b in boxes), min(b[1] for b in boxes), max(b[2] for b in boxes),
             max(b[3] for b in boxes)] if boxes else None
+    # a layer's own warnings say which layer they are about when there are several
     warnings = [w if len(loaded) == 1 else f"{item.name}: {w}" for item in loaded for w in item.result.warnings]
+    warnings += file.warnings
     details = [{"layer": item.name, "table": f"{SCHEMA}.{item.table}", "record_count": item.result.record_count,
                 "geometry_type": item.result.geometry_type, "source_crs": item.result.source_crs,
                 "source_crs_assumed": item.result.source_crs_assumed, "bbox": item.result.bbox,

@@ -47,6 +47,12 @@ class LoadedLayer:
     appended: bool = False  # its rows were added to an existing table
 
 
+@dataclass
+class LoadedFile:
+    layers: list[LoadedLayer]
+    warnings: list[str] = field(default_factory=list)  # about the file as a whole: layers left out
+
+
 def table_names(base: str, layers: list[str]) -> list[str]:
     """`base` for one layer; `base_{layer}` for several, unique and within 63 bytes."""
     if len(layers) == 1:
@@ -77,7 +83,7 @@ def target_srid(conn: psycopg.Connection[Any], table: str, default: int) -> int:
 
 
 def load_file(conn: psycopg.Connection[Any], path: Path, name: str, options: LoadOptions, fence: Fence,
-              progress: Callable[[int, int | None], None] | None = None) -> list[LoadedLayer]:
+              progress: Callable[[int, int | None], None] | None = None) -> LoadedFile:
     """Load every layer; the caller commits (or rolls back: then nothing at all is left behind)."""
     limits = options.limits
     with tempfile.TemporaryDirectory(prefix="locaria-load-") as workdir:
@@ -129,11 +135,9 @@ def load_file(conn: psycopg.Connection[Any], path: Path, name: str, options: Loa
             loaded.append(LoadedLayer(result.layer, target.table, result, target.label))
         if not loaded:
             raise JobError(f"{name}: every layer is empty ({', '.join(skipped)}); nothing to load")
-        for label in skipped:
-            loaded[0].result.warnings.append(f"{label} has no features and was not loaded")
         published = publish(conn, fence, [Target(item.table, item.label, item.result.table)
                                           for item in loaded], options.mode)
         for item in loaded:
             item.appended = item.table in published.get("appended", [])
             item.result.table = item.table
-        return loaded
+        return LoadedFile(loaded, [f"{label} has no features and was not loaded" for label in skipped])
