@@ -10,6 +10,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 from pathlib import Path
 
 import psycopg
@@ -62,6 +63,49 @@ def test_db_up_status_url_down(monkeypatch) -> None:
     finally:
         cli("db", "down")
         shutil.rmtree(home, ignore_errors=True)
+
+
+def test_a_worker_outlives_db_down_and_up_of_the_embedded_cluster() -> None:
+    """The embedded cluster stopped under a worker is an outage like any other: the worker waits for
+    it on the same port and carries on, while one-shot commands say how to start it."""
+    home = Path(tempfile.mkdtemp(prefix="locaria-test-home-"))
+    home.chmod(0o755)
+    env = {**os.environ, "LOCARIA_HOME": str(home), "LOCARIA_HEARTBEAT_SECONDS": "0.5"}
+    for name in ("LOCARIA_DB_URL", "LOCARIA_JOB_DB_URL"):
+        env.pop(name, None)
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "locaria_batch.cli.main", *args], env=env, capture_output=True,
+                              text=True, timeout=120, cwd=REPO)
+
+    worker = None
+    try:
+        assert cli("db", "up").returncode == 0
+        worker = subprocess.Popen([sys.executable, "-m", "locaria_batch.cli.main", "worker", "--poll", "1"], env=env,
+                                  cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        time.sleep(3)
+        assert "stopped" in cli("db", "down").stdout
+        time.sleep(3)
+        assert worker.poll() is None, worker.communicate()[0]
+        listed = cli("files", "list")
+        assert listed.returncode != 0 and "locaria-batch db up" in listed.stderr, listed.stderr
+        assert cli("db", "up").returncode == 0
+        added = cli("files", "add", str(REPO / "samples" / "parks.csv"), "--json")
+        assert added.returncode == 0, added.stderr
+        file_id = json.loads(added.stdout.strip().splitlines()[-1])["id"]
+        deadline = time.monotonic() + 60
+        while json.loads(cli("files", "show", str(file_id), "--json").stdout)["status"] != "FARGATE_PROCESSED":
+            assert time.monotonic() < deadline and worker.poll() is None, "the worker did not load the file"
+            time.sleep(0.5)
+    finally:
+        output = ""
+        if worker is not None:
+            worker.terminate()
+            output = worker.communicate(timeout=30)[0]
+        cli("db", "down")
+        shutil.rmtree(home, ignore_errors=True)
+    assert worker.returncode == 0, output
+    assert "database unreachable" in output and "reachable again" in output, output
 
 
 def test_two_migrations_at_once_are_safe(pg_url: str) -> None:

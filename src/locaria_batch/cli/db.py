@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from locaria_batch.cli.common import JsonOption, command, database, group, print_json, say
-from locaria_batch.errors import ConfigurationError
+from locaria_batch.errors import ConfigurationError, DatabaseNotConfigured
 from locaria_batch.settings import settings
 
 db_app = group("The database: the embedded development cluster and migrations.")
@@ -93,7 +93,10 @@ def db_url() -> None:
         print(database_url())
         return
     url = EmbeddedCluster(settings().home).url_without_password()
-    print(url or database_url())  # database_url() says how to start a stopped cluster
+    if url is None:
+        raise DatabaseNotConfigured("the embedded database is not running: start it with `locaria-batch db up`, "
+                                    "or set LOCARIA_DB_URL to an existing PostgreSQL+PostGIS database")
+    print(url)
 
 
 @command(db_app, "migrate")

@@ -134,9 +134,11 @@ class EmbeddedCluster:
         return found
 
     def url(self, role: str = DISPATCHER) -> str | None:
-        """The URL of `role` on the running cluster (None when it is stopped)."""
+        """The URL of `role` on the cluster, None until `db up` has created it.  Also while it is
+        stopped: its port is kept across `db down`/`db up`, so a worker that lost it reconnects
+        to the same address once it is back."""
         port = self._state().get("port")
-        if port and self.is_running():
+        if port and self.credentials_file.exists():
             return self.credentials().url(role, port, DATABASE)
         return None
 

@@ -100,6 +100,10 @@ def explain_database_error(exc: psycopg.Error) -> LocariaError | None:
     """The sentence a user needs for a database error they can act on; None for anything else."""
     first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
     if isinstance(exc, psycopg.OperationalError) and exc.sqlstate is None:
+        conf = settings()
+        if not (conf.db_url or conf.db_secret):
+            return DatabaseUnavailable(f"cannot reach the embedded database: {first_line}. Start it with "
+                                       "`locaria-batch db up` (`locaria-batch db status` shows its state)")
         return DatabaseUnavailable(f"cannot reach the database: {first_line}. Check that it runs "
                                    "(`locaria-batch db status`) and that LOCARIA_DB_URL points at it")
     if isinstance(exc, psycopg.errors.UndefinedTable | psycopg.errors.UndefinedFunction
