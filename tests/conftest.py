@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import shutil
@@ -154,14 +155,28 @@ def dispatchers() -> Iterator[Callable[..., Dispatcher]]:
 def restart_postgres(url: str, down_seconds: float = 0.0) -> None:
     """`pg_ctl restart -m fast` on the session's embedded cluster, or a stop and a start `down_seconds`
     apart (on its port, as `db down` and `db up` do), then wait until it answers again."""
-    assert CLUSTERS, "restarting PostgreSQL needs the embedded test cluster (unset LOCARIA_TEST_DB_URL)"
-    cluster = CLUSTERS[0]
     if down_seconds > 0:
-        cluster.down()
-        time.sleep(down_seconds)
-        cluster.up()
-    else:
-        cluster.restart()
+        with postgres_stopped(url):
+            time.sleep(down_seconds)
+        return
+    assert CLUSTERS, "restarting PostgreSQL needs the embedded test cluster (unset LOCARIA_TEST_DB_URL)"
+    CLUSTERS[0].restart()
+    _wait_until_answering(url)
+
+
+@contextlib.contextmanager
+def postgres_stopped(url: str) -> Iterator[None]:
+    """The session's embedded cluster stopped for the block (`db down`), started again after it (`db up`)."""
+    assert CLUSTERS, "stopping PostgreSQL needs the embedded test cluster (unset LOCARIA_TEST_DB_URL)"
+    CLUSTERS[0].down()
+    try:
+        yield
+    finally:
+        CLUSTERS[0].up()
+        _wait_until_answering(url)
+
+
+def _wait_until_answering(url: str) -> None:
     deadline = time.monotonic() + 30
     while True:
         try:

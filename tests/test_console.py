@@ -3,6 +3,7 @@ what it shows, and /metrics."""
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import psycopg
@@ -10,6 +11,7 @@ import pytest
 import requests
 
 from locaria_batch.files import add_file, update_file
+from tests.conftest import postgres_stopped
 from tests.console_fixtures import Served, file_in, free_port, start, stop, wait_until_serving
 
 TOKEN = "a-long-enough-console-token-0123"
@@ -69,6 +71,25 @@ def test_unknown_host_names_are_refused(console: Served) -> None:
     answer = requests.get(console.url + "/", timeout=10, headers={"Host": "attacker.example:8080"})
     assert answer.status_code == 400
     assert requests.get(console.url + "/", timeout=10, headers={"Host": "localhost"}).status_code == 200
+
+
+def test_while_the_database_is_away_pages_and_calls_say_so_and_it_recovers(console: Served, db_url: str) -> None:
+    page = requests.get(console.url + "/", timeout=10)
+    csrf = csrf_of(page.text)
+    with postgres_stopped(db_url):
+        started = time.monotonic()
+        away = requests.get(console.url + "/", timeout=30)
+        assert away.status_code == 503 and "database cannot be reached" in away.text, away.text
+        assert away.headers["retry-after"] == "5"
+        assert time.monotonic() - started < 10  # at once, not after a long wait for a connection
+        call = requests.post(console.url + "/api/files/retry", json={"ids": [1]}, timeout=30,
+                             headers={"X-CSRF-Token": csrf})
+        assert call.status_code == 503 and "database cannot be reached" in call.json()["error"]
+    deadline = time.monotonic() + 30
+    while requests.get(console.url + "/", timeout=30).status_code != 200:
+        assert time.monotonic() < deadline, "the console did not recover"
+        time.sleep(0.5)
+    assert console.process.poll() is None
 
 
 def test_reads_go_through_read_only_connections(db_url: str) -> None:

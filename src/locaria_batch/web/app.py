@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import re
 import tempfile
@@ -16,6 +17,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+import psycopg
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -54,10 +56,12 @@ from locaria_batch.web.metrics import QueueCollector
 from locaria_batch.web.security import Guard
 
 HERE = Path(__file__).resolve().parent
+log = logging.getLogger("locaria_batch.web")
 PAGE_SIZE = 50
 MAX_BULK = 1000  # files one request may retry or cancel
 LOG_TAIL_LINES = 200
 KEEPALIVE_SECONDS = 15.0
+DATABASE_RETRY_SECONDS = 5  # what a page or call refused while the database is away says to wait
 ACTIONS = ("retry", "cancel")
 SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")  # a download's stored name ({id}.{ext}), nothing else
 
@@ -415,7 +419,18 @@ def create_app(config: ConsoleConfig) -> Any:
         Route("/api/downloads", actions(console.download_request), methods=["POST"]),
         Mount("/static", StaticFiles(directory=str(HERE / "static")), name="static"),
     ]
-    app = Starlette(routes=routes, lifespan=lifespan)
+    async def database_away(request: Request, exc: Exception) -> Response:
+        """The database is down or unreachable: say so at once, with when to try again (the pools
+        reconnect on their own), instead of an internal error."""
+        log.warning("%s %s: the database cannot be reached (%s)", request.method, request.url.path,
+                    str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__)
+        message = "The database cannot be reached right now; the console reconnects on its own. Try again in a moment."
+        headers = {"Retry-After": str(DATABASE_RETRY_SECONDS)}
+        if request.url.path.startswith("/api/"):
+            return JSONResponse({"error": message}, status_code=503, headers=headers)
+        return PlainTextResponse(message, status_code=503, headers=headers)
+
+    app = Starlette(routes=routes, lifespan=lifespan, exception_handlers={psycopg.OperationalError: database_away})
     app.state.console = console
     guarded = Guard(app, config.host, config.port, config.token)
     return security_headers(guarded, upload_origin(console.storage))

@@ -13,6 +13,7 @@ from psycopg.rows import dict_row
 from psycopg_pool import ConnectionPool
 
 Conn = psycopg.Connection[dict[str, Any]]
+WAIT_SECONDS = 5  # for a connection: a page waits no longer than this before saying the database is away
 
 
 def _read_only(conn: Conn) -> None:
@@ -47,10 +48,10 @@ class Pools:
 
     @contextmanager
     def read(self) -> Iterator[Conn]:
-        with self.reads.connection(timeout=15) as conn:
+        with self.reads.connection(timeout=WAIT_SECONDS) as conn:
             yield conn
 
     @contextmanager
     def write(self) -> Iterator[Conn]:
-        with self.writes.connection(timeout=15) as conn:
+        with self.writes.connection(timeout=WAIT_SECONDS) as conn:
             yield conn
