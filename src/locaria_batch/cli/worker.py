@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import signal
 import threading
 from types import FrameType
@@ -57,16 +58,20 @@ def worker(
         say("queue drained")
         return
     stop = threading.Event()
+    signals = itertools.count(1)
 
     def _stop(signum: int, frame: FrameType | None) -> None:
-        if stop.is_set():
-            say("stopping the running jobs too")
+        # counted in one step and acted on before anything is printed: a second signal may run this
+        # handler again in the middle of the first one's print
+        if next(signals) > 1:
             dispatcher.stop_jobs_on_exit = True
+            dispatcher.wake()
+            say("stopping the running jobs too")
         else:
+            stop.set()
+            dispatcher.wake()
             say("stopping: no new jobs are claimed; running ones carry on and are adopted by the next worker "
                 "(signal again to stop them)")
-            stop.set()
-        dispatcher.wake()
 
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
