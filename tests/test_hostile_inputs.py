@@ -155,6 +155,12 @@ XXE = ('<?xml version="1.0"?><!DOCTYPE kml [<!ENTITY x SYSTEM "file:///etc/passw
 LAUGHS = ('<?xml version="1.0"?><!DOCTYPE gpx [<!ENTITY a "aaaaaaaaaa">' + "".join(
     f'<!ENTITY {chr(98 + i)} "{("&" + chr(97 + i) + ";") * 10}">' for i in range(8)) + ']>'
     '<gpx version="1.1" xmlns="http://www.topografix.com/GPX/1/1"><wpt lat="1" lon="2"><name>&i;</name></wpt></gpx>')
+GML = ('<?xml version="1.0" encoding="utf-8"?><ogr:FeatureCollection xmlns:ogr="http://ogr.maptools.org/" '
+       'xmlns:gml="http://www.opengis.net/gml"><gml:featureMember><ogr:site fid="site.0"><ogr:geometryProperty>'
+       '<gml:Point srsName="EPSG:4326"><gml:coordinates>-0.1,51.5</gml:coordinates></gml:Point>'
+       '</ogr:geometryProperty><ogr:name>A</ogr:name></ogr:site></gml:featureMember></ogr:FeatureCollection>')
+XXE_GML = GML.replace('<?xml version="1.0" encoding="utf-8"?>', '<?xml version="1.0"?><!DOCTYPE x [<!ENTITY e SYSTEM '
+                      '"file:///etc/passwd">]>').replace("<ogr:name>A</ogr:name>", "<ogr:name>&e;</ogr:name>")
 RUSSIAN = "id,city\n" + "".join(f"{i},{c}\n" for i, c in enumerate(
     ["Москва", "Санкт-Петербург", "Новосибирск", "Екатеринбург", "Казань", "Нижний Новгород"]))
 JAPANESE = "id,city\n" + "".join(f"{i},{c}\n" for i, c in enumerate(
@@ -185,6 +191,9 @@ CASES: list[Case] = [
                                                               r"holds no layers)"),
     Case("xxe.kml", text(XXE), r"xxe.kml cannot be opened as LIBKML \(ERROR parsing kml xxe.kml"),
     Case("laughs.gpx", text(LAUGHS), r"laughs.gpx (cannot be read|cannot be opened|is not in a format)"),
+    Case("xxe.gml", text(XXE_GML), r"xxe.gml declares XML entities, which are refused"),
+    Case("other.xml", text('<?xml version="1.0"?><catalog><book id="1"/></catalog>'),
+         r"other.xml is XML, but not GPX, KML or GML; upload"),
     Case("garbage.gpkg", text(b"SQLite format 3\x00" + b"\x07" * 500), r"garbage.gpkg cannot be opened"),
     Case("no_tables.gpkg", text(b"SQLite format 3\x00" + b"\x00" * 84 + b"\x00" * 412),
          r"no_tables.gpkg (cannot be opened|holds no layers)"),
@@ -364,6 +373,8 @@ CASES: list[Case] = [
     Case("kml_named.txt", text(fx.KML), None, has("SELECT count(*) AS n FROM {t}", [{"n": 2}])),
     Case("seq_named.json", text(FEATURE + "\n" + FEATURE + "\n"), None, has("SELECT count(*) AS n FROM {t}",
                                                                           [{"n": 2}])),
+    Case("gml_named.txt", text(GML), None, has("SELECT name, ST_AsText(wkb_geometry) AS g FROM {t}",
+                                                [{"name": "A", "g": "POINT(-0.1 51.5)"}])),
     Case("gpx_named.xml", lambda folder, conn: fx.gpx(folder / "input"), None,
          lambda conn, result: (result["result"]["layers"] == ["waypoints", "routes", "tracks"]) or pytest.fail(
              str(result["result"]))),

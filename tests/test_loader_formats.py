@@ -222,6 +222,32 @@ def test_layers_chosen(db_url: str, conn: psycopg.Connection[Any], tmp_path: Pat
     assert result["tables"] == ["locaria_uploads.upload_file_13_parks", "locaria_uploads.upload_file_13_wards"]
 
 
+def test_gml_loads_every_feature_type_and_writes_nothing_beside_it(db_url: str, conn: psycopg.Connection[Any],
+                                                                    tmp_path: Path) -> None:
+    folder = tmp_path / "upload"
+    folder.mkdir()
+    members = "".join(
+        f'<gml:featureMember><ogr:{kind} fid="{kind}.{i}"><ogr:geometryProperty>{shape}</ogr:geometryProperty>'
+        f"<ogr:name>{kind} {i}</ogr:name></ogr:{kind}></gml:featureMember>"
+        for kind, shape in (
+            ("site", '<gml:Point srsName="EPSG:27700"><gml:coordinates>530000,180000</gml:coordinates></gml:Point>'),
+            ("road", '<gml:LineString srsName="EPSG:27700"><gml:coordinates>530000,180000 530100,180100'
+                     "</gml:coordinates></gml:LineString>"))
+        for i in range(3))
+    path = fx.write_text(folder / "survey.gml", '<?xml version="1.0" encoding="utf-8"?><ogr:FeatureCollection '
+                         'xmlns:ogr="http://ogr.maptools.org/" xmlns:gml="http://www.opengis.net/gml" '
+                         'xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance" '
+                         'xsi:schemaLocation="http://ogr.maptools.org/ http://127.0.0.1:9/never.xsd">'
+                         f"{members}</ogr:FeatureCollection>")
+    result = fx.load_as(db_url, 14, path)
+    assert result["tables"] == ["locaria_uploads.upload_file_14_site", "locaria_uploads.upload_file_14_road"]
+    sites = conn.execute("SELECT name, ST_X(wkb_geometry) AS x, ST_SRID(wkb_geometry) AS srid "
+                         "FROM locaria_uploads.upload_file_14_site ORDER BY name").fetchall()
+    assert [row["name"] for row in sites] == ["site 0", "site 1", "site 2"]
+    assert all(row["srid"] == 4326 and -0.2 < row["x"] < -0.1 for row in sites), sites
+    assert [child.name for child in folder.iterdir()] == ["survey.gml"]  # no .gfs or schema written beside it
+
+
 def test_a_table_of_another_file_is_refused_without_a_mode(db_url: str, conn: psycopg.Connection[Any],
                                                            tmp_path: Path) -> None:
     first = fx.write_text(tmp_path / "parks.csv", "name,lon,lat\n" + "".join(f"p{i},0,{i}\n" for i in range(20)))

@@ -20,19 +20,23 @@ GDAL_EXTENSIONS = {
     ".geojson": "GeoJSON", ".json": "GeoJSON", ".geojsonl": "GeoJSONSeq", ".geojsons": "GeoJSONSeq",
     ".geojsonseq": "GeoJSONSeq", ".ndjson": "GeoJSONSeq", ".jsonl": "GeoJSONSeq", ".gpkg": "GPKG",
     ".kml": "LIBKML", ".gpx": "GPX", ".fgb": "FlatGeobuf", ".xlsx": "XLSX", ".shp": "ESRI Shapefile",
+    ".gml": "GML",
 }
 GDAL_OPTIONS = {
     "GeoJSON": {"FLATTEN_NESTED_ATTRIBUTES": "YES", "ARRAY_AS_STRING": "YES", "DATE_AS_STRING": "NO"},
     "GeoJSONSeq": {"FLATTEN_NESTED_ATTRIBUTES": "YES", "ARRAY_AS_STRING": "YES"},
     "XLSX": {"HEADERS": "FORCE", "FIELD_TYPES": "AUTO"},
     "ODS": {"HEADERS": "FORCE", "FIELD_TYPES": "AUTO"},
+    # never fetch a schema the file points at (a request to any address), never write a .gfs beside it
+    "GML": {"DOWNLOAD_SCHEMA": "NO", "WRITE_GFS": "NO"},
 }
 OLE2 = b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1"  # old binary Office files (.xls)
 # GDAL picks a driver by the extension too: content sniffed as another format is read under its own
 DRIVER_EXTENSIONS = {"GeoJSON": ".geojson", "GeoJSONSeq": ".geojsonl", "GPKG": ".gpkg", "FlatGeobuf": ".fgb",
-                     "LIBKML": ".kml", "GPX": ".gpx"}
-SUPPORTED = ("CSV/TSV/TXT, Excel .xlsx, GeoJSON, GeoJSONSeq, zipped Shapefile, GeoPackage, KML/KMZ, GPX, "
+                     "LIBKML": ".kml", "GPX": ".gpx", "GML": ".gml"}
+SUPPORTED = ("CSV/TSV/TXT, Excel .xlsx, GeoJSON, GeoJSONSeq, zipped Shapefile, GeoPackage, KML/KMZ, GPX, GML, "
              "FlatGeobuf or GeoParquet")
+XML_HEAD_BYTES = 64 << 10  # where an XML file's DOCTYPE and its entity declarations must be
 
 
 @dataclass
@@ -73,7 +77,9 @@ def sniff(path: Path) -> str | None:
             return "GPX"
         if b"<kml" in lower:
             return "LIBKML"
-        return None
+        if b"opengis.net/gml" in lower or b"<gml:" in lower:
+            return "GML"
+        return "xml"  # XML of another kind
     if text.startswith(b"{") or text.startswith(b"["):
         return json_flavour(path)
     if b"\x00" in head and not head.startswith((b"\xff\xfe", b"\xfe\xff")) and not utf16_without_mark(head) \
@@ -163,6 +169,13 @@ def _examine(path: Path, label: str, workdir: Path, limits: LoaderLimits, depth:
         if inside_archive and suffix not in {".csv", ".tsv", ".psv", ".tab"}:
             return []  # a README.txt next to the data is not data
         return [DataFile(path, "text", label)]
+    if fmt == "xml":
+        if inside_archive:
+            return []  # a schema (.xsd), a GDAL .gfs or metadata next to the data
+        raise JobError(f"{label} is XML, but not GPX, KML or GML; upload {SUPPORTED}")
+    if fmt == "GML" and _declares_entities(path):
+        raise JobError(f"{label} declares XML entities, which are refused (they can read local files or expand "
+                       "without end); export the GML again without a DOCTYPE")
     if fmt is None:
         if inside_archive:
             return []
@@ -176,13 +189,21 @@ def _examine(path: Path, label: str, workdir: Path, limits: LoaderLimits, depth:
     return [DataFile(_named_for(path, fmt, workdir), "gdal", label, fmt, GDAL_OPTIONS.get(fmt, {}))]
 
 
+def _declares_entities(path: Path) -> bool:
+    with path.open("rb") as handle:
+        return b"<!entity" in handle.read(XML_HEAD_BYTES).lower()
+
+
 def _named_for(path: Path, driver: str, workdir: Path) -> Path:
-    """`path`, or a link to it named with its format's extension when its own name says otherwise
-    (GeoJSON content in parks.csv): GDAL would open it with the driver its extension names."""
+    """`path`, or a link to it in the work directory named with its format's extension: when its own
+    name says otherwise (GeoJSON content in parks.csv), since GDAL would open it with the driver its
+    extension names; and always for GML, since GDAL may write what it learns of the schema beside it."""
     wanted = DRIVER_EXTENSIONS.get(driver)
-    if wanted is None or path.suffix.lower() == wanted or (driver == "GeoJSON" and path.suffix.lower() == ".json"):
+    suffix = path.suffix.lower()
+    if wanted is None:
         return path
-    if driver == "GeoJSONSeq" and path.suffix.lower() in (".geojsons", ".geojsonseq", ".ndjson", ".jsonl", ".json"):
+    if driver != "GML" and (suffix == wanted or (driver == "GeoJSON" and suffix == ".json") or (
+            driver == "GeoJSONSeq" and suffix in (".geojsons", ".geojsonseq", ".ndjson", ".jsonl", ".json"))):
         return path
     folder = workdir / f"renamed_{len(list(workdir.glob('renamed_*')))}"
     folder.mkdir(parents=True)
