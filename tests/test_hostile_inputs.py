@@ -355,7 +355,8 @@ CASES: list[Case] = [
                                                   '{"name": "urn:ogc:def:crs:OGC:1.3:CRS84"}},')),
          None, crs_is("EPSG:4326", False)),
     Case("local_grid.gpkg", layer("GPKG", ["POINT(10 20)"], crs=LOCAL_WKT),
-         r"local_grid.gpkg, layer input uses a coordinate system without a known EPSG code .* --crs"),
+         r"local_grid.gpkg, layer input: the coordinates cannot be transformed from LOCAL_CS\[\"site grid\".* "
+         r"to EPSG:4326 .* --crs"),
     Case("garbage_prj.zip", shapefile("this is not a projection"), None, crs_is("EPSG:4326", True)),
     Case("projected.geojson", text(COLLECTION.replace("[1, 2]", "[530000, 180000]")),
          r"projected.geojson: coordinates run to 530000, 180000, out of range .* --crs"),

@@ -153,6 +153,28 @@ def test_no_crs_and_projected_extent_asks_for_crs(db_url: str, conn: psycopg.Con
     assert given["source_crs"] == "EPSG:27700" and given["source_crs_assumed"] is False
 
 
+LOCAL_LAMBERT = "+proj=lcc +lat_1=45 +lat_2=50 +lat_0=47 +lon_0=3 +x_0=0 +y_0=0 +datum=WGS84 +units=m +no_defs"
+
+
+def test_a_crs_without_an_epsg_code_is_transformed_from_its_own_definition(
+        db_url: str, conn: psycopg.Connection[Any], tmp_path: Path) -> None:
+    """A local projection (no EPSG code matches it) loads as QGIS and ogr2ogr load it: reprojected from
+    the .prj's definition."""
+    folder = tmp_path / "local"
+    folder.mkdir()
+    shp = fx.write_layer(folder / "survey.shp", "ESRI Shapefile", [fx.point(1000, 2000), fx.point(-3000, 500)],
+                         crs=LOCAL_LAMBERT, name=["a", "b"], geometry_type="Point")
+    archive = fx.zip_files(tmp_path / "survey.zip", fx.shapefile_members(shp))
+    result = fx.load_as(db_url, 10, archive)
+    assert result["source_crs"].startswith("PROJCS[") and result["source_crs_assumed"] is False
+    assert result["srid"] == 4326
+    first = conn.execute("SELECT ST_X(wkb_geometry) AS x, ST_Y(wkb_geometry) AS y, ST_SRID(wkb_geometry) AS srid "
+                         "FROM locaria_uploads.upload_file_10 WHERE name = 'a'").fetchone()
+    # what `gdaltransform -s_srs LOCAL_LAMBERT -t_srs "+proj=longlat +datum=WGS84"` gives for 1000 2000
+    assert first["srid"] == 4326
+    assert abs(first["x"] - 3.013164618884484) < 1e-7 and abs(first["y"] - 47.01800591638197) < 1e-7, first
+
+
 def test_x_y_and_easting_northing_columns_any_case(db_url: str, conn: psycopg.Connection[Any], tmp_path: Path) -> None:
     lonlat = fx.load_as(db_url, 8, fx.write_text(tmp_path / "a.csv", "name,X,Y\na,-0.1,51.5\n"))
     assert lonlat["source_crs"] == "EPSG:4326" and lonlat["source_crs_assumed"] is True

@@ -52,8 +52,9 @@ def declared_srid(conn: psycopg.Connection[Any], name: str, label: str) -> int |
     return int(match.group(1))
 
 
-def srid_from_crs(conn: psycopg.Connection[Any], crs: str, label: str) -> int:
-    """The SRID of a CRS a file declares (GDAL gives `EPSG:n` when it recognises it)."""
+def srid_from_crs(conn: psycopg.Connection[Any], crs: str, label: str) -> int | None:
+    """The SRID of a CRS a file declares (GDAL gives `EPSG:n` when it recognises it); None for a
+    definition without an EPSG code (a local projection), which the rows are transformed from as it is."""
     text = crs.strip()
     if text.upper() in ("OGC:CRS84", "CRS84", "EPSG:4326"):
         return WGS84
@@ -67,8 +68,7 @@ def srid_from_crs(conn: psycopg.Connection[Any], crs: str, label: str) -> int:
                          [text, text]).fetchone()
     if found:
         return int(found["srid"] if isinstance(found, dict) else found[0])
-    raise JobError(f"{label} uses a coordinate system without a known EPSG code ({text[:80]}); give its EPSG code "
-                   "with --crs (the source_crs attribute, for example EPSG:27700) and load it again")
+    return None
 
 
 def infer_srid(x: np.ndarray, y: np.ndarray) -> int | None:

@@ -58,6 +58,7 @@ class TableFinisher:
         invalid: dict[str, Any] = {"count": 0, "repaired": False, "rows": []}
         bbox = None
         source_srid = geometry.srid if geometry is not None else None
+        source_crs = geometry.crs_name if geometry is not None else None
         if geometry is not None and geometry.source == "text":
             self._parse_text_geometry(geometry)
         if geometry is not None and geometry.unsettled:
@@ -95,25 +96,32 @@ class TableFinisher:
             kind = geometry.kind + col.DIMENSION_SUFFIX[geometry.dimension]
         return LayerResult(
             layer=layer, table=self.staging, record_count=count, columns=plan.described(), geometry_type=kind,
-            source_crs=f"EPSG:{source_srid}" if source_srid else None, srid=(
+            source_crs=source_crs, srid=(
                 geometry.srid if geometry else None), bbox=bbox, invalid_geometries=invalid,
             warnings=[*warnings, *self.warnings], preview=self._preview(geometry is not None),
             source_crs_assumed=bool(geometry and geometry.crs_assumed), linearised=self.linearised,
             notes=self.notes)
 
     def _transform(self, geometry: GeometryPlan) -> None:
-        source, geometry.srid = geometry.srid, self.target_srid
+        """To the target SRID, from the source's EPSG code or, for a CRS without one, its own definition."""
+        source = geometry.crs_name
         geom = sql.Identifier(col.GEOMETRY_COLUMN)
+        transformed = sql.SQL("ST_Transform({}, {})").format(geom, sql.Literal(self.target_srid)) \
+            if geometry.definition is None else \
+            sql.SQL("ST_Transform({}, {}::text, {})").format(geom, sql.Literal(geometry.definition),
+                                                             sql.Literal(self.target_srid))
+        geometry.srid, geometry.definition = self.target_srid, None
         try:
             with self.conn.transaction():
-                self.conn.execute(sql.SQL("ALTER TABLE {} ALTER COLUMN {} TYPE {} USING ST_Transform({}, {})").format(
-                    self.table, geom, geometry.column_type, geom, sql.Literal(self.target_srid)))
+                self.conn.execute(sql.SQL("ALTER TABLE {} ALTER COLUMN {} TYPE {} USING {}").format(
+                    self.table, geom, geometry.column_type, transformed))
         except psycopg.errors.DatabaseError as exc:
             if isinstance(exc, psycopg.OperationalError):
                 raise
-            raise JobError(f"{self.label}: the coordinates cannot be transformed from EPSG:{source} to "
+            raise JobError(f"{self.label}: the coordinates cannot be transformed from {source[:120]} to "
                            f"EPSG:{self.target_srid} ({exc.diag.message_primary}); check the file's coordinate "
-                           "system or set its source_crs attribute") from exc
+                           "system, or give the right one with --crs (the source_crs attribute, for example "
+                           "EPSG:27700) and load it again") from exc
 
     def _parse_text_geometry(self, geometry: GeometryPlan) -> None:
         """The text column becomes a plain geometry column, settled to one type next."""

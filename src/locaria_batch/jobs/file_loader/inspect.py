@@ -97,7 +97,10 @@ def _inspect_layer(conn: psycopg.Connection[Any], data: DataFile, layer: str, re
                 if geometry.curves:
                     item.notes.append(f"curved geometries ({', '.join(geometry.curves)}) would be converted to "
                                       "straight segments")
-                item.crs, item.crs_assumed = f"EPSG:{geometry.srid}", geometry.crs_assumed
+                item.crs, item.crs_assumed = geometry.crs_name, geometry.crs_assumed
+                if geometry.definition is not None:
+                    item.notes.append("its coordinate system has no EPSG code: the rows would be transformed from "
+                                      "the file's own definition")
                 box = geometry.points_bbox or _gdal_extent(data, layer)
                 item.extent = [round(v, 9) for v in box] if box else None
                 if geometry.crs_assumed:

@@ -32,6 +32,7 @@ class GeometryPlan:
     column: str | None = None  # the WKB or text column in the batches
     xy: col.CoordinateColumns | None = None
     crs_source: str = ""  # where the CRS came from: file, attribute, or assumed (the file does not say)
+    definition: str | None = None  # the file's CRS as it gives it, when it has no EPSG code (srid is then 0)
     kinds_seen: set[int] = field(default_factory=set)
     # the column is a plain `geometry` while loading and gets its type when finished: curves to straighten,
     # or values of different dimensions (2D and Z ...) to bring to one
@@ -47,6 +48,11 @@ class GeometryPlan:
         old = self.points_bbox
         self.points_bbox = box if old is None else [min(old[0], box[0]), min(old[1], box[1]),
                                                     max(old[2], box[2]), max(old[3], box[3])]
+
+    @property
+    def crs_name(self) -> str:
+        """The CRS as results and messages name it: EPSG:n, or the file's own definition."""
+        return f"EPSG:{self.srid}" if self.definition is None else self.definition
 
     @property
     def crs_assumed(self) -> bool:
@@ -142,7 +148,8 @@ def plan_geometry(conn: psycopg.Connection[Any], raw: RawLayer, first: pa.Record
     names = [f.name for f in raw.fields]
     if raw.geometry_column is not None:
         srid, origin = _srid_for_file(conn, raw, first, source_crs)
-        plan = GeometryPlan("wkb", srid, column=raw.geometry_column, crs_source=origin)
+        plan = GeometryPlan("wkb", srid or 0, column=raw.geometry_column, crs_source=origin,
+                            definition=raw.crs if srid is None else None)
         declared = str(raw.declared_type or "").replace(" ", "")
         if first is not None:
             kinds, dims = col.wkb_kinds(first.column(raw.geometry_column))
@@ -192,7 +199,8 @@ def kind_for(kinds: set[int], declared: str) -> str:
 
 
 def _srid_for_file(conn: psycopg.Connection[Any], raw: RawLayer, first: pa.RecordBatch | None,
-                   source_crs: int | None) -> tuple[int, str]:
+                   source_crs: int | None) -> tuple[int | None, str]:
+    """The layer's SRID and where it came from; None: the file's own definition, without an EPSG code."""
     if source_crs is not None:
         return source_crs, "attribute"
     if raw.declared_crs:
