@@ -175,12 +175,17 @@ def watch_workers_back(owner_url: str, fault: Fault, expected_workers: int) -> N
     threading.Thread(target=watch, daemon=True).start()
 
 
-def takeover_seconds(conn: Any, fault: Fault) -> list[float]:
-    """From the fault to what ends it: the hit jobs queued again, adopted or ended; the workers back."""
+def takeover_seconds(conn: Any, fault: Fault) -> list[float | None]:
+    """From the fault to what ends it: the hit jobs queued again, adopted or ended; the workers back.
+    None for a job whose end was written before the signal reached its exiting process (nothing to take over)."""
     if fault.seconds is not None:
         return fault.seconds
-    result = []
+    result: list[float | None] = []
     for job in fault.jobs:
+        if one(conn, """SELECT count(*) AS n FROM locaria_core.job_events WHERE job_id = %s AND at <= %s
+                          AND event IN ('succeeded', 'failed', 'cancelled')""", [job, fault.at])["n"]:
+            result.append(None)
+            continue
         ended = one(conn, """SELECT min(at) AS at FROM locaria_core.job_events
                              WHERE job_id = %s AND at > %s
                                AND event IN ('queued', 'running', 'adopted', 'succeeded', 'failed', 'cancelled')""",
@@ -300,7 +305,7 @@ def main() -> int:
                     conn = connect(owner_url, autocommit=True)
         producer.join()
         settle(conn, files, timeout=900, workers=workers)
-        takeovers: dict[str, list[float]] = defaultdict(list)
+        takeovers: dict[str, list[float | None]] = defaultdict(list)
         for fault in faults:
             takeovers[fault.kind] += takeover_seconds(conn, fault)
         report(conn, files, faults, takeovers, workers, home, temp_before)
@@ -341,7 +346,7 @@ def clean(conn: Any, files: int, workers: Workers, home: Path, temp_before: set[
     return not any(zero_figures(conn, files, workers, home, temp_before).values())
 
 
-def report(conn: Any, files: int, faults: list[Fault], takeovers: dict[str, list[float]], workers: Workers,
+def report(conn: Any, files: int, faults: list[Fault], takeovers: dict[str, list[float | None]], workers: Workers,
            home: Path, temp_before: set[str]) -> None:
     statuses = Counter(row["status"] for row in conn.execute("SELECT status FROM locaria_core.files"))
     kinds = ", ".join(f"{n} {k}" for k, n in Counter(f.kind for f in faults).items())
@@ -357,11 +362,16 @@ def report(conn: Any, files: int, faults: list[Fault], takeovers: dict[str, list
     for name, count in zero_figures(conn, files, workers, home, temp_before).items():
         print(f"  {name:<34}{count:>6}")
     print("\ntakeover (s)              faults     p50     p99   (target p99 <= 30)")
+    late = 0
     for kind in FAULTS:
-        values = takeovers.get(kind) or []
+        measured = takeovers.get(kind) or []
+        values = [v for v in measured if v is not None]
+        late += len(measured) - len(values)
         if values:
             each = "   " + " ".join(f"{v:.1f}" for v in sorted(values)) if len(values) <= 12 else ""
             print(f"  {kind:<22}{len(values):>8}{percentile(values, 0.5):>8.1f}{percentile(values, 0.99):>8.1f}{each}")
+    if late:
+        print(f"  (and {late} signal(s) that reached a job after it had written its end: nothing to take over)")
     if workers.exited_on_their_own:
         print("\nworkers that exited on their own: " + "; ".join(workers.exited_on_their_own))
 
