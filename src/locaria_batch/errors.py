@@ -9,6 +9,12 @@ here.
 from __future__ import annotations
 
 
+def first_line(exc: BaseException, fallback: str | None = None) -> str:
+    """An error's first line, for a log line or a sentence; `fallback` (else the type's name) when it has
+    no message."""
+    return (str(exc).strip().splitlines() or [fallback or type(exc).__name__])[0]
+
+
 class LocariaError(Exception):
     """An error whose message tells the user what to do."""
 

@@ -18,6 +18,7 @@ from locaria_batch.errors import (
     DatabaseUnavailable,
     LocariaError,
     SchemaNotMigrated,
+    first_line,
 )
 from locaria_batch.settings import settings
 
@@ -98,19 +99,19 @@ def connect(url: str | None = None, *, autocommit: bool = False, application_nam
 
 def explain_database_error(exc: psycopg.Error) -> LocariaError | None:
     """The sentence a user needs for a database error they can act on; None for anything else."""
-    first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    line = first_line(exc)
     if isinstance(exc, psycopg.OperationalError) and exc.sqlstate is None:
         conf = settings()
         if not (conf.db_url or conf.db_secret):
-            return DatabaseUnavailable(f"cannot reach the embedded database: {first_line}. Start it with "
+            return DatabaseUnavailable(f"cannot reach the embedded database: {line}. Start it with "
                                        "`locaria-batch db up` (`locaria-batch db status` shows its state)")
-        return DatabaseUnavailable(f"cannot reach the database: {first_line}. Check that it runs "
+        return DatabaseUnavailable(f"cannot reach the database: {line}. Check that it runs "
                                    "(`locaria-batch db status`) and that LOCARIA_DB_URL points at it")
     if isinstance(exc, psycopg.errors.UndefinedTable | psycopg.errors.UndefinedFunction
                   | psycopg.errors.InvalidSchemaName) and "locaria_" in str(exc):
-        return SchemaNotMigrated(first_line)
+        return SchemaNotMigrated(line)
     if isinstance(exc, psycopg.errors.InsufficientPrivilege):
-        return LocariaError(f"the database refused: {first_line}. Connect as a role that `locaria-batch db migrate` "
+        return LocariaError(f"the database refused: {line}. Connect as a role that `locaria-batch db migrate` "
                             "granted what this needs")
     return None
 

@@ -20,7 +20,7 @@ import psycopg
 from locaria_batch.deploy import workflow
 from locaria_batch.deploy.images import DEFAULT_BASE_IMAGE
 from locaria_batch.deploy.stages import StageConfigError, Target, load_stages, target, themes
-from locaria_batch.errors import LocariaError
+from locaria_batch.errors import LocariaError, first_line
 
 TOP_HELP = """\
   e  deploy: choose a stage, theme and environment, then build/push dockers or deploy the stack
@@ -129,7 +129,7 @@ class Menu:
             from locaria_batch.db.connect import explain_database_error
 
             explained = explain_database_error(exc)
-            self.say(f"error: {explained or str(exc).strip().splitlines()[0]}")
+            self.say(f"error: {explained or first_line(exc)}")
 
     def deploy_docker(self, chosen: Target) -> None:
         specs = workflow.specs(self.project_dir)

@@ -31,7 +31,7 @@ from typing import Any
 import psycopg
 
 from locaria_batch.db import connect
-from locaria_batch.db.connect import job_database_url
+from locaria_batch.db.connect import job_database_url, scalar
 from locaria_batch.db.dockers import DockerSpec
 from locaria_batch.db.retry import Backoff, connection_lost, worth_retrying
 from locaria_batch.dispatch.handles import Handle
@@ -44,7 +44,7 @@ from locaria_batch.dispatch.runner import (
     launch_all,
 )
 from locaria_batch.dispatch.store import Ended, InFlight, Job, JobState, JobStore
-from locaria_batch.errors import ConfigurationError
+from locaria_batch.errors import ConfigurationError, first_line
 from locaria_batch.files.uploads import complete_stale_uploads
 from locaria_batch.settings import settings
 from locaria_batch.storage import open_storage
@@ -53,6 +53,7 @@ log = logging.getLogger("locaria_batch.dispatch")
 
 UPLOAD_SWEEP_SECONDS = 60.0  # how often a dispatcher looks for uploads whose completion was lost
 MAX_OUTAGES_KEPT = 32  # outages remembered for the heartbeat rule (more than any silence it still judges spans)
+
 
 def job_environment(job: Job, db_url: str | None) -> dict[str, str]:
     """What a job process needs: who it is, its fencing token, and where data lives."""
@@ -133,7 +134,7 @@ class Dispatcher:
         while nobody could hear it does not count against its heartbeat timeout.  `lasted` None: it
         began before this dispatcher started, nobody here knows when."""
         assert self._listener is not None
-        ended: datetime = self._listener.execute("SELECT clock_timestamp() AS now").fetchone()["now"]  # type: ignore[index]
+        ended: datetime = scalar(self._listener, "SELECT clock_timestamp()")
         began = datetime(1970, 1, 1, tzinfo=UTC) if lasted is None else ended - timedelta(seconds=lasted)
         self._outages = [*self._outages[-(MAX_OUTAGES_KEPT - 1):], (began, ended)]
 
@@ -444,13 +445,13 @@ class Dispatcher:
                         raise
                     if not connection_lost(exc):  # contention (a deadlock, too many clients): the pass again
                         log.warning("pass interrupted (%s: %s); trying again", type(exc).__name__,
-                                    str(exc).strip().splitlines()[0] if str(exc).strip() else exc.sqlstate)
+                                    first_line(exc, exc.sqlstate))
                         stop.wait(backoff.next_delay())
                         continue
                     if outage_since is None:
                         outage_since = time.monotonic()
                         log.error("database unreachable (%s); reconnecting with backoff, running jobs carry on",
-                                  str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__)
+                                  first_line(exc))
                     self.disconnect()
                     self.collect_ends()  # keep hearing of ends meanwhile; they are written on return
                     stop.wait(backoff.next_delay())

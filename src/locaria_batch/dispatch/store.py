@@ -223,14 +223,13 @@ class JobStore:
                           extract(epoch FROM silent.adopted + make_interval(secs => %s) - clock_timestamp()))
                       END AS hung_in
                  FROM locaria_core.jobs j JOIN locaria_core.dockers d ON d.name = j.docker
+                 CROSS JOIN LATERAL (SELECT COALESCE(j.heartbeat_at, j.started_at, j.launched_at) AS since) beat
                  CROSS JOIN LATERAL (
-                     SELECT COALESCE(j.heartbeat_at, j.started_at, j.launched_at) AS since,
+                     SELECT beat.since,
                             (SELECT max(e.at) FROM locaria_core.job_events e
                               WHERE e.job_id = j.id AND e.event = 'adopted') AS adopted,
                             (SELECT COALESCE(sum(GREATEST(LEAST(o.ended, clock_timestamp())
-                                                          - GREATEST(o.began, COALESCE(j.heartbeat_at, j.started_at,
-                                                                                       j.launched_at)),
-                                                          interval '0')), interval '0')
+                                                          - GREATEST(o.began, beat.since), interval '0')), interval '0')
                                FROM unnest(%s::timestamptz[], %s::timestamptz[]) AS o(began, ended)) AS unheard
                  ) silent
                 WHERE j.lease_owner = %s AND j.handle IS NOT NULL

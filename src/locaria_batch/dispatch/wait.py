@@ -13,6 +13,7 @@ from locaria_batch.db import connect
 from locaria_batch.db.retry import Backoff, connection_lost
 from locaria_batch.dispatch.dispatcher import Dispatcher, make_runner
 from locaria_batch.dispatch.store import FileProgress, JobStore
+from locaria_batch.errors import first_line
 from locaria_batch.files.api import FileNotFound
 
 log = logging.getLogger("locaria_batch.dispatch")
@@ -51,7 +52,7 @@ def wait_for_file(file_id: int, on_update: Callable[[FileProgress], None] | None
                     raise
                 if not backoff.tries:
                     log.warning("database unreachable while waiting for file %s; reconnecting: %s", file_id,
-                                str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__)
+                                first_line(exc))
                 if conn is not None:
                     conn.close()
                 if inline is not None:

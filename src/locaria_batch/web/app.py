@@ -35,7 +35,7 @@ from starlette.templating import Jinja2Templates
 
 from locaria_batch.dispatch.logs import attempt_log
 from locaria_batch.dispatch.store import FilePageQuery, JobFilter, JobState, JobStore
-from locaria_batch.errors import LocariaError, NotFound
+from locaria_batch.errors import LocariaError, NotFound, first_line
 from locaria_batch.files import (
     cancel_file,
     download_attributes,
@@ -423,7 +423,7 @@ def create_app(config: ConsoleConfig) -> Any:
         """The database is down or unreachable: say so at once, with when to try again (the pools
         reconnect on their own), instead of an internal error."""
         log.warning("%s %s: the database cannot be reached (%s)", request.method, request.url.path,
-                    str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__)
+                    first_line(exc))
         message = "The database cannot be reached right now; the console reconnects on its own. Try again in a moment."
         headers = {"Retry-After": str(DATABASE_RETRY_SECONDS)}
         if request.url.path.startswith("/api/"):

@@ -30,6 +30,7 @@ import pyogrio
 from pyogrio.errors import DataLayerError
 from pyogrio.raw import open_arrow
 
+from locaria_batch.errors import first_line
 from locaria_batch.job import JobError
 from locaria_batch.jobs.file_loader import geojson
 from locaria_batch.jobs.file_loader.columns import looks_like_wkb
@@ -152,7 +153,7 @@ def open_layer(data: DataFile, layer: str, read: ReadOptions, label: str) -> Ite
 
 def _gdal_message(exc: BaseException, data: DataFile | None = None) -> str:
     """GDAL's first line, with the path of our working copy replaced by the name the user knows."""
-    message = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
+    message = first_line(exc)[:300]
     if data is not None:
         for path in {str(data.path), str(data.path.resolve())}:
             message = message.replace(path, data.label)
