@@ -5,10 +5,7 @@ demo:
 	scripts/bootstrap.sh
 	.venv/bin/locaria-batch demo
 
-test:
-	scripts/bootstrap.sh --test
-	.venv/bin/ruff check src tests bench
-	.venv/bin/mypy
+test: lint
 	.venv/bin/pytest
 
 bench-smoke:
@@ -20,7 +17,8 @@ bench-smoke:
 	.venv/bin/python bench/console.py --size small
 	.venv/bin/python bench/chaos.py --size small
 
-lint:
+lint:  # installs the test tools first, so that it works in a fresh clone too
+	scripts/bootstrap.sh --test
 	.venv/bin/ruff check src tests bench
 	.venv/bin/mypy
 
