@@ -6,6 +6,8 @@ from __future__ import annotations
 import gzip
 import io
 import json
+import subprocess
+import sys
 import zipfile
 from datetime import date
 from pathlib import Path
@@ -554,3 +556,30 @@ def test_geojson_that_is_not_json_names_the_file(db_url: str, conn: psycopg.Conn
     broken = fx.write_text(tmp_path / "broken.geojson", '{"type": "FeatureCollection", "features": [{"a": tru}]}')
     message = load_fails(db_url, conn, broken, "broken.geojson")
     assert "export" in message or "upload" in message
+
+
+def test_text_and_geojson_loads_do_not_import_gdal(db_url: str, tmp_path: Path) -> None:
+    """GDAL costs a job ~70 MB and a tenth of a second to import: only files that need it pay."""
+    csv_path = tmp_path / "sites.csv"
+    csv_path.write_text("name,lon,lat\nA,-1.5,53.2\n")
+    geojson_path = tmp_path / "sites.geojson"
+    geojson_path.write_text(json.dumps({"type": "FeatureCollection", "features": [
+        {"type": "Feature", "properties": {"name": "B"}, "geometry": {"type": "Point", "coordinates": [0.1, 51.5]}}]}))
+    script = (
+        "import sys\n"
+        "from pathlib import Path\n"
+        "from locaria_batch.db import connect\n"
+        "from locaria_batch.jobs.file_loader.loader import LoadOptions, load_file\n"
+        "from tests.loader_fixtures import loader_fence\n"
+        f"for path in ({str(csv_path)!r}, {str(geojson_path)!r}):\n"
+        f"    with connect({db_url!r}, autocommit=True) as setup:\n"
+        "        fence = loader_fence(setup, 9, Path(path).name)\n"
+        f"    with connect({db_url!r}) as conn:\n"
+        f"        loaded = load_file(conn, Path(path), Path(path).name, LoadOptions(base_table={TABLE!r}), fence)\n"
+        "        conn.commit()\n"
+        "    assert loaded.layers[0].result.record_count == 1, loaded\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('pyogrio', 'pyproj')))\n")
+    ran = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
+                         cwd=Path(__file__).resolve().parent.parent)
+    assert ran.returncode == 0, ran.stderr
+    assert ran.stdout.strip() == "[]"
