@@ -28,7 +28,6 @@ from urllib.parse import unquote, urlparse
 import numpy as np
 import pyarrow as pa
 import pyarrow.csv as pacsv
-from pyogrio import write_arrow
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "src"))
@@ -108,6 +107,8 @@ def with_wkb_field(table: pa.Table) -> pa.Table:
 
 
 def write_gdal(table: pa.Table, path: Path, driver: str, geometry_type: str, **kwargs: object) -> Path:
+    from pyogrio import write_arrow  # here: --load-one measures the loader alone, without GDAL it may not need
+
     write_arrow(with_wkb_field(table.drop_columns([c for c in ("lon", "lat") if c in table.column_names])),
                 path, driver=driver, geometry_name="geometry", geometry_type=geometry_type, crs="EPSG:4326",
                 **kwargs)
