@@ -362,7 +362,11 @@ CASES: list[Case] = [
          r"projected.geojson: coordinates run to 530000, 180000, out of range .* --crs"),
     Case("no_prj_projected.zip", lambda folder, conn: _projected_shapefile(folder, conn),
          r"no_prj_projected.zip/places.shp does not say which coordinate system .* --crs"),
-    Case("bng_points.csv", text("name,x,y\nA,530000,180000\nB,531000,181000\n"), None, crs_is("EPSG:27700", True)),
+    Case("grid_points.csv", text("name,x,y\nA,530000,180000\nB,531000,181000\n"),
+         r"grid_points.csv: cannot tell the coordinate system of x/y \(values such as 530000, 180000, not "
+         r"longitude/latitude\); give it with --crs"),
+    Case("grid_points_given.csv", text("name,Easting,Northing\nA,530000,180000\n"), None, crs_is("EPSG:27700", False),
+         {"source_srid": 27700}),
     # -- CSV injection: the cells load as they are, and a CSV export neutralises them -------------
     Case("formulas.csv", text("n,cell\n" + "".join(f'{i},"{v}"\n' for i, v in enumerate(FORMULAS))), None,
          exported_csv_cells("cell", [f"'{v}" if v != "plain" else v for v in FORMULAS])),

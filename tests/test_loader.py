@@ -95,11 +95,13 @@ def test_csv_lon_lat_with_types(db_url: str, conn: psycopg.Connection[Any], tmp_
     assert result["preview"]["features"][0]["properties"]["site_name"] == "Hyde Park"
 
 
-def test_csv_x_y_in_british_national_grid_is_inferred(db_url: str, conn: psycopg.Connection[Any],
-                                                      tmp_path: Path) -> None:
-    csv = fx.write_text(tmp_path / "bng.csv", "id,X,Y\n1,530000,180000\n2,531000,181000\n")
-    result = load(db_url, csv)
-    assert result["source_crs"] == "EPSG:27700"
+def test_csv_x_y_in_a_national_grid_needs_crs(db_url: str, conn: psycopg.Connection[Any], tmp_path: Path) -> None:
+    csv = fx.write_text(tmp_path / "grid.csv", "id,X,Y\n1,530000,180000\n2,531000,181000\n")
+    with pytest.raises(JobError, match=r"grid.csv: cannot tell the coordinate system of X/Y .* --crs"):
+        load(db_url, csv)
+    assert "upload_file_9" not in upload_tables(conn)
+    result = load(db_url, csv, source_srid=27700)
+    assert result["source_crs"] == "EPSG:27700" and result["source_crs_assumed"] is False
     x0, y0, x1, y1 = result["bbox"]
     assert -0.2 < x0 < x1 < -0.05 and 51.4 < y0 < y1 < 51.6
     assert geometry_column(conn) == ("POINT", 4326)
@@ -232,10 +234,11 @@ def test_xlsx_every_sheet_and_empty_sheets_skipped(db_url: str, conn: psycopg.Co
     second.append(["b", 300])
     book.create_sheet("Notes")
     book.save(tmp_path / "council.xlsx")
-    result = load(db_url, tmp_path / "council.xlsx")
+    result = load(db_url, tmp_path / "council.xlsx", source_srid=27700)
     assert result["tables"] == ["locaria_uploads.upload_file_9_parks_gardens", "locaria_uploads.upload_file_9_schools"]
     assert "council.xlsx, layer Notes has no features and was not loaded" in result["warnings"], result["warnings"]
     assert result["layer_details"][0]["source_crs"] == "EPSG:27700"
+    assert result["layer_details"][0]["bbox"][0] < 0  # the grid's eastings came out as longitudes near London
 
 
 def test_geojson_nested_properties_flattened_arrays_as_json(db_url: str, conn: psycopg.Connection[Any],

@@ -24,7 +24,7 @@ def upload(conn: psycopg.Connection[Any], path: Path, **attributes: Any) -> dict
 def test_csv_upload_loads_with_full_result(conn: psycopg.Connection[Any], tmp_path: Path) -> None:
     csv = fx.write_text(tmp_path / "parks.csv", "name,easting,northing\nHyde Park,527500,180500\n"
                         "Regent's Park,528000,182700\n")
-    row = upload(conn, csv)
+    row = upload(conn, csv, source_crs="EPSG:27700")
     attributes = row["attributes"]
     assert row["status"] == "FARGATE_PROCESSED", attributes.get("log_messages")
     assert attributes.keys() >= RESULT_KEYS

@@ -12,7 +12,6 @@ from locaria_batch.job import JobError
 
 EPSG_CODE = re.compile(r"^\s*(?:EPSG\s*:\s*)?(\d{4,9})\s*$", re.IGNORECASE)
 WGS84 = 4326
-BRITISH_NATIONAL_GRID = 27700
 
 
 def known_srid(conn: psycopg.Connection[Any], srid: int) -> bool:
@@ -72,12 +71,10 @@ def srid_from_crs(conn: psycopg.Connection[Any], crs: str, label: str) -> int | 
 
 
 def infer_srid(x: np.ndarray, y: np.ndarray) -> int | None:
-    """Longitude/latitude when (nearly) all values fit, British National Grid when they fit that; else
-    unknown.  A stray value or two is left to the per-row range check."""
+    """Longitude/latitude when (nearly) all values fit; else unknown.  A stray value or two is left to the
+    per-row range check.  Projected numbers are never guessed: the same eastings and northings are valid
+    in the British, Irish, Dutch, Belgian and Swiss grids, and a wrong guess puts the data in another country."""
     enough = 0.9 * len(x)
     if np.count_nonzero((np.abs(x) <= 180) & (np.abs(y) <= 90)) >= enough:
         return WGS84
-    in_grid = (x >= -10_000) & (x <= 700_000) & (y >= -10_000) & (y <= 1_300_000) & (np.abs(x) + np.abs(y) > 1000)
-    if np.count_nonzero(in_grid) >= enough:
-        return BRITISH_NATIONAL_GRID
     return None
