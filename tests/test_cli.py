@@ -148,11 +148,18 @@ def test_fixed_value_sets_are_refused_at_once(db_url: str) -> None:
     assert cli("files", "list", "--json").stdout.strip() == "[]"  # nothing was registered by the refused add
 
 
-def test_the_cli_formats_are_the_exporters() -> None:
-    from locaria_batch.cli.download import DownloadFormat
+def test_download_format_takes_the_exporters_names_and_aliases(db_url: str, tmp_path: Path) -> None:
+    from locaria_batch.cli.download import FORMAT_NAMES
     from locaria_batch.jobs.file_download.formats import FORMATS
 
-    assert [f.value for f in DownloadFormat] == [f.name for f in FORMATS]
+    assert FORMAT_NAMES.split("|") == [f.name for f in FORMATS]
+    assert "flatgeobuf" in cli("download", "request", "--help").stdout
+    for alias, name in (("fgb", "flatgeobuf"), ("SHP", "shapefile"), ("parquet", "geoparquet"), ("KML", "kml")):
+        file_id = cli("download", "request", "--format", alias, "--table", "upload_file_1").stdout.split()[-1]
+        shown = json.loads(cli("files", "show", file_id, "--json").stdout)
+        assert shown["attributes"]["format"] == name, (alias, shown)
+    refused = cli("download", "request", "--format", "dwg", "--table", "upload_file_1", check=False)
+    assert refused.returncode == 2 and all(f.name in refused.stderr for f in FORMATS), refused.stderr
 
 
 def test_piped_output_is_whole_and_unwrapped(db_url: str, tmp_path: Path) -> None:
@@ -245,4 +252,11 @@ def test_categories_and_a_download_copied_out(db_url: str, tmp_path: Path) -> No
     folder.mkdir()
     cli("download", "request", "--category", "Parks", "--format", "geojson", "--out", str(folder))
     assert [p.suffix for p in folder.iterdir()] == [".geojson"]
+    missing = cli("download", "request", "--category", "Parks", "--format", "kml", "--out", f"{tmp_path}/new/",
+                  check=False)
+    assert missing.returncode == 2 and "the folder" in missing.stderr and "create it first" in missing.stderr
+    assert not (tmp_path / "new").exists()
+    (tmp_path / "new").mkdir()
+    cli("download", "request", "--category", "Parks", "--format", "kml", "--out", f"{tmp_path}/new/")
+    assert [p.suffix for p in (tmp_path / "new").iterdir()] == [".kml"]
     assert "removed category Parks and its 20 items" in cli("categories", "remove", "Parks", "--with-items").stdout

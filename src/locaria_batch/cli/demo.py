@@ -9,7 +9,7 @@ import typer
 
 from locaria_batch.cli.common import consoles, database, say
 from locaria_batch.cli.db import migrate_and_sync, start_embedded
-from locaria_batch.cli.download import DownloadFormat
+from locaria_batch.cli.download import FORMAT_NAMES, parse_format
 from locaria_batch.cli.report import show, wait
 from locaria_batch.files import statuses
 from locaria_batch.settings import settings
@@ -17,8 +17,8 @@ from locaria_batch.settings import settings
 
 def demo(sample: Annotated[Path | None, typer.Option(metavar="PATH", exists=True, dir_okay=False, help=(
              "File to load (default: the shipped sample)."))] = None,
-         fmt: Annotated[DownloadFormat, typer.Option("--format", help="Export format.")]
-         = DownloadFormat.csv) -> None:
+         fmt: Annotated[str, typer.Option("--format", parser=parse_format, metavar=f"[{FORMAT_NAMES}]",
+                                          help="Export format.")] = "csv") -> None:
     """Start the embedded database, load a sample file, export it again and print the result."""
     from psycopg import sql
 
@@ -42,7 +42,7 @@ def demo(sample: Annotated[Path | None, typer.Option(metavar="PATH", exists=True
     say(f"[bold]2.[/bold] file {file_id} {loaded['status']}: {attrs.get('record_count')} rows in "
         f"{table} ({attrs.get('processing_time')} s)")
     with database() as conn:
-        download_id = request_download(conn, {"format": fmt.value, "table": table, "name": f"{source.stem}-export"})
+        download_id = request_download(conn, {"format": fmt, "table": table, "name": f"{source.stem}-export"})
     done = wait(download_id, settings().runner)
     exported = done["attributes"]
     if done["status"] != statuses.DOWNLOAD_COMPLETED:

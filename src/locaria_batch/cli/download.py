@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from enum import StrEnum
+import os
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -29,18 +29,22 @@ from locaria_batch.cli.report import after_queueing, wait
 
 download_app = group("Downloads (exports) of search data or loaded tables: request them, prune old ones.")
 
-# The exporter's format names (jobs/file_download/formats.py; a test keeps the two equal).  Listed
-# here so that `--help` and every command stay quick: the exporter's package loads GDAL and Arrow.
-class DownloadFormat(StrEnum):
-    csv = "csv"
-    xlsx = "xlsx"
-    geojson = "geojson"
-    geojsonseq = "geojsonseq"
-    gpkg = "gpkg"
-    shapefile = "shapefile"
-    flatgeobuf = "flatgeobuf"
-    kml = "kml"
-    geoparquet = "geoparquet"
+def parse_format(value: str) -> str:
+    """An export format by its name or by one of the aliases the download job itself accepts (fgb, shp,
+    parquet, excel, json, ...), as its name; anything else is refused at once, with the choices."""
+    from locaria_batch.jobs.file_download.formats import FORMATS, find_format
+
+    found = find_format(value)
+    if found is None:
+        raise typer.BadParameter(f"{value!r} is not one of {', '.join(f.name for f in FORMATS)} (or an alias "
+                                 "such as fgb, shp, parquet or excel)")
+    return found.name
+
+
+FORMAT_NAMES = "csv|xlsx|geojson|geojsonseq|gpkg|shapefile|flatgeobuf|kml|geoparquet"  # a test keeps it whole
+FormatOption = Annotated[str, typer.Option("--format", "-f", parser=parse_format, metavar=f"[{FORMAT_NAMES}]",
+                                           help="Output format (aliases such as fgb, shp, parquet and excel "
+                                                "are accepted).")]
 
 
 def download_filters(bbox: str | None, where: list[str], created_after: str | None, created_before: str | None,
@@ -56,7 +60,7 @@ def download_filters(bbox: str | None, where: list[str], created_after: str | No
 
 @command(download_app, "request")
 def download_request(
-    fmt: Annotated[DownloadFormat, typer.Option("--format", "-f", help="Output format.")],
+    fmt: FormatOption,
     table: Annotated[str | None, typer.Option(metavar="TABLE", help="A loaded table (upload_file_1).")] = None,
     category: Annotated[list[str], typer.Option("--category", metavar="NAME",
                                                 help="A category of search data (repeatable).")] = [],  # noqa: B006
@@ -76,8 +80,9 @@ def download_request(
     keep_formulas: Annotated[bool, typer.Option("--keep-formulas", help=(
         "CSV: write text starting with = + - @ as it is (by default it gets an apostrophe in front, so that "
         "spreadsheets do not run it as a formula)."))] = False,
-    out: Annotated[Path | None, typer.Option("--out", metavar="PATH", dir_okay=True, help=(
-        "Wait for the download, then copy the file here (a folder keeps its stored name)."))] = None,
+    out: Annotated[str | None, typer.Option("--out", metavar="PATH", help=(
+        "Wait for the download, then copy the file here: a file name, or a folder (an existing one, or any "
+        "path ending in /) where it keeps its stored name."))] = None,
     wait_for_it: WaitOption = False,
     as_json: JsonOption = False,
     runner: RunnerOption = None,
@@ -87,8 +92,7 @@ def download_request(
 
     if table and category:
         raise UsageError("give either --table or --category, not both")
-    if out is not None and not (out.parent if not out.is_dir() else out).is_dir():
-        raise UsageError(f"--out {out}: the folder {out.parent} does not exist")
+    target = out_target(out) if out is not None else None
     extra = parse_attrs(attr)
     if keep_formulas:
         extra["csv_keep_formulas"] = True
@@ -97,29 +101,40 @@ def download_request(
         extra["filters"] = filters
     if srid is not None:
         extra["srid"] = srid
-    attributes = download_attributes(fmt.value, table=table, categories=list(category), name=name, extra=extra)
+    attributes = download_attributes(fmt, table=table, categories=list(category), name=name, extra=extra)
     with database() as conn:
         file_id = request_download(conn, attributes)
     if not as_json:
         say(f"download requested: file [bold]{file_id}[/bold]")
-    if out is not None:
+    if target is not None:
         row = wait(file_id, runner_name(runner), quiet=as_json)
         if row["status"] == "DOWNLOAD_COMPLETED":
-            copied = copy_download(row, out)
+            copied = copy_download(row, *target)
             if not as_json:
                 consoles.out.print(f"saved to {copied}", markup=False, highlight=False)
     after_queueing(file_id, wait_for_it=wait_for_it or out is not None, as_json=as_json, runner=runner_name(runner),
                    waited=out is not None)
 
 
-def copy_download(row: dict[str, Any], out: Path) -> Path:
+def out_target(out: str) -> tuple[Path, bool]:
+    """Where --out copies the file, and whether that is a folder; checked before anything is requested."""
+    path = Path(out).expanduser()
+    folder = out.endswith(("/", os.sep)) or path.is_dir()
+    if folder and not path.is_dir():
+        raise UsageError(f"--out {out}: the folder {path} does not exist; create it first, or give a file name")
+    if not folder and not path.parent.is_dir():
+        raise UsageError(f"--out {out}: the folder {path.parent} does not exist")
+    return path, folder
+
+
+def copy_download(row: dict[str, Any], out: Path, folder: bool) -> Path:
     """The finished download's file, from storage (a folder or S3) to `out`."""
     import shutil
 
     from locaria_batch.storage import download_key, open_storage
 
     name = str(row["attributes"]["fileName"])
-    target = out / name if out.is_dir() else out
+    target = out / name if folder else out
     with open_storage().open(download_key(name)) as source, target.open("wb") as sink:
         shutil.copyfileobj(source, sink, 1 << 20)
     return target
