@@ -586,3 +586,53 @@ def test_text_and_geojson_loads_do_not_import_gdal(db_url: str, tmp_path: Path) 
                          cwd=Path(__file__).resolve().parent.parent)
     assert ran.returncode == 0, ran.stderr
     assert ran.stdout.strip() == "[]"
+
+
+def test_a_rejected_value_is_found_where_it_is_and_costs_little(db_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """jsonb's parser adds a context line of its own ("JSON data, line 1") before COPY's: the row and column
+    must come from COPY's, and the rows are sent again from the bad value on, in pieces, not all over."""
+    from psycopg import sql
+
+    from locaria_batch.jobs.file_loader import copyin, pgbinary
+
+    monkeypatch.setattr(copyin, "RETRY_ROWS", 64)
+    rows = 1024
+    bad = [3, 70, 71, 300, 301, 302, 700, rows]  # row numbers, first and last of pieces among them
+    docs = ["[1, 2" if i + 1 in bad else '{"a": 1}' for i in range(rows)]
+    batch = pa.record_batch([pa.array(range(1, rows + 1), pa.int32()), pa.array(docs), pa.array(range(rows),
+                            pa.int32())], names=["ogc_fid", "doc", "n"])
+    sent: list[int] = []
+
+    def encode(part: pa.RecordBatch) -> bytes:
+        sent.append(part.num_rows)
+        return pgbinary.encode(part.columns, ["integer", "jsonb", "integer"])
+
+    with connect(db_url) as conn:
+        conn.execute("CREATE TEMP TABLE rejected (ogc_fid integer, doc jsonb, n integer)")
+        count, bad_rows = copyin.copy_prepared(conn, sql.Identifier("rejected"), ["ogc_fid", "doc", "n"],
+                                               iter([copyin.Prepared(batch, 1)]), encode, "f.geojson", 10)
+        assert count == rows
+        assert [(b.row, b.column) for b in bad_rows] == [(row, "doc") for row in bad]
+        empty = conn.execute("SELECT array_agg(ogc_fid ORDER BY ogc_fid) AS fids FROM rejected WHERE doc IS NULL")
+        assert empty.fetchone()["fids"] == bad
+        assert conn.execute("SELECT count(DISTINCT n) AS n FROM rejected").fetchone()["n"] == rows
+    assert sum(sent) < 3 * rows  # the whole batch again for each bad value: 9 times over
+
+
+def test_a_property_that_mixes_numbers_and_text_loads_as_json(db_url: str, conn: psycopg.Connection[Any],
+                                                              tmp_path: Path) -> None:
+    """GDAL types such a property JSON but leaves its text bare; both readers (ours, and GDAL's for a file
+    with string ids) load every value, the text as a JSON string, and the geometry beside an attribute of
+    its own column's name."""
+    for name, ids in (("ours.geojson", False), ("gdal.geojson", True)):
+        features = [{"type": "Feature", **({"id": f"s{i}"} if ids else {}),
+                     "properties": {"v": v, "wkb_geometry": "a property", "ogc_fid": 7},
+                     "geometry": {"type": "Point", "coordinates": [i, i]}} for i, v in enumerate([1, 1.5, "text"])]
+        path = fx.write_text(tmp_path / name, json.dumps({"type": "FeatureCollection", "features": features}))
+        result = load(db_url, path)
+        assert result["record_count"] == 3 and result["warnings"] == [], result
+        got = rows(conn, "SELECT v, jsonb_typeof(v) AS kind, wkb_geometry_2, ogc_fid_2, ST_X(wkb_geometry) AS x "
+                         "FROM locaria_uploads.upload_file_9 ORDER BY ogc_fid")
+        assert [(r["v"], r["kind"]) for r in got] == [(1, "number"), (1.5, "number"), ("text", "string")], name
+        assert {(r["wkb_geometry_2"], r["ogc_fid_2"]) for r in got} == {("a property", 7)}
+        assert [r["x"] for r in got] == [0, 1, 2]

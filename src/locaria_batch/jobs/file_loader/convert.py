@@ -107,7 +107,7 @@ class BatchConverter:
                                          f"{str(column[index].as_py())[:40]!r} is not a {kind}; loaded as empty"))
             return typed
         if isinstance(kind_in, pa.BaseExtensionType):
-            return column.storage
+            return json_values(column.storage) if kind == "jsonb" else column.storage
         if pat.is_dictionary(kind_in):
             return column.dictionary_decode()
         if pat.is_binary(kind_in) or pat.is_large_binary(kind_in):
@@ -197,3 +197,19 @@ def _spill(batch: pa.RecordBatch, indices: range, originals: list[str]) -> pa.Ar
     for values in zip(*columns, strict=True):
         rows.append(json.dumps({n: v for n, v in zip(names, values, strict=True) if v is not None}, default=str))
     return pa.array(rows, pa.string())
+
+
+# what a JSON field's text is when it is JSON already: an array, object or string, a number, a literal
+JSON_TEXT = r'^\s*([\[{"]|-?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?\s*$|(true|false|null)\s*$)'
+
+
+def json_values(texts: pa.Array) -> pa.Array:
+    """A JSON field's values as valid JSON.  GDAL gives a field that mixes numbers and strings the JSON
+    subtype, yet its strings stay bare text (`text` beside `1` and `1.5`): such text becomes a JSON string,
+    instead of being refused value by value by jsonb."""
+    looks_json = pc.match_substring_regex(texts, JSON_TEXT)
+    if pc.all(pc.fill_null(looks_json, True)).as_py():
+        return texts
+    return pa.array([v if v is None or ok else json.dumps(v, ensure_ascii=False)
+                     for v, ok in zip(texts.to_pylist(), looks_json.to_pylist(), strict=True)], pa.string())
+

@@ -22,7 +22,9 @@ from psycopg import sql
 
 from locaria_batch.job import JobError
 
-COPY_CONTEXT = re.compile(r"line (\d+)(?:, column (\w+))?")
+# the COPY's own context line (a type's parser may add one of its own first: "JSON data, line 1: ...")
+COPY_CONTEXT = re.compile(r"^COPY .*?, line (\d+)(?:, column (\w+))?", re.MULTILINE)
+RETRY_ROWS = 4_096  # once a batch held a bad value, the rest goes in pieces this big: a next bad value costs less
 QUEUE_DEPTH = 2  # batches encoded ahead of the COPY: enough to overlap, little memory
 
 
@@ -117,31 +119,42 @@ def copy_prepared(conn: psycopg.Connection[Any], table: sql.Composable, names: l
         for item in items:
             for before in item.before:
                 cur.execute(before)
-            batch, data = item.batch, item.data if item.data is not None else encode(item.batch)
-            while True:
+            # what is left of the batch, in pieces: after a rejected value is set aside, the rows before it
+            # (accepted once) go again on their own and the rest in pieces of RETRY_ROWS, so that each bad
+            # value costs the database one more pass over the rows since the last one, not over the batch
+            pending: list[tuple[pa.RecordBatch, bytes | None, int]] = [(item.batch, item.data, item.first_row)]
+            while pending:
+                batch, data, first_row = pending.pop()
                 cur.execute("SAVEPOINT locaria_batch")
                 try:
                     with cur.copy(statement) as copy:
-                        copy.write(data)
+                        copy.write(data if data is not None else encode(batch))
                     cur.execute("RELEASE SAVEPOINT locaria_batch")
-                    break
                 except psycopg.errors.DataError as exc:  # a value PostgreSQL rejects
                     cur.execute("ROLLBACK TO SAVEPOINT locaria_batch")
-                    batch, problem = _blank_bad_value(batch, exc, item.first_row, label)
+                    index, fixed, problem = _blank_bad_value(batch, exc, first_row, label)
                     bad.append(problem)
                     if len(bad) > max_bad_rows:
                         raise JobError(f"{label}: more than {max_bad_rows} rows hold values that cannot be loaded "
                                        f"(first: row {bad[0].row}, {bad[0].problem}); fix the file and upload it "
                                        "again") from exc
-                    data = encode(batch)
-            total += batch.num_rows
-            if on_batch is not None:
-                on_batch(total)
+                    left_out = batch.num_rows - fixed.num_rows  # 1 when the row went, 0 when its value did
+                    rest, start = fixed.slice(index), first_row + index + left_out
+                    for offset in reversed(range(0, rest.num_rows, RETRY_ROWS)):
+                        pending.append((rest.slice(offset, RETRY_ROWS), None, start + offset))
+                    if index:
+                        pending.append((batch.slice(0, index), None, first_row))
+                    continue
+                total += batch.num_rows
+                if on_batch is not None:
+                    on_batch(total)
     return total, bad
 
 
 def _blank_bad_value(batch: pa.RecordBatch, exc: psycopg.Error, first_row: int,
-                     label: str) -> tuple[pa.RecordBatch, BadRow]:
+                     label: str) -> tuple[int, pa.RecordBatch, BadRow]:
+    """Where the COPY stopped in the batch, and the batch with that value blanked (or, when the value is
+    not one column's, that row left out)."""
     context = exc.diag.context or ""
     match = COPY_CONTEXT.search(context)
     problem = (exc.diag.message_primary or str(exc)).strip()
@@ -156,10 +169,10 @@ def _blank_bad_value(batch: pa.RecordBatch, exc: psycopg.Error, first_row: int,
     row_number = int(fids[index].as_py()) if fids is not None else first_row + index
     if column is None or column not in batch.schema.names or column == "ogc_fid":
         keep = pa.array([i != index for i in range(batch.num_rows)])
-        return batch.filter(keep), BadRow(row_number, None, f"{problem}; row left out")
+        return index, batch.filter(keep), BadRow(row_number, None, f"{problem}; row left out")
     mask = pa.array([i == index for i in range(batch.num_rows)])
     position = batch.schema.get_field_index(column)
     old = batch.column(position)
     blanked = pc.if_else(mask, pa.scalar(None, old.type), old)
-    return batch.set_column(position, batch.schema.field(position), blanked), BadRow(
+    return index, batch.set_column(position, batch.schema.field(position), blanked), BadRow(
         row_number, column, f"{problem}; loaded as empty")

@@ -1039,8 +1039,11 @@ def batches(spooled: Spooled, batch_size: int) -> Iterator[pa.RecordBatch]:
 
 def arrow_schema(spooled: Spooled) -> pa.Schema:
     fields = spooled.schema.fields()
+    geometry = "wkb_geometry"
+    while geometry in fields:  # a property of that name: the geometry's column is named apart, last
+        geometry += "_"
     return pa.schema([pa.field(k, ARROW_TYPES[spooled.schema.types[k]]) for k in fields]
-                     + [pa.field("wkb_geometry", pa.binary(), metadata=WKB_FIELD)])
+                     + [pa.field(geometry, pa.binary(), metadata=WKB_FIELD)])
 
 
 if __name__ == "__main__":  # the helper process (see Helper)

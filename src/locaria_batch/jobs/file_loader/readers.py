@@ -199,15 +199,21 @@ def open_gdal(data: DataFile, layer: str, read: ReadOptions, label: str) -> Iter
         raise _unreadable(label, exc, data) from exc
     try:
         schema: pa.Schema = reader.schema
-        geometry = next((f.name for f in schema if (f.metadata or {}).get(b"ARROW:extension:name") == b"geoarrow.wkb"),
-                        None)
-        fields = [f for f in schema if f.name != geometry]
+        at = next((i for i, f in enumerate(schema) if (f.metadata or {}).get(b"ARROW:extension:name")
+                   == b"geoarrow.wkb"), None)
+        names = schema.names
+        if at is not None:  # named apart from an attribute of the same name (GDAL calls both wkb_geometry)
+            while names.count(names[at]) > 1:
+                names[at] += "_"
+        geometry = names[at] if at is not None else None
+        fields = [f.with_name(name) for i, (f, name) in enumerate(zip(schema, names, strict=True)) if i != at]
         total = int(info["features"]) if info.get("features") is not None and info["features"] >= 0 else None
 
         def batches() -> Iterator[pa.RecordBatch]:
             start = 0
             try:
                 for batch in reader:
+                    batch = batch.rename_columns(names) if names != schema.names else batch
                     if geometry is not None and data.driver == "FlatGeobuf" and _broken_binary(batch.column(geometry)):
                         batch = _reread_geometry(data, batch, geometry, start)
                     start += batch.num_rows
