@@ -125,3 +125,12 @@ def intruder(ctx: JobContext) -> JobResult:
                    or name.startswith("PGPASS"))
     return JobResult(attributes={"outcomes": outcomes, "connected_as": row["who"] if row else None,
                                  "credential_variables": found})
+
+
+def long_statement(ctx: JobContext) -> JobResult:
+    """Report its pid, then run one statement for a minute (as a long index build would)."""
+    ctx.conn.execute("INSERT INTO public.test_runs (file_id, job_id, attempt, pid) VALUES (%s, %s, %s, %s)",
+                     [ctx.file_id, ctx.job_id, ctx.attempt, os.getpid()])
+    ctx.conn.commit()
+    ctx.conn.execute("SELECT pg_sleep(60), 'locaria long statement'")
+    return JobResult()

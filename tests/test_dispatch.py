@@ -117,6 +117,28 @@ def test_cancel_stops_the_running_process(conn, db_url, add_docker, runs, locari
     assert job_row(conn, file_id)["state"] == "cancelled"
 
 
+def test_a_killed_jobs_statement_stops_with_it(conn, db_url, add_docker, runs, locaria_env, dispatchers) -> None:
+    """A job killed mid-statement (a long index build, say) must not leave its server process working on."""
+    add_docker("long", trigger_statuses=["LONG"], handler="tests.jobs_for_tests:long_statement", max_attempts=1)
+    add(conn, "LONG")
+    dispatcher = dispatchers(runner(locaria_env), db_url=db_url)
+    pump(dispatcher, lambda: len(runs()) == 1)
+
+    def statements() -> int:
+        return int(conn.execute("SELECT count(*) AS n FROM pg_stat_activity WHERE state = 'active' "
+                                "AND query LIKE %s", ["%'locaria long statement'%"]).fetchone()["n"])
+
+    deadline = time.monotonic() + 10
+    while statements() == 0:
+        assert time.monotonic() < deadline, "the job's statement never started"
+        time.sleep(0.05)
+    os.kill(runs()[0]["pid"], signal.SIGKILL)
+    killed = time.monotonic()
+    while statements():
+        assert time.monotonic() - killed < 10, "the killed job's statement ran on"
+        time.sleep(0.1)
+
+
 def test_handler_errors_become_a_plain_message(conn, db_url, add_docker, locaria_env, dispatchers) -> None:
     add_docker("refuser", trigger_statuses=["CHECK"], handler="tests.jobs_for_tests:refuse")
     add_docker("exploder", trigger_statuses=["EXPLODE"], handler="tests.jobs_for_tests:explode")

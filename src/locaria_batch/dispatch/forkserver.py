@@ -249,7 +249,6 @@ class Server:
             conn = None
             with contextlib.suppress(Exception):
                 conn = Session.connect(settings().db_url)
-                Session.warm_up(conn)
             watched = [channel.fileno(), *([conn.fileno()] if conn is not None else [])]
             ready, _, _ = select.select(watched, [], [])
             data = channel.recv(MAX_MESSAGE) if channel.fileno() in ready else b""

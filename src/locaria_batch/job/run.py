@@ -32,6 +32,7 @@ from locaria_batch.storage import open_storage
 
 Conn = psycopg.Connection[dict[str, Any]]
 UNREACHABLE_EXIT = 75  # EX_TEMPFAIL: the database stayed away longer than the lease; the attempt is retried
+CLIENT_CHECK_SECONDS = 2  # how soon the server notices a killed job and stops its statement
 
 
 class DatabaseAway(Exception):
@@ -67,15 +68,16 @@ class Session:
 
     @staticmethod
     def connect(db_url: str | None) -> Conn:
-        return connect(db_url, application_name="locaria-batch job")
-
-    @staticmethod
-    def warm_up(conn: Conn) -> None:
-        """A new server process loads its caches and compiles functions on first use (about 10 ms):
-        a connection opened ahead does that before its job comes, with a call that changes nothing."""
-        conn.autocommit = True
-        conn.execute("SELECT locaria_core.job_start(NULL, NULL)")
+        """A job's connection, made ready in one statement: the server checks every few seconds that the
+        job is still there, so that the statement of a job that was killed (an index build can run for
+        minutes) stops with it instead of running on, holding a CPU and its locks; and a call that changes
+        nothing loads the new server process's caches (about 10 ms), before its job needs them when the
+        connection is opened ahead."""
+        conn = connect(db_url, application_name="locaria-batch job", autocommit=True)
+        conn.execute("SELECT set_config('client_connection_check_interval', %s, false), "
+                     "locaria_core.job_start(NULL, NULL)", [f"{CLIENT_CHECK_SECONDS}s"])
         conn.autocommit = False
+        return conn
 
     def open(self) -> Conn:
         if self.conn is None or self.conn.closed:
