@@ -364,7 +364,7 @@ CASES: list[Case] = [
          r"no_prj_projected.zip/places.shp does not say which coordinate system .* --crs"),
     Case("grid_points.csv", text("name,x,y\nA,530000,180000\nB,531000,181000\n"),
          r"grid_points.csv: cannot tell the coordinate system of x/y \(values such as 530000, 180000, not "
-         r"longitude/latitude\); give it with --crs"),
+         r"longitude/latitude; extent 530000, 180000, 531000, 181000\); give it with --crs"),
     Case("grid_points_given.csv", text("name,Easting,Northing\nA,530000,180000\n"), None, crs_is("EPSG:27700", False),
          {"source_srid": 27700}),
     # -- CSV injection: the cells load as they are, and a CSV export neutralises them -------------

@@ -154,6 +154,22 @@ def test_csv_coordinates_in_unknown_crs_ask_for_one(db_url: str, conn: psycopg.C
     assert "far.csv" in message and "source_crs" in message
 
 
+def test_csv_a_stray_coordinate_does_not_stop_the_load(db_url: str, conn: psycopg.Connection[Any],
+                                                       tmp_path: Path) -> None:
+    """Most values are longitude/latitude: the odd one out (a typo) loses its geometry, with a warning
+    naming its row, and does not make the file's coordinate system a question."""
+    from locaria_batch.jobs.file_loader.inspect import inspect_file
+
+    csv = fx.write_text(tmp_path / "sites.csv", "name,lat,lon\nA,51.5,-0.1\nB,,\nC,n/a,n/a\nD,95,200\nE,51.6,-0.2\n")
+    inspected = inspect_file(conn, csv, "sites.csv")
+    assert inspected["layers"][0]["problems"] == [] and inspected["layers"][0]["crs"] == "EPSG:4326"
+    result = load(db_url, csv)
+    assert result["record_count"] == 5 and result["source_crs"] == "EPSG:4326"
+    assert any("out of range" in w and "(rows 4)" in w for w in result["warnings"]), result["warnings"]
+    assert any("not a finite number" in w and "(rows 3)" in w for w in result["warnings"]), result["warnings"]
+    assert result["bbox"] == [-0.2, 51.5, -0.1, 51.6]
+
+
 def test_out_of_range_coordinates(db_url: str, conn: psycopg.Connection[Any], tmp_path: Path) -> None:
     load_fails(db_url, conn, fx.write_text(tmp_path / "bad.csv", "lon,lat\n200,100\n201,100\n"),
                "cannot tell the coordinate system")

@@ -70,11 +70,16 @@ def srid_from_crs(conn: psycopg.Connection[Any], crs: str, label: str) -> int | 
     return None
 
 
+def fits_lon_lat(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    fits: np.ndarray = (np.abs(x) <= 180) & (np.abs(y) <= 90)
+    return fits
+
+
 def infer_srid(x: np.ndarray, y: np.ndarray) -> int | None:
-    """Longitude/latitude when (nearly) all values fit; else unknown.  A stray value or two is left to the
-    per-row range check.  Projected numbers are never guessed: the same eastings and northings are valid
-    in the British, Irish, Dutch, Belgian and Swiss grids, and a wrong guess puts the data in another country."""
-    enough = 0.9 * len(x)
-    if np.count_nonzero((np.abs(x) <= 180) & (np.abs(y) <= 90)) >= enough:
+    """Longitude/latitude when most values fit; else unknown.  The values that do not fit are left to the
+    per-row range check (a typo, a swapped pair), which empties their geometry with a warning.  Projected
+    numbers are never guessed: the same eastings and northings are valid in the British, Irish, Dutch,
+    Belgian and Swiss grids, and a wrong guess puts the data in another country."""
+    if np.count_nonzero(fits_lon_lat(x, y)) >= 0.5 * len(x):
         return WGS84
     return None

@@ -15,7 +15,7 @@ from psycopg import sql
 
 from locaria_batch.job import JobError
 from locaria_batch.jobs.file_loader import columns as col
-from locaria_batch.jobs.file_loader.crs import WGS84, declared_srid, infer_srid, srid_from_crs
+from locaria_batch.jobs.file_loader.crs import WGS84, declared_srid, fits_lon_lat, infer_srid, srid_from_crs
 from locaria_batch.jobs.file_loader.readers import LEADING_ZERO, RawLayer
 
 CONCRETE_KINDS = {"Point", "LineString", "Polygon", "MultiPoint", "MultiLineString", "MultiPolygon"}
@@ -224,10 +224,13 @@ def _infer_from_values(label: str, x: np.ndarray, y: np.ndarray, xy: col.Coordin
     if not finite.any():
         raise JobError(f"{label}: the coordinate columns {xy.x if xy else 'x'}/{xy.y if xy else 'y'} "
                        "hold no finite numbers in the first rows; fill them in or remove them")
-    srid = infer_srid(x[finite], y[finite])
+    x, y = x[finite], y[finite]
+    srid = infer_srid(x, y)
     if srid is None:
         names = f"{xy.x}/{xy.y}" if xy else "coordinates"
+        outside = int(np.argmin(fits_lon_lat(x, y)))  # the first value that is not longitude/latitude
         raise JobError(f"{label}: cannot tell the coordinate system of {names} (values such as "
-                       f"{x[finite][0]:g}, {y[finite][0]:g}, not longitude/latitude); give it with --crs "
-                       "(the source_crs attribute, for example EPSG:27700) and load the file again")
+                       f"{x[outside]:g}, {y[outside]:g}, not longitude/latitude; extent {x.min():g}, {y.min():g}, "
+                       f"{x.max():g}, {y.max():g}); give it with --crs (the source_crs attribute, for example "
+                       "EPSG:27700) and load the file again")
     return srid
