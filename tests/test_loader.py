@@ -625,10 +625,10 @@ def test_a_rejected_value_is_found_where_it_is_and_costs_little(db_url: str, mon
 
     with connect(db_url) as conn:
         conn.execute("CREATE TEMP TABLE rejected (ogc_fid integer, doc jsonb, n integer)")
-        count, bad_rows = copyin.copy_prepared(conn, sql.Identifier("rejected"), ["ogc_fid", "doc", "n"],
-                                               iter([copyin.Prepared(batch, 1)]), encode, "f.geojson", 10)
-        assert count == rows
-        assert [(b.row, b.column) for b in bad_rows] == [(row, "doc") for row in bad]
+        copied = copyin.copy_prepared(conn, sql.Identifier("rejected"), ["ogc_fid", "doc", "n"],
+                                      iter([copyin.Prepared(batch, 1)]), encode, "f.geojson", 10)
+        assert copied.rows == rows
+        assert [(b.row, b.column) for b in copied.rejected] == [(row, "doc") for row in bad]
         empty = conn.execute("SELECT array_agg(ogc_fid ORDER BY ogc_fid) AS fids FROM rejected WHERE doc IS NULL")
         assert empty.fetchone()["fids"] == bad
         assert conn.execute("SELECT count(DISTINCT n) AS n FROM rejected").fetchone()["n"] == rows
@@ -652,3 +652,52 @@ def test_a_property_that_mixes_numbers_and_text_loads_as_json(db_url: str, conn:
         assert [(r["v"], r["kind"]) for r in got] == [(1, "number"), (1.5, "number"), ("text", "string")], name
         assert {(r["wkb_geometry_2"], r["ogc_fid_2"]) for r in got} == {("a property", 7)}
         assert [r["x"] for r in got] == [0, 1, 2]
+
+
+def test_close_rings_reads_every_linear_wkb_flavour() -> None:
+    import struct
+
+    from locaria_batch.jobs.file_loader.columns import close_rings
+
+    def ring(points: list[tuple[float, ...]], order: str = "<") -> bytes:
+        return struct.pack(order + "I", len(points)) + b"".join(struct.pack(order + f"{len(p)}d", *p) for p in points)
+
+    open_ring, closed_ring = [(0, 0), (1, 0), (1, 1)], [(0, 0), (1, 0), (1, 1), (0, 0)]
+    polygon = b"\x01" + struct.pack("<II", 3, 1) + ring(open_ring)
+    assert close_rings(polygon) == b"\x01" + struct.pack("<II", 3, 1) + ring(closed_ring)
+    assert close_rings(b"\x01" + struct.pack("<II", 3, 1) + ring(closed_ring)) is None  # nothing to do
+    big_endian = b"\x00" + struct.pack(">II", 3, 1) + ring(open_ring, ">")
+    assert close_rings(big_endian) == b"\x00" + struct.pack(">II", 3, 1) + ring(closed_ring, ">")
+    iso_z = b"\x01" + struct.pack("<II", 1003, 1) + ring([(0, 0, 5), (1, 0, 5), (1, 1, 5)])
+    assert close_rings(iso_z) == b"\x01" + struct.pack("<II", 1003, 1) + ring(
+        [(0, 0, 5), (1, 0, 5), (1, 1, 5), (0, 0, 5)])
+    ewkb_srid = b"\x01" + struct.pack("<II", 0x20000003, 4326) + struct.pack("<I", 1) + ring(open_ring)
+    assert close_rings(ewkb_srid) == b"\x01" + struct.pack("<II", 0x20000003, 4326) + struct.pack("<I", 1) + ring(
+        closed_ring)
+    multi = b"\x01" + struct.pack("<II", 6, 2) + polygon + b"\x01" + struct.pack("<II", 3, 1) + ring(closed_ring)
+    fixed = close_rings(multi)
+    assert fixed is not None and fixed.endswith(ring(closed_ring) + b"\x01" + struct.pack("<II", 3, 1)
+                                                + ring(closed_ring))
+    curve = b"\x01" + struct.pack("<II", 10, 1) + b"\x01" + struct.pack("<II", 8, 3) + b"\x00" * 48
+    assert close_rings(curve) is None
+    assert close_rings(polygon[:-3]) is None  # truncated: left to the database to refuse
+
+
+def test_open_polygon_rings_are_closed_as_gdal_does(db_url: str, conn: psycopg.Connection[Any],
+                                                    tmp_path: Path) -> None:
+    square = [[0, 0], [1, 0], [1, 1], [0, 1]]
+    features = [{"type": "Feature", "properties": {"n": i},
+                 "geometry": {"type": "Polygon", "coordinates": [square if i != 2 else [*square, square[0]]]}}
+                for i in range(1, 4)]
+    geojson = fx.write_text(tmp_path / "open.geojson", json.dumps({"type": "FeatureCollection", "features": features}))
+    kml = fx.write_text(tmp_path / "open.kml", '<?xml version="1.0"?><kml xmlns="http://www.opengis.net/kml/2.2">'
+                        "<Document><Placemark><name>a</name><Polygon><outerBoundaryIs><LinearRing>"
+                        "<coordinates>0,0 1,0 1,1</coordinates></LinearRing></outerBoundaryIs></Polygon></Placemark>"
+                        "</Document></kml>")
+    for path, count, rows_closed in ((geojson, 3, "rows 1, 3"), (kml, 1, "rows 1")):
+        result = load(db_url, path)
+        assert result["record_count"] == count
+        assert [w for w in result["warnings"] if "did not end where it started" in w and rows_closed in w], result
+        checks = rows(conn, "SELECT ST_IsClosed(ST_ExteriorRing(wkb_geometry)) AND ST_IsValid(wkb_geometry) AS ok "
+                            "FROM locaria_uploads.upload_file_9")
+        assert {r["ok"] for r in checks} == {True}

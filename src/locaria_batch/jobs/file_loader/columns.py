@@ -6,6 +6,7 @@ Everything here works on whole Arrow arrays (numpy underneath): no Python loop p
 from __future__ import annotations
 
 import re
+import struct
 import unicodedata
 from dataclasses import dataclass
 
@@ -261,6 +262,54 @@ def promote_to_multi(column: pa.Array, kinds: np.ndarray, dimension: int) -> pa.
     prefix = pc.take(pa.array(prefixes, pa.binary()), pa.array(kinds.astype(np.int32)))
     promoted = pc.binary_join_element_wise(prefix, column, b"")
     return pc.if_else(pc.is_valid(prefix), promoted, column)
+
+
+def close_rings(wkb: bytes) -> bytes | None:
+    """The geometry with every polygon ring that does not end where it starts closed (GDAL reads such rings
+    and ogr2ogr loads them, PostGIS's binary input refuses them); None when nothing needed closing or the
+    WKB is not ISO/EWKB of the linear types (curves are left as they are)."""
+    try:
+        fixed, end, changed = _close_rings(wkb, 0)
+    except (struct.error, ValueError):
+        return None
+    return fixed if changed and end == len(wkb) else None
+
+
+def _close_rings(wkb: bytes, at: int) -> tuple[bytes, int, bool]:
+    order = "<" if wkb[at] == 1 else ">"
+    (code,) = struct.unpack_from(order + "I", wkb, at + 1)
+    kind, has_z, has_m = code & 0x0FFFFFFF, bool(code & 0x80000000), bool(code & 0x40000000)
+    header = 5 + (4 if code & 0x20000000 else 0)  # an EWKB SRID follows the type
+    iso, kind = divmod(kind, 1000)
+    if iso > 3 or kind not in range(1, 8):
+        raise ValueError("not a linear geometry")
+    size = 8 * (2 + (has_z or iso in (1, 3)) + (has_m or iso in (2, 3)))  # bytes per position
+    out, pos, changed = [wkb[at:at + header]], at + header, False
+    if kind == 1:
+        return wkb[at:pos + size], pos + size, False
+    (count,) = struct.unpack_from(order + "I", wkb, pos)
+    if kind == 2:
+        end = pos + 4 + count * size
+        return wkb[at:end], end, False
+    out.append(wkb[pos:pos + 4])
+    pos += 4
+    for _ in range(count):
+        if kind == 3:
+            (points,) = struct.unpack_from(order + "I", wkb, pos)
+            ring = wkb[pos + 4:pos + 4 + points * size]
+            if len(ring) != points * size:
+                raise ValueError("truncated")
+            if points and ring[:size] != ring[-size:]:
+                out.append(struct.pack(order + "I", points + 1) + ring + ring[:size])
+                changed = True
+            else:
+                out.append(wkb[pos:pos + 4 + points * size])
+            pos += 4 + points * size
+        else:
+            part, pos, part_changed = _close_rings(wkb, pos)
+            out.append(part)
+            changed = changed or part_changed
+    return b"".join(out), pos, changed
 
 
 def plain_binary(column: pa.Array | pa.ChunkedArray) -> pa.Array:

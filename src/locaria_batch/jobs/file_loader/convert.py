@@ -16,7 +16,7 @@ from psycopg import sql
 
 from locaria_batch.job import JobError
 from locaria_batch.jobs.file_loader import columns as col
-from locaria_batch.jobs.file_loader.copyin import BadRow, Prepared
+from locaria_batch.jobs.file_loader.copyin import BadRow, Copied, Prepared
 from locaria_batch.jobs.file_loader.limits import MAX_REPORTED_ROWS
 from locaria_batch.jobs.file_loader.pgbinary import encode
 from locaria_batch.jobs.file_loader.plan import GeometryPlan, TablePlan, kind_code
@@ -71,10 +71,14 @@ class BatchConverter:
             yield Prepared(out, done + 1, before)
             done += batch.num_rows
 
-    def warnings(self, rejected: list[BadRow]) -> list[str]:
-        """Rows and values set aside while converting, and those the COPY rejected."""
-        warnings = _bad_row_warnings(self.set_aside.bad_values + rejected,
+    def warnings(self, copied: Copied) -> list[str]:
+        """Rows and values set aside while converting, those the COPY rejected and those it repaired."""
+        warnings = _bad_row_warnings(self.set_aside.bad_values + copied.rejected,
                                      dict(zip(self.plan.names, self.plan.originals, strict=True)))
+        if copied.rings_closed:
+            rows = ", ".join(map(str, copied.rings_closed[:MAX_REPORTED_ROWS]))
+            warnings.append(f"{len(copied.rings_closed):,} polygons had a ring that did not end where it started; "
+                            f"it was closed, as GDAL does (rows {rows})")
         raw, set_aside = self.raw, self.set_aside
         if raw.skipped_count[0]:
             rows = ", ".join(map(str, raw.skipped_rows[:MAX_REPORTED_ROWS]))

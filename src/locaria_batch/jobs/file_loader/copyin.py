@@ -21,6 +21,7 @@ import pyarrow.compute as pc
 from psycopg import sql
 
 from locaria_batch.job import JobError
+from locaria_batch.jobs.file_loader.columns import FID_COLUMN, GEOMETRY_COLUMN, close_rings
 
 # the COPY's own context line (a type's parser may add one of its own first: "JSON data, line 1: ...")
 COPY_CONTEXT = re.compile(r"^COPY .*?, line (\d+)(?:, column (\w+))?", re.MULTILINE)
@@ -107,14 +108,21 @@ def produce(items: Iterator[Prepared], encode: Encoder, depth: int = QUEUE_DEPTH
     return ahead(encoded(), depth, "locaria-loader-encoder")
 
 
+@dataclass
+class Copied:
+    rows: int = 0
+    rejected: list[BadRow] = field(default_factory=list)  # values set aside (loaded as empty) or rows left out
+    rings_closed: list[int] = field(default_factory=list)  # rows whose polygon rings were closed
+
+
 def copy_prepared(conn: psycopg.Connection[Any], table: sql.Composable, names: list[str],
                   items: Iterator[Prepared], encode: Encoder, label: str, max_bad_rows: int,
-                  on_batch: Callable[[int], None] | None = None) -> tuple[int, list[BadRow]]:
-    """COPY every prepared batch; returns (rows loaded, rows with a rejected value)."""
+                  on_batch: Callable[[int], None] | None = None) -> Copied:
+    """COPY every prepared batch: the rows loaded, and what had to be set aside or repaired on the way."""
     statement = sql.SQL("COPY {} ({}) FROM STDIN (FORMAT binary)").format(
         table, sql.SQL(", ").join(map(sql.Identifier, names)))
-    total = 0
-    bad: list[BadRow] = []
+    copied = Copied()
+    close_rings = False  # once one polygon needed it, the file's others are closed before they are sent
     with conn.cursor() as cur:
         for item in items:
             for before in item.before:
@@ -125,18 +133,27 @@ def copy_prepared(conn: psycopg.Connection[Any], table: sql.Composable, names: l
             pending: list[tuple[pa.RecordBatch, bytes | None, int]] = [(item.batch, item.data, item.first_row)]
             while pending:
                 batch, data, first_row = pending.pop()
+                if close_rings and (closed := _closed_rings(batch)) is not None:
+                    batch, rows = closed
+                    copied.rings_closed.extend(rows)
+                    data = None
                 cur.execute("SAVEPOINT locaria_batch")
                 try:
                     with cur.copy(statement) as copy:
                         copy.write(data if data is not None else encode(batch))
                     cur.execute("RELEASE SAVEPOINT locaria_batch")
-                except psycopg.errors.DataError as exc:  # a value PostgreSQL rejects
+                except (psycopg.errors.DataError, psycopg.errors.InternalError) as exc:  # a value refused
                     cur.execute("ROLLBACK TO SAVEPOINT locaria_batch")
                     index, fixed, problem = _blank_bad_value(batch, exc, first_row, label)
-                    bad.append(problem)
-                    if len(bad) > max_bad_rows:
+                    if problem is None:  # a polygon ring closed: nothing lost
+                        copied.rings_closed.append(_row_number(batch, index, first_row))
+                        close_rings = True
+                    else:
+                        copied.rejected.append(problem)
+                    if len(copied.rejected) > max_bad_rows:
+                        first = copied.rejected[0]
                         raise JobError(f"{label}: more than {max_bad_rows} rows hold values that cannot be loaded "
-                                       f"(first: row {bad[0].row}, {bad[0].problem}); fix the file and upload it "
+                                       f"(first: row {first.row}, {first.problem}); fix the file and upload it "
                                        "again") from exc
                     left_out = batch.num_rows - fixed.num_rows  # 1 when the row went, 0 when its value did
                     rest, start = fixed.slice(index), first_row + index + left_out
@@ -145,34 +162,57 @@ def copy_prepared(conn: psycopg.Connection[Any], table: sql.Composable, names: l
                     if index:
                         pending.append((batch.slice(0, index), None, first_row))
                     continue
-                total += batch.num_rows
+                copied.rows += batch.num_rows
                 if on_batch is not None:
-                    on_batch(total)
-    return total, bad
+                    on_batch(copied.rows)
+    return copied
+
+
+def _row_number(batch: pa.RecordBatch, index: int, first_row: int) -> int:
+    fids = batch.column(FID_COLUMN) if FID_COLUMN in batch.schema.names else None
+    return int(fids[index].as_py()) if fids is not None else first_row + index
+
+
+def _closed_rings(batch: pa.RecordBatch) -> tuple[pa.RecordBatch, list[int]] | None:
+    """The batch with its polygons' open rings closed, and the rows that had one; None when none had."""
+    if GEOMETRY_COLUMN not in batch.schema.names:
+        return None
+    position = batch.schema.get_field_index(GEOMETRY_COLUMN)
+    values = batch.column(position).to_pylist()
+    fixed = [close_rings(v) if v is not None else None for v in values]
+    changed = [i for i, v in enumerate(fixed) if v is not None]
+    if not changed:
+        return None
+    merged = pa.array([f if f is not None else v for f, v in zip(fixed, values, strict=True)],
+                      batch.schema.field(position).type)
+    return batch.set_column(position, batch.schema.field(position), merged), \
+        [_row_number(batch, i, 0) for i in changed]
 
 
 def _blank_bad_value(batch: pa.RecordBatch, exc: psycopg.Error, first_row: int,
-                     label: str) -> tuple[int, pa.RecordBatch, BadRow]:
-    """Where the COPY stopped in the batch, and the batch with that value blanked (or, when the value is
-    not one column's, that row left out)."""
+                     label: str) -> tuple[int, pa.RecordBatch, BadRow | None]:
+    """Where the COPY stopped in the batch, and the batch with that value repaired (a polygon's open ring
+    closed: no BadRow), blanked, or, when the value is not one column's, that row left out."""
     context = exc.diag.context or ""
     match = COPY_CONTEXT.search(context)
     problem = (exc.diag.message_primary or str(exc)).strip()
-    if not match:
+    column = match.group(2) if match else None
+    if not match or (isinstance(exc, psycopg.errors.InternalError) and column is None):
         raise JobError(f"{label}: the database refused the data ({problem}); check the file and upload it "
                        "again") from exc
     index = int(match.group(1)) - 1
-    column = match.group(2)
     if index >= batch.num_rows:
         raise JobError(f"{label}: the database refused row {first_row + index} ({problem})") from exc
-    fids = batch.column("ogc_fid") if "ogc_fid" in batch.schema.names else None
-    row_number = int(fids[index].as_py()) if fids is not None else first_row + index
-    if column is None or column not in batch.schema.names or column == "ogc_fid":
+    row_number = _row_number(batch, index, first_row)
+    if column is None or column not in batch.schema.names or column == FID_COLUMN:
         keep = pa.array([i != index for i in range(batch.num_rows)])
         return index, batch.filter(keep), BadRow(row_number, None, f"{problem}; row left out")
-    mask = pa.array([i == index for i in range(batch.num_rows)])
     position = batch.schema.get_field_index(column)
     old = batch.column(position)
+    mask = pa.array([i == index for i in range(batch.num_rows)])
+    if column == GEOMETRY_COLUMN and (closed := close_rings(old[index].as_py())) is not None:
+        repaired = pc.if_else(mask, pa.scalar(closed, old.type), old)
+        return index, batch.set_column(position, batch.schema.field(position), repaired), None
     blanked = pc.if_else(mask, pa.scalar(None, old.type), old)
     return index, batch.set_column(position, batch.schema.field(position), blanked), BadRow(
         row_number, column, f"{problem}; loaded as empty")

@@ -80,10 +80,10 @@ def _load(conn: psycopg.Connection[Any], raw: RawLayer, staging: str, source_crs
     create_table(conn, table, plan)
     converter = BatchConverter(raw, plan, table, limits)
     prepared = converter.prepare(ahead(batches, name="locaria-loader-reader"))
-    count, rejected = copy_prepared(conn, table, plan.columns, produce(prepared, converter.encode),
-                                    converter.encode, raw.label, limits.max_bad_rows, on_rows)
+    copied = copy_prepared(conn, table, plan.columns, produce(prepared, converter.encode), converter.encode,
+                           raw.label, limits.max_bad_rows, on_rows)
     finisher = TableFinisher(conn, table, staging, raw.label, target_srid=target_srid, repair=repair)
-    return finisher.finish(raw.name, plan, count, plan.warnings() + converter.warnings(rejected))
+    return finisher.finish(raw.name, plan, copied.rows, plan.warnings() + converter.warnings(copied))
 
 
 def _first(batches: Iterator[pa.RecordBatch]) -> tuple[pa.RecordBatch | None, Iterator[pa.RecordBatch]]:
