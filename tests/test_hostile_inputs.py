@@ -309,7 +309,7 @@ CASES: list[Case] = [
     Case("thousands.csv", text('v\n"1,234"\n"5,678"\n'), None, has("SELECT v FROM {t} ORDER BY ogc_fid",
                                                                    [{"v": "1,234"}, {"v": "5,678"}])),
     Case("out_of_range.csv", text("name,lon,lat\n" + "A,-0.1,51.5\n" * 20 + "B,-0.1,100\n"), None,
-         warns(r"1 rows have coordinates out of range .*rows 21")),
+         warns(r"1 row has coordinates out of range .*rows 21")),
     Case("empty_coordinates.csv", text("name,lon,lat\nA,,\nB,,\n"), r"empty_coordinates.csv: the coordinate "
                                                                       r"columns lon/lat hold no finite numbers"),
     Case("enormous.csv", text("name,x,y\nA,1e308,1e308\nB,-1e308,1e300\n"),
@@ -323,7 +323,7 @@ CASES: list[Case] = [
     Case("bowtie.gpkg", layer("GPKG", ["POLYGON((0 0,1 1,1 0,0 1,0 0))", "POLYGON((5 5,6 5,6 6,5 5))"]), None,
          has("SELECT bool_and(ST_IsValid(wkb_geometry)) AS ok FROM {t}", [{"ok": True}])),
     Case("unclosed.csv", text('name,wkt\na,"POLYGON((0 0,1 0,1 1))"\nb,"POINT(1 2)"\n'), None,
-         warns(r"1 rows hold text in the geometry column 'wkt'")),
+         warns(r"1 row holds text in the geometry column 'wkt'")),
     Case("empty_geometries.csv", text('name,wkt\na,POINT EMPTY\nb,POINT(1 2)\n'), None,
          has("SELECT ST_IsEmpty(wkb_geometry) AS e FROM {t} ORDER BY ogc_fid", [{"e": True}, {"e": False}])),
     Case("collection.gpkg", layer("GPKG", ["GEOMETRYCOLLECTION(POINT(1 1),LINESTRING(0 0,1 1))", "POINT(2 2)"]),

@@ -17,7 +17,7 @@ from psycopg import sql
 from locaria_batch.job import JobError
 from locaria_batch.jobs.file_loader import columns as col
 from locaria_batch.jobs.file_loader.copyin import BadRow, Copied, Prepared
-from locaria_batch.jobs.file_loader.limits import MAX_REPORTED_ROWS
+from locaria_batch.jobs.file_loader.limits import MAX_REPORTED_ROWS, counted
 from locaria_batch.jobs.file_loader.pgbinary import encode
 from locaria_batch.jobs.file_loader.plan import GeometryPlan, TablePlan, kind_code
 from locaria_batch.jobs.file_loader.readers import RawLayer
@@ -77,21 +77,21 @@ class BatchConverter:
                                      dict(zip(self.plan.names, self.plan.originals, strict=True)))
         if copied.rings_closed:
             rows = ", ".join(map(str, copied.rings_closed[:MAX_REPORTED_ROWS]))
-            warnings.append(f"{len(copied.rings_closed):,} polygons had a ring that did not end where it started; "
-                            f"it was closed, as GDAL does (rows {rows})")
+            warnings.append(f"{counted(len(copied.rings_closed), 'polygon had', 'polygons had')} a ring that did not "
+                            f"end where it started; closed, as GDAL does (rows {rows})")
         raw, set_aside = self.raw, self.set_aside
         if raw.skipped_count[0]:
             rows = ", ".join(map(str, raw.skipped_rows[:MAX_REPORTED_ROWS]))
-            warnings.append(f"{raw.skipped_count[0]:,} rows have the wrong number of fields and were left out "
-                            f"(rows {rows})")
+            warnings.append(f"{counted(raw.skipped_count[0], 'row has', 'rows have')} the wrong number of fields; "
+                            f"left out (rows {rows})")
         if set_aside.out_of_range_count:
             rows = ", ".join(map(str, set_aside.out_of_range[:MAX_REPORTED_ROWS]))
-            warnings.append(f"{set_aside.out_of_range_count:,} rows have coordinates out of range for longitude/"
-                            f"latitude; their geometry is left empty (rows {rows})")
+            warnings.append(f"{counted(set_aside.out_of_range_count, 'row has', 'rows have')} coordinates out of "
+                            f"range for longitude/latitude; geometry left empty (rows {rows})")
         if set_aside.not_finite_count:
             rows = ", ".join(map(str, set_aside.not_finite[:MAX_REPORTED_ROWS]))
-            warnings.append(f"{set_aside.not_finite_count:,} rows have a coordinate that is not a finite number "
-                            f"(such as inf, NaN or text); their geometry is left empty (rows {rows})")
+            warnings.append(f"{counted(set_aside.not_finite_count, 'row has', 'rows have')} a coordinate that is not "
+                            f"a finite number (such as inf, NaN or text); geometry left empty (rows {rows})")
         return warnings
 
     def _attribute(self, column: pa.Array, kind: str, name: str, fids: pa.Array) -> pa.Array:

@@ -13,7 +13,7 @@ from psycopg import sql
 
 from locaria_batch.job import JobError
 from locaria_batch.jobs.file_loader import columns as col
-from locaria_batch.jobs.file_loader.limits import MAX_REPORTED_ROWS
+from locaria_batch.jobs.file_loader.limits import MAX_REPORTED_ROWS, counted
 from locaria_batch.jobs.file_loader.plan import GeometryPlan, TablePlan, kind_code, kind_for
 
 
@@ -131,8 +131,8 @@ class TableFinisher:
             "SELECT {} AS fid FROM {} WHERE btrim(coalesce({}, '')) <> '' AND {} IS NULL ORDER BY 1").format(
             sql.Identifier(col.FID_COLUMN), self.table, geom, parse)).fetchall()]
         if unreadable:
-            self.warnings.append(f"{len(unreadable):,} rows hold text in the geometry column {geometry.column!r} "
-                                 "that is not WKT, WKB or GeoJSON; their geometry is left empty (rows "
+            self.warnings.append(f"{counted(len(unreadable), 'row holds', 'rows hold')} text in the geometry column "
+                                 f"{geometry.column!r} that is not WKT, WKB or GeoJSON; geometry left empty (rows "
                                  f"{', '.join(map(str, unreadable[:MAX_REPORTED_ROWS]))})")
         self.conn.execute(sql.SQL("ALTER TABLE {} ALTER COLUMN {} TYPE geometry USING {}").format(
             self.table, geom, parse))
@@ -200,7 +200,7 @@ class TableFinisher:
         if not fids:
             return result
         if not self.repair:
-            self.warnings.append(f"{len(fids):,} geometries are invalid and were kept as they are (rows "
+            self.warnings.append(f"{counted(len(fids), 'geometry is', 'geometries are')} invalid; kept unchanged (rows "
                                  f"{', '.join(map(str, fids[:MAX_REPORTED_ROWS]))})")
             return result
         fixed: sql.Composable = sql.SQL("ST_MakeValid({})").format(geom)
@@ -214,7 +214,8 @@ class TableFinisher:
         self.conn.execute(sql.SQL("UPDATE {} SET {} = {} WHERE {} = ANY(%s)").format(
             self.table, geom, fixed, sql.Identifier(col.FID_COLUMN)), [fids])
         result["repaired"] = True
-        self.warnings.append(f"{len(fids):,} invalid geometries were repaired with ST_MakeValid (rows "
+        self.warnings.append(f"{counted(len(fids), 'invalid geometry was', 'invalid geometries were')} repaired with "
+                             "ST_MakeValid (rows "
                              f"{', '.join(map(str, fids[:MAX_REPORTED_ROWS]))})")
         return result
 
