@@ -701,3 +701,18 @@ def test_open_polygon_rings_are_closed_as_gdal_does(db_url: str, conn: psycopg.C
         checks = rows(conn, "SELECT ST_IsClosed(ST_ExteriorRing(wkb_geometry)) AND ST_IsValid(wkb_geometry) AS ok "
                             "FROM locaria_uploads.upload_file_9")
         assert {r["ok"] for r in checks} == {True}
+
+
+def test_rows_of_the_wrong_width_are_named_once(db_url: str, conn: psycopg.Connection[Any], tmp_path: Path) -> None:
+    """The reader cannot number rows when values may hold line breaks: a row left out is named by its text,
+    counted once (the type probe reads the same rows), and a file of nothing else says so."""
+    ragged = fx.write_text(tmp_path / "ragged.csv", 'name;lon;lat;note\r\n"A;x";1;2;"say ""hi"""\r\nB;3;4\r\n'
+                                                    'C;5;6;"two\r\nlines"\r\n')
+    result = load(db_url, ragged)
+    assert result["record_count"] == 2
+    assert result["warnings"] == ["1 row has the wrong number of fields; left out (rows 'B;3;4')"]
+    conn.execute("DROP TABLE locaria_uploads.upload_file_9")
+    unclosed = fx.write_text(tmp_path / "unclosed.csv", 'name,lon,lat\n"never closed,1,2\nB,3,4\n')
+    message = load_fails(db_url, conn, unclosed, "has no rows that could be loaded")
+    assert "1 row has the wrong number of fields" in message and "'\"never closed,1,2 B,3,4'" in message
+    assert "quotes" in message

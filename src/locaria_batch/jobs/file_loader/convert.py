@@ -80,10 +80,8 @@ class BatchConverter:
             warnings.append(f"{counted(len(copied.rings_closed), 'polygon had', 'polygons had')} a ring that did not "
                             f"end where it started; closed, as GDAL does (rows {rows})")
         raw, set_aside = self.raw, self.set_aside
-        if raw.skipped_count[0]:
-            rows = ", ".join(map(str, raw.skipped_rows[:MAX_REPORTED_ROWS]))
-            warnings.append(f"{counted(raw.skipped_count[0], 'row has', 'rows have')} the wrong number of fields; "
-                            f"left out (rows {rows})")
+        if skipped := raw.skipped_warning():
+            warnings.append(skipped)
         if set_aside.out_of_range_count:
             rows = ", ".join(map(str, set_aside.out_of_range[:MAX_REPORTED_ROWS]))
             warnings.append(f"{counted(set_aside.out_of_range_count, 'row has', 'rows have')} coordinates out of "

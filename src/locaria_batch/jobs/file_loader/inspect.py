@@ -113,8 +113,13 @@ def _inspect_layer(conn: psycopg.Connection[Any], data: DataFile, layer: str, re
                     extent = ", ".join(f"{v:.6g}" for v in box)
                     item.problems.append(f"{item.label}: the extent ({extent}) is not longitude/latitude; give its "
                                          "coordinate system with --crs (for example EPSG:27700)")
-            if count == 0:
+            skipped = raw.skipped_warning()
+            if count == 0 and skipped:
+                item.problems.append(f"{item.label} has no rows that could be loaded: {skipped}")
+            elif count == 0:
                 item.problems.append(f"{item.label} has no rows or features; nothing would be loaded")
+            elif skipped:
+                item.notes.append(skipped)
             if item.encoding_guessed:
                 item.notes.append(f"the text encoding was guessed as {item.encoding} (give --encoding if wrong)")
     except JobError as exc:

@@ -129,6 +129,9 @@ def load_file(conn: psycopg.Connection[Any], path: Path, name: str, options: Loa
                 conn.execute(sql.SQL("DROP TABLE {}").format(sql.Identifier(SCHEMA, staging)))
                 skipped.append(target.label)
                 continue
+            if result.record_count == 0 and result.warnings:  # there were rows, but none could be loaded
+                raise JobError(f"{target.label} has no rows that could be loaded: {'; '.join(result.warnings)}. "
+                               "Check the file (its delimiter, its quotes) and upload it again")
             if result.record_count == 0:
                 raise JobError(f"{target.label} has no rows or features; nothing to load. Check the export and "
                                "upload the file again")

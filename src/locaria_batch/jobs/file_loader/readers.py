@@ -31,6 +31,7 @@ from locaria_batch.errors import first_line
 from locaria_batch.job import JobError
 from locaria_batch.jobs.file_loader import geojson
 from locaria_batch.jobs.file_loader.columns import looks_like_wkb
+from locaria_batch.jobs.file_loader.limits import MAX_REPORTED_ROWS, counted
 from locaria_batch.jobs.file_loader.sources import DataFile, utf16_without_mark
 
 SAMPLE_BYTES = 1 << 20
@@ -90,11 +91,18 @@ class RawLayer:
     types: list[str] | None = None  # PostgreSQL types when the reader knows better than the Arrow types
     spreadsheet: bool = False  # cells a spreadsheet cannot type (dates before 1900) arrive as text
     decimal_comma: bool = False
-    skipped_rows: list[int] = field(default_factory=list)  # rows the reader could not parse
+    skipped_rows: list[str] = field(default_factory=list)  # rows the reader could not parse: numbers, or texts
     skipped_count: list[int] = field(default_factory=lambda: [0])
     encoding: str | None = None  # the text encoding read with (text formats)
     encoding_guessed: bool = False  # detected rather than known (a byte-order mark, valid UTF-8, the user's)
     declared_crs: str | None = None  # a CRS the file names that GDAL may have passed over (GeoJSON's crs member)
+
+    def skipped_warning(self) -> str | None:
+        """The rows of the wrong number of fields the reader left out, as a warning (once they are read)."""
+        if not self.skipped_count[0]:
+            return None
+        return (f"{counted(self.skipped_count[0], 'row has', 'rows have')} the wrong number of fields; left out "
+                f"(rows {', '.join(self.skipped_rows[:MAX_REPORTED_ROWS])})")
 
 
 def display_name(data: DataFile, layer: str) -> str:
@@ -470,22 +478,29 @@ def _text_problem(exc: BaseException, label: str, read: ReadOptions, encoding: s
 def open_text(data: DataFile, read: ReadOptions, label: str) -> RawLayer:
     fmt = sniff_text(data, label, read.encoding)
     names = [f"c{i}" for i in range(len(fmt.header))]
-    skipped_rows: list[int] = []
+    skipped_rows: list[str] = []
     skipped_count = [0]
 
     def skip_bad(row: Any) -> str:
+        """A row of the wrong number of fields, named by its number or, where the reader cannot tell it (it
+        can not when values may hold line breaks), by its text."""
         skipped_count[0] += 1
-        if len(skipped_rows) < 20:
-            skipped_rows.append(int(row.number) - 1 if row.number is not None else -1)
+        if len(skipped_rows) < MAX_REPORTED_ROWS:
+            text = " ".join(str(row.text or "").split())
+            skipped_rows.append(str(row.number - 1) if row.number is not None and row.number > 1
+                                else repr(text if len(text) <= 40 else text[:39] + "…"))
         return "skip"
 
     options = pacsv.ReadOptions(column_names=names, skip_rows=1, block_size=read.block,
                                 encoding=_arrow_encoding(fmt.encoding))
     parse = pacsv.ParseOptions(delimiter=fmt.delimiter, newlines_in_values=True, invalid_row_handler=skip_bad)
+    probing = pacsv.ParseOptions(delimiter=fmt.delimiter, newlines_in_values=True,
+                                 invalid_row_handler=lambda row: "skip")  # the read proper counts them
     inferred = pacsv.ConvertOptions(strings_can_be_null=True, null_values=[""],
                                     decimal_point="," if fmt.decimal_comma else ".")
     try:
-        with pacsv.open_csv(data.path, read_options=options, parse_options=parse, convert_options=inferred) as probe:
+        with pacsv.open_csv(data.path, read_options=options, parse_options=probing,
+                            convert_options=inferred) as probe:
             sample = probe.read_next_batch()
     except StopIteration:
         sample = None
