@@ -128,7 +128,12 @@ def intruder(ctx: JobContext) -> JobResult:
 
 
 def long_statement(ctx: JobContext) -> JobResult:
-    """Report its pid, then run one statement for a minute (as a long index build would)."""
+    """Check that its session watches for a vanished client, report its pid, then run one statement for a
+    minute (as a long index build would)."""
+    watch = ctx.conn.execute("SELECT current_setting('client_connection_check_interval') AS interval, "
+                             "current_setting('tcp_keepalives_idle') AS idle").fetchone()
+    if (watch["interval"], watch["idle"]) != ("2s", "30"):
+        raise JobError(f"the job's session does not watch its client: {watch}")
     ctx.conn.execute("INSERT INTO public.test_runs (file_id, job_id, attempt, pid) VALUES (%s, %s, %s, %s)",
                      [ctx.file_id, ctx.job_id, ctx.attempt, os.getpid()])
     ctx.conn.commit()

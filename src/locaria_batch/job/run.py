@@ -70,12 +70,15 @@ class Session:
     def connect(db_url: str | None) -> Conn:
         """A job's connection, made ready in one statement: the server checks every few seconds that the
         job is still there, so that the statement of a job that was killed (an index build can run for
-        minutes) stops with it instead of running on, holding a CPU and its locks; and a call that changes
-        nothing loads the new server process's caches (about 10 ms), before its job needs them when the
-        connection is opened ahead."""
+        minutes) stops with it instead of running on, holding a CPU and its locks (its TCP keepalives find
+        a job whose host or network went away within a minute or so); and a call that changes nothing loads
+        the new server process's caches (about 10 ms), before its job needs them when the connection is
+        opened ahead."""
         conn = connect(db_url, application_name="locaria-batch job", autocommit=True)
         conn.execute("SELECT set_config('client_connection_check_interval', %s, false), "
-                     "locaria_core.job_start(NULL, NULL)", [f"{CLIENT_CHECK_SECONDS}s"])
+                     "set_config('tcp_keepalives_idle', '30', false), set_config('tcp_keepalives_interval', '10', "
+                     "false), set_config('tcp_keepalives_count', '3', false), locaria_core.job_start(NULL, NULL)",
+                     [f"{CLIENT_CHECK_SECONDS}s"])
         conn.autocommit = False
         return conn
 
