@@ -26,14 +26,13 @@ from locaria_batch.cli.common import (
     say,
 )
 from locaria_batch.cli.report import after_queueing, wait
+from locaria_batch.jobs.file_download.formats import FORMATS, find_format
 
 download_app = group("Downloads (exports) of search data or loaded tables: request them, prune old ones.")
 
 def parse_format(value: str) -> str:
     """An export format by its name or by one of the aliases the download job itself accepts (fgb, shp,
     parquet, excel, json, ...), as its name; anything else is refused at once, with the choices."""
-    from locaria_batch.jobs.file_download.formats import FORMATS, find_format
-
     found = find_format(value)
     if found is None:
         raise typer.BadParameter(f"{value!r} is not one of {', '.join(f.name for f in FORMATS)} (or an alias "
@@ -41,7 +40,8 @@ def parse_format(value: str) -> str:
     return found.name
 
 
-FORMAT_NAMES = "csv|xlsx|geojson|geojsonseq|gpkg|shapefile|flatgeobuf|kml|geoparquet"  # a test keeps it whole
+# the formats module itself is light (GDAL and Arrow load with the writers, on use): --help stays quick
+FORMAT_NAMES = "|".join(f.name for f in FORMATS)
 FormatOption = Annotated[str, typer.Option("--format", "-f", parser=parse_format, metavar=f"[{FORMAT_NAMES}]",
                                            help="Output format (aliases such as fgb, shp, parquet and excel "
                                                 "are accepted).")]

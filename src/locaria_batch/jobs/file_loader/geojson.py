@@ -1038,10 +1038,10 @@ def batches(spooled: Spooled, batch_size: int) -> Iterator[pa.RecordBatch]:
 
 
 def arrow_schema(spooled: Spooled) -> pa.Schema:
+    from locaria_batch.jobs.names import unique_name  # here: the helper process runs this file without the package
+
     fields = spooled.schema.fields()
-    geometry = "wkb_geometry"
-    while geometry in fields:  # a property of that name: the geometry's column is named apart, last
-        geometry += "_"
+    geometry = unique_name("wkb_geometry", set(fields))  # named apart from a property of that name
     return pa.schema([pa.field(k, ARROW_TYPES[spooled.schema.types[k]]) for k in fields]
                      + [pa.field(geometry, pa.binary(), metadata=WKB_FIELD)])
 

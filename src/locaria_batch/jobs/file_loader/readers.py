@@ -33,6 +33,7 @@ from locaria_batch.jobs.file_loader import geojson
 from locaria_batch.jobs.file_loader.columns import looks_like_wkb
 from locaria_batch.jobs.file_loader.limits import MAX_REPORTED_ROWS, counted
 from locaria_batch.jobs.file_loader.sources import DataFile, utf16_without_mark
+from locaria_batch.jobs.names import unique_name
 
 SAMPLE_BYTES = 1 << 20
 
@@ -211,8 +212,7 @@ def open_gdal(data: DataFile, layer: str, read: ReadOptions, label: str) -> Iter
                    == b"geoarrow.wkb"), None)
         names = schema.names
         if at is not None:  # named apart from an attribute of the same name (GDAL calls both wkb_geometry)
-            while names.count(names[at]) > 1:
-                names[at] += "_"
+            names[at] = unique_name(names[at], set(names[:at] + names[at + 1:]))
         geometry = names[at] if at is not None else None
         fields = [f.with_name(name) for i, (f, name) in enumerate(zip(schema, names, strict=True)) if i != at]
         total = int(info["features"]) if info.get("features") is not None and info["features"] >= 0 else None
