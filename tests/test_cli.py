@@ -151,7 +151,8 @@ def test_fixed_value_sets_are_refused_at_once(db_url: str) -> None:
 def test_download_format_takes_the_exporters_names_and_aliases(db_url: str, tmp_path: Path) -> None:
     from locaria_batch.jobs.file_download.formats import FORMATS
 
-    assert "flatgeobuf" in cli("download", "request", "--help").stdout
+    help_text = cli("download", "request", "--help").stdout
+    assert "[" + "|".join(f.name for f in FORMATS) + "]" in help_text.replace(" ", "").replace("\n", "")
     for alias, name in (("fgb", "flatgeobuf"), ("SHP", "shapefile"), ("parquet", "geoparquet"), ("KML", "kml")):
         file_id = cli("download", "request", "--format", alias, "--table", "upload_file_1").stdout.split()[-1]
         shown = json.loads(cli("files", "show", file_id, "--json").stdout)
