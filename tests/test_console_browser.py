@@ -77,7 +77,9 @@ def test_a_failed_file_is_retried_from_the_table_after_a_confirmation(page: Any,
     page.goto(console.url)
     page.wait_for_selector('#live[data-state="live"]')
     drop_files(page, "#dropzone", {"broken.geojson": b'{"type": "FeatureCollection", "features": ['})
-    row(page, 1, "ERROR").query_selector(".check input").check()
+    failed = row(page, 1, "ERROR")
+    failed.evaluate("row => { row.dataset.beforeRetry = '1'; }")  # the row the retry must replace
+    failed.query_selector(".check input").check()
     page.click('#bulk [data-bulk="retry"]')
     page.wait_for_selector("#confirm[open]")
     assert "Retry 1 file?" in page.inner_text("#confirm .question")
@@ -92,7 +94,8 @@ def test_a_failed_file_is_retried_from_the_table_after_a_confirmation(page: Any,
         time.sleep(0.2)
     events = statuses()
     assert events.count("REGISTERED") == 2  # back through the loader, live
-    assert page.query_selector('#files tr[data-id="1"][data-status="ERROR"]') is not None
+    # the page fetches the row after the event: wait for the fresh row in place of the old one
+    page.wait_for_selector('#files tr[data-id="1"][data-status="ERROR"]:not([data-before-retry])', timeout=LIVE)
 
 
 def test_status_commit_to_browser_delay(page: Any, console: Served, conn: Any) -> None:

@@ -65,13 +65,22 @@ function filesPage() {
 
   async function rows(params) {
     const response = await fetch(`/files/rows?${params}`, { credentials: "same-origin" });
+    if (!response.ok) throw new Error(`${response.status} ${response.statusText}`);
     const holder = document.createElement("tbody");
     holder.innerHTML = await response.text();
     return { rows: [...holder.rows], more: response.headers.get("x-more") === "1" };
   }
 
-  // rows on screen are refreshed; a new row joins the top of an unfiltered first page
-  async function refresh(ids) {
+  // rows on screen are refreshed; a new row joins the top of an unfiltered first page.  Refreshes
+  // run one after another: a slow answer must never land over a newer one.
+  let refreshing = Promise.resolve();
+  function refresh(ids) {
+    // a failed refresh is dropped quietly: the live indicator already says the server is away
+    refreshing = refreshing.then(() => replaceRows(ids)).catch(() => {});
+    return refreshing;
+  }
+
+  async function replaceRows(ids) {
     const { rows: fresh } = await rows(new URLSearchParams({ ids: ids.join(",") }));
     const showNew = table.dataset.firstPage === "1" && table.dataset.filtered === "0";
     for (const row of fresh.sort((a, b) => Number(a.dataset.id) - Number(b.dataset.id))) {
