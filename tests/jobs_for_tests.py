@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 import time
 
 import psycopg
@@ -139,3 +140,29 @@ def long_statement(ctx: JobContext) -> JobResult:
     ctx.conn.commit()
     ctx.conn.execute("SELECT pg_sleep(60), 'locaria long statement'")
     return JobResult()
+
+
+def session_probe(ctx: JobContext) -> JobResult:
+    """Record its database session and what it finds there of earlier jobs, then leave behind what a
+    careless job could: a setting, a temporary table, a session lock, a prepared statement, a listener
+    (and, when its file asks, a process of its own left running, or a transaction left open and an
+    abrupt exit)."""
+    found = ctx.conn.execute(
+        "SELECT pg_backend_pid() AS backend, current_setting('locaria.leak', true) AS setting, "
+        "to_regclass('pg_temp.leak') IS NOT NULL AS temp_table, "
+        "(SELECT count(*) FROM pg_locks WHERE pid = pg_backend_pid() AND locktype = 'advisory') AS locks, "
+        "(SELECT count(*) FROM pg_prepared_statements) AS prepared, "
+        "(SELECT count(*) FROM pg_listening_channels()) AS listening").fetchone()
+    ctx.conn.execute("INSERT INTO public.test_runs (file_id, job_id, attempt, pid) VALUES (%s, %s, %s, %s)",
+                     [ctx.file_id, ctx.job_id, ctx.attempt, found["backend"]])
+    ctx.conn.execute("SELECT set_config('locaria.leak', 'left behind', false), pg_advisory_lock(42)")
+    ctx.conn.execute("CREATE TEMP TABLE leak (x int)")
+    ctx.conn.execute("PREPARE leak AS SELECT 1")
+    ctx.conn.execute("LISTEN leak")
+    ctx.conn.commit()
+    if ctx.attributes.get("leave_child"):  # it would hold the connection too
+        subprocess.Popen(["sleep", "5"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    if ctx.attributes.get("exit_code"):
+        ctx.conn.execute("SELECT 1")  # a transaction open, never ended
+        os._exit(int(ctx.attributes["exit_code"]))
+    return JobResult(attributes={"found": {key: str(value) for key, value in found.items()}})

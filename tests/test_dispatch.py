@@ -139,6 +139,66 @@ def test_a_killed_jobs_statement_stops_with_it(conn, db_url, add_docker, runs, l
         time.sleep(0.1)
 
 
+def test_a_database_session_passes_to_the_next_job_only_clean(conn, db_url, add_docker, runs, locaria_env,
+                                                             dispatchers) -> None:
+    """Jobs one after another share their keeper's database session: each finds none of what the one
+    before left there, and a job that exits abruptly (a transaction open), or leaves a process behind,
+    hands its session to nobody."""
+    add_docker("probe", trigger_statuses=["PROBE"], handler="tests.jobs_for_tests:session_probe", max_attempts=1)
+    dispatcher = dispatchers(runner(locaria_env), db_url=db_url)
+    files = []
+    for attributes in ({}, {}, {}, {"exit_code": 7}, {}, {"leave_child": True}, {}):
+        files.append(add(conn, "PROBE", **attributes))
+        dispatcher.drain(timeout=30)
+        time.sleep(0.3)  # the keeper has reset its session and waits again
+    backends = {row["file_id"]: row["pid"] for row in runs()}
+    assert len(backends) == len(files)
+    sessions = [backends[file_id] for file_id in files]
+    for index, file_id in enumerate(files):
+        if index != 3:  # (the job that exited abruptly wrote no result)
+            found = file_row(conn, file_id)["attributes"]["found"]
+            assert found["setting"] in ("", "None") and (found["temp_table"], found["locks"], found["prepared"],
+                                                         found["listening"]) == ("False", "0", "0", "0"), found
+    assert sessions[0] == sessions[1] == sessions[2] == sessions[3], f"the session was not passed on: {sessions}"
+    assert sessions[3] not in sessions[4:], "the session of a job that exited abruptly was lent again"
+    assert file_row(conn, files[3])["status"] == "ERROR"
+    assert sessions[4] == sessions[5] != sessions[6]
+
+    def kept() -> int:
+        return int(conn.execute("SELECT count(*) AS n FROM pg_stat_activity WHERE application_name = "
+                                "'locaria-batch job'").fetchone()["n"])
+
+    assert kept() >= 1  # open between jobs
+    dispatcher.close()
+    deadline = time.monotonic() + 5
+    while kept():  # and gone with the worker
+        assert time.monotonic() < deadline, "the job sessions outlived their worker"
+        time.sleep(0.05)
+
+
+def test_the_end_of_a_job_whose_keeper_died_is_still_heard(conn, db_url, add_docker, runs, locaria_env,
+                                                            dispatchers) -> None:
+    """The process that forked a job and lent it a connection is killed while the job runs, then the job
+    is killed too: its end and exit code still reach the dispatcher, which retries it."""
+    add_docker("sleeper", trigger_statuses=["SLEEP"], success_status="SLEPT", handler="tests.jobs_for_tests:sleeper")
+    file_id = add(conn, "SLEEP", sleep=1.5)
+    dispatcher = dispatchers(runner(locaria_env), db_url=db_url)
+    pump(dispatcher, lambda: len(runs()) == 1)
+    job_pid = runs()[0]["pid"]
+    keeper = int(Path(f"/proc/{job_pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    assert keeper != dispatcher.runner.server.process.pid  # the job's parent is its keeper
+    os.kill(keeper, signal.SIGKILL)
+    time.sleep(0.2)
+    os.kill(job_pid, signal.SIGKILL)
+    dispatcher.drain(timeout=30)  # times out while the dispatcher waits for an end nobody reports
+    assert file_row(conn, file_id)["status"] == "SLEPT"
+    job = job_row(conn, file_id)
+    assert (job["state"], job["attempt"]) == ("succeeded", 2)
+    events = conn.execute("SELECT event, attempt, detail FROM locaria_core.job_events WHERE job_id = %s",
+                          [job["id"]]).fetchall()
+    assert any(event["attempt"] == 1 and "killed" in str(event["detail"]) for event in events), events
+
+
 def test_handler_errors_become_a_plain_message(conn, db_url, add_docker, locaria_env, dispatchers) -> None:
     add_docker("refuser", trigger_statuses=["CHECK"], handler="tests.jobs_for_tests:refuse")
     add_docker("exploder", trigger_statuses=["EXPLODE"], handler="tests.jobs_for_tests:explode")

@@ -88,13 +88,18 @@ def connect(url: str | None = None, *, autocommit: bool = False, application_nam
         application_name=application_name,
         **kwargs,
     )
-    # psycopg reads dates and times in ISO form only: a server whose default DateStyle is SQL or German
-    # would make every timestamp unreadable (a SET, not a startup option, which poolers may refuse)
-    if not (conn.info.parameter_status("DateStyle") or "").startswith("ISO"):
-        conn.execute("SET DateStyle = 'ISO, YMD'")
-        if not autocommit:
-            conn.commit()
+    ensure_iso_dates(conn)
     return conn
+
+
+def ensure_iso_dates(conn: psycopg.Connection[Any]) -> None:
+    """psycopg reads dates and times in ISO form only: a server whose default DateStyle is SQL or German
+    would make every timestamp unreadable (a SET, not a startup option, which poolers may refuse; called
+    again after anything that resets the session)."""
+    if not (conn.info.parameter_status("DateStyle") or "").startswith("ISO"):
+        conn.execute("SET DateStyle = 'ISO, YMD'", prepare=False)
+        if not conn.autocommit:
+            conn.commit()
 
 
 def explain_database_error(exc: psycopg.Error) -> LocariaError | None:

@@ -6,14 +6,24 @@ It imports the job SDK, psycopg and the given handler modules once, then serves 
 SEQPACKET socket FD: each `launch` forks a child that starts a session of its own, points its
 output at the attempt's log, takes the launch's environment and runs the job (or execs a docker's
 `command`).  A forked child costs a few milliseconds; a fresh interpreter spends hundreds on
-imports.  To take the fork and the connection off a job's start, the server keeps POOL children
-forked ahead, each with its database connection already open (to the URL the last launch's
-environment named: the job's, never the dispatcher's), waiting for a job of their own; a launch
-hands its request to one of them, and a new one is forked to take its place.
+imports.
 
-The server reaps its children on SIGCHLD and reports each exit code back, so the dispatcher
-reconciles when a job ends instead of polling.  When the dispatcher goes away (EOF), the server
-exits at once and the running jobs carry on, to be adopted.
+Jobs of a handler are forked by keepers: children of the server that each keep one database
+connection open (to the URL the launch's environment names: the job's, never the dispatcher's) and
+fork one attempt at a time, lending it that connection.  When the attempt ends cleanly the keeper
+resets the session as a connection pooler does (DISCARD ALL: settings, prepared statements,
+temporary tables, locks, listeners) and lends it to the next attempt; after anything else (a
+non-zero exit, a signal, a process of the attempt's group still alive, something left unread or a
+transaction left open) it closes the connection and exits.  So an attempt is still a process of its
+own, with its own session, log and environment, while no attempt pays for a connection or for a new
+server process loading its caches (most of what a short job costs).  At least POOL keepers wait
+idle; more are forked as launches need them, and those idle beyond the pool for
+KEEPER_IDLE_SECONDS, or older than KEEPER_LIFETIME_SECONDS, go.
+
+The server reaps its children on SIGCHLD and reports each attempt's exit code back (a keeper
+reports those of its attempts; the server is their subreaper should a keeper die first), so the
+dispatcher reconciles when a job ends instead of polling.  When the dispatcher goes away (EOF),
+the server and its keepers exit at once and the running jobs carry on, to be adopted.
 
 Nothing of the command line is imported here: a job must not pay for typer or rich.
 """
@@ -21,6 +31,7 @@ Nothing of the command line is imported here: a job must not pay for typer or ri
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import gc
 import importlib
 import json
@@ -42,7 +53,10 @@ import locaria_batch.job
 import locaria_batch.job.run  # noqa: F401
 
 MAX_MESSAGE = 1 << 20  # a launch carries the job's whole environment
-REFILL_DELAY = 0.05  # seconds between handing a spare its job and forking the next one
+REFILL_DELAY = 0.05  # seconds between handing a keeper its job and forking the next one
+KEEPER_IDLE_SECONDS = 30.0
+KEEPER_LIFETIME_SECONDS = 600.0
+PR_SET_CHILD_SUBREAPER = 36
 
 
 def process_start_time(pid: int) -> int | None:
@@ -77,26 +91,58 @@ def preload(modules: list[str]) -> None:
     gc.freeze()
 
 
+def readable(fds: list[int], timeout: float | None) -> set[int]:
+    """Which of fds can be read (or have closed), waiting at most timeout seconds (None: until one can)."""
+    poller = select.poll()
+    for fd in fds:
+        poller.register(fd, select.POLLIN)
+    return {fd for fd, _ in poller.poll(None if timeout is None else timeout * 1000)}
+
+
+def handler_module(request: dict[str, Any]) -> str:
+    return str(request.get("handler") or "").partition(":")[0]
+
+
 def connection_key(env: dict[str, str]) -> tuple[str, ...]:
-    """What decides where a job connects: a pre-forked child serves only launches that agree."""
+    """What decides where a job connects: a keeper serves only launches that agree."""
     return tuple(env.get(name, "") for name in ("LOCARIA_DB_URL", "LOCARIA_DB_SECRET", "LOCARIA_HOME"))
 
 
+def send_on(channel: socket.socket, message: dict[str, Any]) -> None:
+    with contextlib.suppress(OSError):
+        channel.send(json.dumps(message).encode())
+
+
+def become_subreaper() -> None:
+    """Orphans of this process's children (a job whose keeper died) become its own, so their exits
+    are still reaped and reported."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+
+
 @dataclass
-class Spare:
-    """A pre-forked child waiting for its job, its connection open."""
+class Keeper:
+    """A child that keeps a database connection open and forks attempts one at a time."""
 
     pid: int
     channel: socket.socket
     key: tuple[str, ...]
+    born: float
+    request: dict[str, Any] | None = None  # the launch handed to it, until it says the attempt started
+    job: int | None = None  # the attempt it runs
+    idle_since: float | None = None  # None while it has a launch
+
+    @property
+    def idle(self) -> bool:
+        return self.idle_since is not None
 
 
 class Server:
     def __init__(self, channel: socket.socket, pool_size: int = 0) -> None:
         self.channel = channel
         self.pool_size = pool_size
-        self.spares: list[Spare] = []
-        self.assigned: set[int] = set()  # children running a job: their exits are reported
+        self.keepers: dict[int, Keeper] = {}
+        self.assigned: set[int] = set()  # attempts running: their exits are reported
         self.wakeup_r, self.wakeup_w = os.pipe()
         os.set_blocking(self.wakeup_w, False)
         os.set_blocking(self.wakeup_r, False)
@@ -105,37 +151,50 @@ class Server:
         signal.signal(signal.SIGCHLD, lambda *_: None)  # a handler, so that the wakeup fd is written
         signal.set_wakeup_fd(self.wakeup_w)
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # the worker decides; Ctrl-C reaches its group
+        become_subreaper()
         refill: tuple[float, dict[str, str]] | None = None  # when, and with which environment
         while True:
-            timeout = None if refill is None else max(0.0, refill[0] - time.monotonic())
-            ready, _, _ = select.select([self.channel.fileno(), self.wakeup_r], [], [], timeout)
+            wake_at = [KEEPER_IDLE_SECONDS / 2 + time.monotonic()] + ([refill[0]] if refill else [])
+            watched = [self.channel.fileno(), self.wakeup_r, *(k.channel.fileno() for k in self.keepers.values())]
+            ready = readable(watched, max(0.0, min(wake_at) - time.monotonic()))
             if self.wakeup_r in ready:
                 with contextlib.suppress(BlockingIOError):
                     os.read(self.wakeup_r, 4096)
+            for keeper in [k for k in self.keepers.values() if k.channel.fileno() in ready]:
+                self.hear(keeper)
             self.reap()
             if self.channel.fileno() in ready:
                 try:
                     data = self.channel.recv(MAX_MESSAGE)
                 except OSError:
                     data = b""
-                if not data:  # the dispatcher is gone: its jobs carry on without us, the spares go
-                    for spare in self.spares:
+                if not data:  # the dispatcher is gone: its jobs carry on without us, the keepers go
+                    for keeper in self.keepers.values():
                         with contextlib.suppress(ProcessLookupError):
-                            os.kill(spare.pid, signal.SIGKILL)
+                            os.kill(keeper.pid, signal.SIGKILL)
                     return
                 request = json.loads(data)
                 self.handle(request)
-                if not request.get("argv"):  # the next spares start with this job's handler imported
-                    preload([str(request.get("handler") or "").partition(":")[0]])
+                if not request.get("argv"):  # the next keepers start with this job's handler imported
+                    preload([handler_module(request)])
                     # a moment later: forking and connecting now would take the CPU from the job just started
-                    refill = (time.monotonic() + (REFILL_DELAY if self.spares else 0.0), request["env"])
+                    refill = (time.monotonic() + (REFILL_DELAY if self.idle_keepers() else 0.0), request["env"])
             if refill is not None and time.monotonic() >= refill[0]:
                 self.refill(refill[1])
                 refill = None
+            self.retire_idle()
 
     def send(self, message: dict[str, Any]) -> None:
-        with contextlib.suppress(OSError):
-            self.channel.send(json.dumps(message).encode())
+        send_on(self.channel, message)
+
+    def started(self, seq: Any, pid: int, start_time: int | None) -> None:
+        self.assigned.add(pid)
+        self.send({"op": "started", "seq": seq, "pid": pid, "start_time": start_time})
+
+    def exited(self, pid: int, code: int | None) -> None:
+        if pid in self.assigned:
+            self.assigned.discard(pid)
+            self.send({"op": "exited", "pid": pid, "code": code})
 
     def reap(self) -> None:
         while True:
@@ -145,28 +204,106 @@ class Server:
                 return
             if pid == 0:
                 return
-            if pid in self.assigned:
-                self.assigned.discard(pid)
-                self.send({"op": "exited", "pid": pid, "code": exit_code_of(status)})
-            else:  # a spare whose connection dropped: another takes its place at the next launch
-                for spare in [spare for spare in self.spares if spare.pid == pid]:
-                    spare.channel.close()
-                    self.spares.remove(spare)
+            self.exited(pid, exit_code_of(status))  # one forked directly, or an orphan of a keeper
+            keeper = self.keepers.get(pid)
+            if keeper is not None:
+                self.hear(keeper)  # what it said before it went, then its EOF
 
-    def handle(self, request: dict[str, Any]) -> None:
-        seq = request.get("seq")
-        try:
-            pid = self.hand_to_spare(request) or self.launch(request)
-            self.assigned.add(pid)
-        except OSError as exc:
-            self.send({"op": "failed", "seq": seq, "error": f"{type(exc).__name__}: {exc}"})
+    # -- keepers --------------------------------------------------------------------------------
+    def hear(self, keeper: Keeper) -> None:
+        """Take what a keeper has said; at its end (EOF: it has gone), settle what it leaves."""
+        while True:
+            try:
+                data = keeper.channel.recv(MAX_MESSAGE, socket.MSG_DONTWAIT)
+            except BlockingIOError:
+                return
+            except OSError:
+                data = b""
+            if not data:
+                self.keeper_gone(keeper)
+                return
+            self.heard(keeper, json.loads(data))
+
+    def heard(self, keeper: Keeper, message: dict[str, Any]) -> None:
+        if message["op"] == "started":
+            keeper.request, keeper.job = None, int(message["pid"])
+            self.started(message["seq"], keeper.job, message.get("start_time"))
+        elif message["op"] == "exited":
+            keeper.job = None
+            self.exited(int(message["pid"]), int(message["code"]))
+        elif message["op"] == "idle":
+            keeper.idle_since = time.monotonic()
+
+    def keeper_gone(self, keeper: Keeper) -> None:
+        """A keeper has exited (or closed its end): its launch not yet started is forked here instead;
+        its attempt, if it runs on, is ours now (subreaper), else its exit code was lost with it."""
+        if self.keepers.pop(keeper.pid, None) is None:
             return
-        start = process_start_time(pid)
-        pid_file = request.get("pid_file")
-        if pid_file:  # written before the dispatcher hears of it: adoption finds the attempt even then
-            with contextlib.suppress(OSError):
-                Path(pid_file).write_text(f"{pid} {start}\n")
-        self.send({"op": "started", "seq": seq, "pid": pid, "start_time": start})
+        keeper.channel.close()
+        if keeper.request is not None:
+            self.handle(keeper.request, direct=True)
+        if keeper.job is not None and process_start_time(keeper.job) is None:
+            self.exited(keeper.job, None)
+
+    def idle_keepers(self, key: tuple[str, ...] | None = None) -> list[Keeper]:
+        return [k for k in self.keepers.values() if k.idle and (key is None or k.key == key)]
+
+    def retire(self, keeper: Keeper) -> None:
+        """An idle keeper goes: it closes its connection and exits on EOF."""
+        self.keepers.pop(keeper.pid, None)
+        keeper.channel.close()
+
+    def retire_idle(self) -> None:
+        now = time.monotonic()
+        idle = sorted(self.idle_keepers(), key=lambda k: k.idle_since or 0.0)
+        for index, keeper in enumerate(idle):
+            surplus = index < len(idle) - self.pool_size
+            if now - keeper.born > KEEPER_LIFETIME_SECONDS or (
+                    surplus and now - (keeper.idle_since or now) > KEEPER_IDLE_SECONDS):
+                self.retire(keeper)
+
+    def refill(self, env: dict[str, str]) -> None:
+        """Fork keepers until POOL wait idle with the environment of the launch just served."""
+        key = connection_key(env)
+        for keeper in [k for k in self.idle_keepers() if k.key != key]:
+            self.retire(keeper)
+        for _ in range(self.pool_size - len(self.idle_keepers(key))):
+            if self.fork_keeper(env) is None:
+                return
+
+    def fork_keeper(self, env: dict[str, str]) -> Keeper | None:
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        try:
+            pid = os.fork()
+        except OSError:
+            ours.close()
+            theirs.close()
+            return None
+        if pid == 0:
+            ours.close()
+            self.keep(theirs, env)
+        theirs.close()
+        keeper = Keeper(pid, ours, connection_key(env), time.monotonic(), idle_since=time.monotonic())
+        self.keepers[pid] = keeper
+        return keeper
+
+    # -- launches -------------------------------------------------------------------------------
+    def handle(self, request: dict[str, Any], direct: bool = False) -> None:
+        """A launch: to an idle keeper whose connection suits it (a new one if none waits), or forked
+        here for a docker's own command; a keeper answers for it when its attempt has started."""
+        if not direct and not request.get("argv"):
+            key = connection_key(request["env"])
+            keeper = next(iter(self.idle_keepers(key)), None) or self.fork_keeper(request["env"])
+            if keeper is not None:
+                keeper.idle_since, keeper.request = None, request
+                send_on(keeper.channel, {"op": "launch", **request})
+                return
+        try:
+            pid = self.launch(request)
+        except OSError as exc:
+            self.send({"op": "failed", "seq": request.get("seq"), "error": f"{type(exc).__name__}: {exc}"})
+            return
+        self.started(request.get("seq"), pid, record_start(pid, request))
 
     def launch(self, request: dict[str, Any]) -> int:
         env: dict[str, str] = request["env"]
@@ -177,7 +314,7 @@ class Server:
                 raise FileNotFoundError(f"{argv[0]!r} not found on PATH")
             argv = [program, *argv[1:]]
         else:
-            preload([str(request.get("handler") or "").partition(":")[0]])
+            preload([handler_module(request)])
         log_fd = os.open(request["log"], os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
         try:
             pid = os.fork()
@@ -185,127 +322,141 @@ class Server:
             os.close(log_fd)
             raise
         if pid == 0:  # the child never returns
-            self.become_job(request, env, argv, log_fd)
+            code = 1
+            try:
+                self.leave()
+                code = become_job(request, argv, log_fd, None)
+            finally:
+                os._exit(code)
         os.close(log_fd)
         return pid
 
-    def hand_to_spare(self, request: dict[str, Any]) -> int | None:
-        """Give the launch to a pre-forked child whose connection suits it; None if there is none."""
-        if request.get("argv"):
-            return None
-        key = connection_key(request["env"])
-        while self.spares:
-            spare = self.spares.pop(0)
-            if spare.key != key:
-                self.retire(spare)
-                continue
-            try:
-                spare.channel.send(json.dumps(request).encode())
-            except OSError:
-                self.retire(spare)
-                continue
-            spare.channel.close()
-            return spare.pid
-        return None
+    def leave(self) -> None:
+        """In a child: a session of its own, default signals, none of the server's descriptors."""
+        os.setsid()
+        for number in (signal.SIGCHLD, signal.SIGINT, signal.SIGTERM, signal.SIGPIPE):
+            signal.signal(number, signal.SIG_DFL)
+        signal.set_wakeup_fd(-1)
+        for keeper in self.keepers.values():
+            keeper.channel.close()
+        for fd in (self.wakeup_r, self.wakeup_w, self.channel.fileno()):
+            os.close(fd)
 
-    def retire(self, spare: Spare) -> None:
-        spare.channel.close()  # it exits on EOF
-        self.assigned.discard(spare.pid)
-
-    def refill(self, env: dict[str, str]) -> None:
-        """Fork spares until the pool is full, with the environment of the launch just served."""
-        while len(self.spares) < self.pool_size:
-            ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-            try:
-                pid = os.fork()
-            except OSError:
-                ours.close()
-                theirs.close()
-                return
-            if pid == 0:
-                ours.close()
-                self.wait_as_spare(theirs, env)
-            theirs.close()
-            self.spares.append(Spare(pid, ours, connection_key(env)))
-
-    def wait_as_spare(self, channel: socket.socket, env: dict[str, str]) -> None:
-        """In a pre-forked child: open the job's connection, then wait for a job (or exit when the
-        server or the database goes away first)."""
+    def keep(self, channel: socket.socket, env: dict[str, str]) -> None:
+        """In a keeper: open the job's connection, then fork the attempts it is handed one at a time,
+        lending each the connection, for as long as the connection can be vouched for (it exits when
+        the server or the database goes away first)."""
         code = 0
         try:
-            os.setsid()
-            self.reset_signals()
-            for spare in self.spares:
-                spare.channel.close()
-            for fd in (self.wakeup_r, self.wakeup_w, self.channel.fileno()):
-                os.close(fd)
+            self.leave()
             os.environ.clear()
             os.environ.update(env)
-            from locaria_batch.job.run import Session
+            from locaria_batch.job.run import open_ahead, ready_for_next
             from locaria_batch.settings import reset as reset_settings
             from locaria_batch.settings import settings
 
             reset_settings()
             conn = None
             with contextlib.suppress(Exception):
-                conn = Session.connect(settings().db_url)
-            watched = [channel.fileno(), *([conn.fileno()] if conn is not None else [])]
-            ready, _, _ = select.select(watched, [], [])
-            data = channel.recv(MAX_MESSAGE) if channel.fileno() in ready else b""
-            if not data:
-                os._exit(0)  # no job for us (the server left, or the database dropped our connection)
-            channel.close()
-            request = json.loads(data)
-            log_fd = os.open(request["log"], os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-            self.become_job(request, request["env"], None, log_fd, conn)
+                conn = open_ahead(settings().db_url)
+            while True:
+                ready = readable([channel.fileno(), *([conn.fileno()] if conn is not None else [])], None)
+                data = channel.recv(MAX_MESSAGE) if channel.fileno() in ready else b""
+                if not data:  # the server left, or the database closed the idle connection
+                    break
+                request = json.loads(data)
+                preload([handler_module(request)])
+                pid = self.fork_attempt(channel, request, conn)
+                send_on(channel, {"op": "started", "seq": request.get("seq"), "pid": pid,
+                                  "start_time": record_start(pid, request)})
+                _, status = os.waitpid(pid, 0)
+                send_on(channel, {"op": "exited", "pid": pid, "code": exit_code_of(status)})
+                if conn is None or status != 0 or group_lives(pid) or not ready_for_next(conn):
+                    break
+                send_on(channel, {"op": "idle"})
+            if conn is not None:
+                conn.close()  # at once: a killed attempt's statement is stopped by the server seeing it
         except BaseException:
             traceback.print_exc()
             code = 1
         os._exit(code)
 
     @staticmethod
-    def reset_signals() -> None:
-        for number in (signal.SIGCHLD, signal.SIGINT, signal.SIGTERM, signal.SIGPIPE):
-            signal.signal(number, signal.SIG_DFL)
-        signal.set_wakeup_fd(-1)
-
-    def become_job(self, request: dict[str, Any], env: dict[str, str], argv: list[str] | None, log_fd: int,
-                   conn: psycopg.Connection[Any] | None = None) -> None:
-        code = 1
+    def fork_attempt(channel: socket.socket, request: dict[str, Any], conn: psycopg.Connection[Any] | None) -> int:
+        log_fd = os.open(request["log"], os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
         try:
-            if conn is None:  # a spare has done this already
+            pid = os.fork()
+        except OSError:
+            os.close(log_fd)
+            raise
+        if pid == 0:
+            code = 1
+            try:
+                channel.close()
                 os.setsid()
-                self.reset_signals()
-                for fd in (self.wakeup_r, self.wakeup_w, self.channel.fileno()):
-                    os.close(fd)
-                for spare in self.spares:
-                    spare.channel.close()
-            null_fd = os.open(os.devnull, os.O_RDONLY)
-            os.dup2(null_fd, 0)
-            os.dup2(log_fd, 1)
-            os.dup2(log_fd, 2)
-            for fd in (null_fd, log_fd):
-                os.close(fd)
-            if request.get("cwd"):
-                os.chdir(request["cwd"])
-            if argv:
-                os.execve(argv[0], argv, env)
-            os.environ.clear()
-            os.environ.update(env)
-            from locaria_batch.job import main
-            from locaria_batch.settings import reset as reset_settings
+                code = become_job(request, None, log_fd, conn)
+            finally:
+                os._exit(code)
+        os.close(log_fd)
+        return pid
 
-            reset_settings()
-            code = main([request["docker"]], conn=conn)
-        except SystemExit as exc:
-            code = exc.code if isinstance(exc.code, int) else 1
-        except BaseException:
-            traceback.print_exc()
-        finally:
-            with contextlib.suppress(Exception):
-                sys.stdout.flush()
-                sys.stderr.flush()
-            os._exit(code)
+
+def group_lives(pgid: int) -> bool:
+    """Whether a process of the attempt's group outlives it (a child it left behind, which may hold
+    the connection too: then the connection is not lent again)."""
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    return True
+
+
+def record_start(pid: int, request: dict[str, Any]) -> int | None:
+    """The attempt's start time, written to its pid file before the dispatcher hears of it: adoption
+    finds the attempt even then."""
+    start = process_start_time(pid)
+    pid_file = request.get("pid_file")
+    if pid_file:
+        with contextlib.suppress(OSError):
+            Path(pid_file).write_text(f"{pid} {start}\n")
+    return start
+
+
+def become_job(request: dict[str, Any], argv: list[str] | None, log_fd: int,
+               conn: psycopg.Connection[Any] | None) -> int:
+    """In an attempt's process (its session already its own): its log, directory and environment, then
+    its command or its handler; the exit code."""
+    code = 1
+    env: dict[str, str] = request["env"]
+    try:
+        null_fd = os.open(os.devnull, os.O_RDONLY)
+        os.dup2(null_fd, 0)
+        os.dup2(log_fd, 1)
+        os.dup2(log_fd, 2)
+        for fd in (null_fd, log_fd):
+            os.close(fd)
+        if request.get("cwd"):
+            os.chdir(request["cwd"])
+        if argv:
+            os.execve(argv[0], argv, env)
+        os.environ.clear()
+        os.environ.update(env)
+        from locaria_batch.job import main
+        from locaria_batch.settings import reset as reset_settings
+
+        reset_settings()
+        code = main([request["docker"]], conn=conn)
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else 1
+    except BaseException:
+        traceback.print_exc()
+    finally:
+        with contextlib.suppress(Exception):
+            sys.stdout.flush()
+            sys.stderr.flush()
+    return code
 
 
 def main(argv: list[str]) -> None:

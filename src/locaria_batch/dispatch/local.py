@@ -64,7 +64,7 @@ class ForkServer:
             env=child_environment({}))  # never the dispatcher's credentials, even in its parent
         theirs.close()
         self.lock = threading.Lock()
-        self.exits: dict[int, int] = {}  # pid -> exit code, reported but not yet taken
+        self.exits: dict[int, int | None] = {}  # pid -> exit code (None: lost), reported but not yet taken
         self.seq = 0
         ready = self._receive(timeout=120)
         if ready.get("op") != "ready":
@@ -87,7 +87,8 @@ class ForkServer:
             raise ForkServerGone("it closed its socket")
         message: dict[str, Any] = json.loads(data)
         if message.get("op") == "exited":
-            self.exits[int(message["pid"])] = int(message["code"])
+            code = message["code"]
+            self.exits[int(message["pid"])] = None if code is None else int(code)
         return message
 
     def drain(self) -> None:
@@ -119,8 +120,8 @@ class ForkServer:
                     replies[int(message["seq"])] = str(message["error"])
             return [replies[seq] for seq in seqs]
 
-    def take_exit(self, pid: int) -> int | None:
-        return self.exits.pop(pid, None)
+    def take_exit(self, pid: int) -> None:
+        self.exits.pop(pid, None)
 
     def close(self) -> None:
         self.channel.close()  # the server exits on EOF; its running jobs carry on
@@ -130,7 +131,6 @@ class ForkServer:
 
 class LocalRunner:
     name = "local"
-    needs_job_credentials = True
     needs_job_credentials = True
 
     def __init__(self, logs_dir: Path, *, python: str = sys.executable, stop_grace: float = 10.0,
@@ -142,7 +142,7 @@ class LocalRunner:
         self.stop_grace = stop_grace
         self.cwd = cwd
         self.preload = preload
-        self.pool_size = pool_size  # attempts forked ahead, each with its connection open
+        self.pool_size = pool_size  # keepers (each with a connection open) that wait idle for attempts
         self._server: ForkServer | None = None
         self._ours: set[int] = set()  # pids the fork server started for this runner (it reports their exits)
         self._watched: dict[int, ProcessHandle] = {}  # attempts followed until they end
@@ -242,10 +242,9 @@ class LocalRunner:
         start = process_start_time(handle.pid)
         return start is not None and (handle.start_time is None or start == handle.start_time)
 
-    def _exit_code(self, pid: int) -> int | None:
-        if self._server is None or pid not in self._ours:
-            return None
-        return self._server.exits.get(pid)
+    def _reported(self, pid: int) -> bool:
+        """Whether the fork server has reported the end of this attempt it started."""
+        return self._server is not None and pid in self._ours and pid in self._server.exits
 
     def _drain(self) -> None:
         """Read what the fork server has reported (exit codes) without waiting."""
@@ -257,7 +256,7 @@ class LocalRunner:
         """Whether the attempt has ended as far as we can know: our children when the server has
         reported their exit code (or has gone itself), others when their process has gone."""
         if handle.pid in self._ours and self._server is not None and self._server.alive:
-            return self._exit_code(handle.pid) is not None
+            return self._reported(handle.pid)
         return not self._alive(handle)
 
     def ended(self) -> list[ProcessHandle]:
@@ -281,9 +280,10 @@ class LocalRunner:
         server_alive = self._server is not None and self._server.alive
         result = []
         for handle in handles:
-            code = self._exit_code(handle.pid)
-            if code is not None:
-                result.append(RunStatus("exited", code))
+            if self._reported(handle.pid):
+                code = self._server.exits[handle.pid] if self._server is not None else None
+                result.append(RunStatus("exited", code) if code is not None else RunStatus(
+                    "missing", None, "the process ended and its exit code was lost with the process that forked it"))
             elif (handle.pid in self._ours and server_alive) or self._alive(handle):
                 result.append(RunStatus("running"))  # (one of ours that ended: its report is on its way)
             elif handle.pid in self._ours:

@@ -1,16 +1,20 @@
 """One attempt from start to finish: claim it, run the docker's handler while the heartbeat beats,
 then finish the job and write the file's final status and result attributes in one transaction.
 
-On the happy path a job makes one connection and two statements (job_start, job_finish); the
-handler's own work runs in transactions on the same connection.  A database that goes away is
-waited for, with backoff, for as long as the attempt's lease would last: claiming and finishing
-are retried; a handler that lost its connection is retried as a new attempt.
+On the happy path a job makes two statements (job_start, job_finish) on one connection, which the
+handler's own work shares; under the local runner that connection is lent by the process that keeps
+it open between attempts (see dispatch/forkserver.py), so that a job pays for neither a connection
+nor a fresh server process.  A database that goes away is waited for, with backoff, for as long as
+the attempt's lease would last: claiming and finishing are retried; a handler that lost its
+connection is retried as a new attempt.
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import json
+import select
 import shutil
 import signal
 import sys
@@ -24,6 +28,7 @@ import psycopg
 from psycopg.types.json import Jsonb
 
 from locaria_batch.db import connect
+from locaria_batch.db.connect import ensure_iso_dates
 from locaria_batch.db.retry import Backoff, connection_lost
 from locaria_batch.job.context import JobCancelled, JobContext, JobError, JobResult, RetryableJobError, Terminated
 from locaria_batch.job.heartbeat import Heartbeat
@@ -57,39 +62,67 @@ def user_message(exc: BaseException, docker: str) -> str:
     return f"{docker} failed unexpectedly: {type(exc).__name__}: {exc}. The job's log has the details."
 
 
-class Session:
-    """The job's one connection, reopened (with backoff) while the lease lasts when it drops."""
+# set with the claim: the server checks every few seconds that the job is still there, so that the
+# statement of a job that was killed (an index build can run for minutes) stops with it instead of
+# running on, holding a CPU and its locks; its TCP keepalives find a job whose host or network went
+# away within a minute or so
+SESSION_SETTINGS = (f"set_config('client_connection_check_interval', '{CLIENT_CHECK_SECONDS}s', false), "
+                    "set_config('tcp_keepalives_idle', '30', false), set_config('tcp_keepalives_interval', '10', "
+                    "false), set_config('tcp_keepalives_count', '3', false)")
 
-    def __init__(self, db_url: str | None, job_id: int, lease_seconds: float, conn: Conn | None = None) -> None:
+
+def connect_job(db_url: str | None) -> Conn:
+    return connect(db_url, application_name="locaria-batch job")
+
+
+def open_ahead(db_url: str | None) -> Conn:
+    """A connection opened before its job is known, in autocommit, its server process's caches loaded
+    by a call that changes nothing (about 10 ms that no job then waits for)."""
+    conn = connect(db_url, application_name="locaria-batch job", autocommit=True, connect_timeout=10)
+    conn.execute("SELECT locaria_core.job_start(NULL, NULL)", prepare=False)
+    return conn
+
+
+def ready_for_next(conn: Conn) -> bool:
+    """After an attempt that ended cleanly on a lent connection: reset its session as a pooler does
+    (settings, prepared statements, temporary tables, locks, listeners: DISCARD ALL) so that the next
+    attempt finds it as new.  False when it cannot be vouched for (the server has something unread
+    for it, a transaction was left open, the connection broke): it must then be closed, not lent."""
+    if conn.closed:
+        return False
+    unread = select.poll()
+    unread.register(conn.fileno(), select.POLLIN)
+    if unread.poll(0):
+        return False
+    try:
+        conn.execute("DISCARD ALL", prepare=False)
+        ensure_iso_dates(conn)
+    except psycopg.Error:
+        return False
+    return conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
+
+
+class Session:
+    """The job's one connection, reopened (with backoff) while the lease lasts when it drops.  A lent
+    connection is never closed here: it is left idle for the process that keeps it."""
+
+    def __init__(self, db_url: str | None, job_id: int, lease_seconds: float, lent: Conn | None = None) -> None:
         self.db_url = db_url
         self.job_id = job_id
         self.lease_seconds = lease_seconds
-        self.conn = conn  # opened ahead by a pre-forked process, for this same db_url
-
-    @staticmethod
-    def connect(db_url: str | None) -> Conn:
-        """A job's connection, made ready in one statement: the server checks every few seconds that the
-        job is still there, so that the statement of a job that was killed (an index build can run for
-        minutes) stops with it instead of running on, holding a CPU and its locks (its TCP keepalives find
-        a job whose host or network went away within a minute or so); and a call that changes nothing loads
-        the new server process's caches (about 10 ms), before its job needs them when the connection is
-        opened ahead."""
-        conn = connect(db_url, application_name="locaria-batch job", autocommit=True)
-        conn.execute("SELECT set_config('client_connection_check_interval', %s, false), "
-                     "set_config('tcp_keepalives_idle', '30', false), set_config('tcp_keepalives_interval', '10', "
-                     "false), set_config('tcp_keepalives_count', '3', false), locaria_core.job_start(NULL, NULL)",
-                     [f"{CLIENT_CHECK_SECONDS}s"])
-        conn.autocommit = False
-        return conn
+        self.lent = lent
+        self.conn = lent
+        if lent is not None:
+            lent.autocommit = False  # as a handler expects its connection (the keeper's copy stays in autocommit)
 
     def open(self) -> Conn:
         if self.conn is None or self.conn.closed:
-            self.conn = self.connect(self.db_url)
+            self.conn = connect_job(self.db_url)
         return self.conn
 
     def call(self, query: str, params: list[Any]) -> Any:
         """One function call in autocommit (a statement of its own), retried while the database is
-        away; its one value."""
+        away; its first value."""
         deadline = time.monotonic() + self.lease_seconds
         backoff = Backoff()
         while True:
@@ -115,12 +148,20 @@ class Session:
                 time.sleep(min(backoff.next_delay(), max(0.0, deadline - time.monotonic())))
 
     def close(self) -> None:
-        if self.conn is not None:
+        if self.conn is None:
+            return
+        if self.conn is self.lent:  # left idle for its keeper, who checks it before lending it again
+            if not self.conn.closed and self.conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+                with contextlib.suppress(psycopg.Error):
+                    self.conn.rollback()
+        else:
             self.conn.close()
+        self.conn = None
 
 
 def main(argv: list[str] | None = None, *, conn: Conn | None = None) -> int:
-    """Run the attempt the environment names; `conn`: a connection opened ahead to the same database."""
+    """Run the attempt the environment names; `conn`: a connection to the same database lent for this
+    attempt by the process that keeps it open (see Session)."""
     args = sys.argv[1:] if argv is None else argv
     conf = settings()
     identity = conf.job
@@ -147,7 +188,7 @@ def main(argv: list[str] | None = None, *, conn: Conn | None = None) -> int:
 
 
 def _attempt(session: Session, job_id: int, token: str, docker_name: str) -> int:
-    claim = session.call("SELECT locaria_core.job_start(%s, %s) AS claim", [job_id, token])
+    claim = session.call(f"SELECT locaria_core.job_start(%s, %s) AS claim, {SESSION_SETTINGS}", [job_id, token])
     if claim is None:
         print(f"job {job_id}: this attempt is stale, cancelled or its file is gone; nothing to do", flush=True)
         return 0
