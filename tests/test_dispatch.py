@@ -333,3 +333,30 @@ def test_forked_jobs_see_the_dispatchers_current_environment(conn, db_url, add_d
         file_id = add(conn, "ENV")
         dispatcher.drain(timeout=30)
         assert file_row(conn, file_id)["attributes"]["marker"] == value
+
+
+def test_a_handle_without_a_start_time_reads_back() -> None:
+    """A process whose start time could not be read is stored with a null one (as are rows that left it out)."""
+    from locaria_batch.dispatch.handles import ProcessHandle
+
+    handle = ProcessHandle(4242, None, "/logs/job-1-attempt-1.log", 1, 1)
+    assert ProcessHandle.from_json(handle.to_json()) == handle
+    assert ProcessHandle.from_json({"pid": 4242, "log": "/logs/job-1-attempt-1.log", "job_id": 1, "attempt": 1,
+                                    "where": "pid 4242"}) == handle
+
+
+def test_a_job_that_ends_at_once_still_has_its_start_time() -> None:
+    """A child not yet reaped has a start time to record even when it has already ended."""
+    from locaria_batch.dispatch.forkserver import process_start_time
+
+    pid = os.fork()
+    if pid == 0:
+        os._exit(0)
+    deadline = time.monotonic() + 5
+    while process_start_time(pid) is not None:  # a zombie: ended, not reaped
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    try:
+        assert process_start_time(pid, ended_too=True) is not None
+    finally:
+        os.waitpid(pid, 0)

@@ -59,15 +59,16 @@ KEEPER_LIFETIME_SECONDS = 600.0
 PR_SET_CHILD_SUBREAPER = 36
 
 
-def process_start_time(pid: int) -> int | None:
-    """The kernel's start time of pid (clock ticks since boot): tells a reused pid apart."""
+def process_start_time(pid: int, *, ended_too: bool = False) -> int | None:
+    """The kernel's start time of pid (clock ticks since boot): tells a reused pid apart.  None once it
+    has ended, unless `ended_too` (a child not yet reaped still has one)."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except (FileNotFoundError, ProcessLookupError, PermissionError):
         return None
     # the command name may hold spaces and parentheses: split after the last ')'
     fields = stat[stat.rindex(")") + 2 :].split()
-    if fields[0] in ("Z", "X"):  # a zombie has ended
+    if fields[0] in ("Z", "X") and not ended_too:  # a zombie has ended
         return None
     return int(fields[19])
 
@@ -131,6 +132,7 @@ class Keeper:
     request: dict[str, Any] | None = None  # the launch handed to it, until it says the attempt started
     job: int | None = None  # the attempt it runs
     idle_since: float | None = None  # None while it has a launch
+    ended: bool = False  # its end of the channel has closed: it is settled once reaped
 
     @property
     def idle(self) -> bool:
@@ -155,7 +157,8 @@ class Server:
         refill: tuple[float, dict[str, str]] | None = None  # when, and with which environment
         while True:
             wake_at = [KEEPER_IDLE_SECONDS / 2 + time.monotonic()] + ([refill[0]] if refill else [])
-            watched = [self.channel.fileno(), self.wakeup_r, *(k.channel.fileno() for k in self.keepers.values())]
+            watched = [self.channel.fileno(), self.wakeup_r,
+                       *(k.channel.fileno() for k in self.keepers.values() if not k.ended)]
             ready = readable(watched, max(0.0, min(wake_at) - time.monotonic()))
             if self.wakeup_r in ready:
                 with contextlib.suppress(BlockingIOError):
@@ -197,22 +200,25 @@ class Server:
             self.send({"op": "exited", "pid": pid, "code": code})
 
     def reap(self) -> None:
+        gone: list[Keeper] = []
         while True:
             try:
                 pid, status = os.waitpid(-1, os.WNOHANG)
             except ChildProcessError:
-                return
+                break
             if pid == 0:
-                return
+                break
             self.exited(pid, exit_code_of(status))  # one forked directly, or an orphan of a keeper
-            keeper = self.keepers.get(pid)
-            if keeper is not None:
-                self.hear(keeper)  # what it said before it went, then its EOF
+            if pid in self.keepers:
+                gone.append(self.keepers[pid])
+        for keeper in gone:  # after every exit reaped: its orphans' among them
+            self.hear(keeper)
+            self.settle(keeper)
 
     # -- keepers --------------------------------------------------------------------------------
     def hear(self, keeper: Keeper) -> None:
-        """Take what a keeper has said; at its end (EOF: it has gone), settle what it leaves."""
-        while True:
+        """Take what a keeper has said, up to its end (EOF: it is exiting)."""
+        while not keeper.ended:
             try:
                 data = keeper.channel.recv(MAX_MESSAGE, socket.MSG_DONTWAIT)
             except BlockingIOError:
@@ -220,7 +226,7 @@ class Server:
             except OSError:
                 data = b""
             if not data:
-                self.keeper_gone(keeper)
+                keeper.ended = True
                 return
             self.heard(keeper, json.loads(data))
 
@@ -230,23 +236,31 @@ class Server:
             self.started(message["seq"], keeper.job, message.get("start_time"))
         elif message["op"] == "exited":
             keeper.job = None
+            if message["idle"]:
+                keeper.idle_since = time.monotonic()
             self.exited(int(message["pid"]), int(message["code"]))
-        elif message["op"] == "idle":
-            keeper.idle_since = time.monotonic()
 
-    def keeper_gone(self, keeper: Keeper) -> None:
-        """A keeper has exited (or closed its end): its launch not yet started is forked here instead;
-        its attempt, if it runs on, is ours now (subreaper), else its exit code was lost with it."""
-        if self.keepers.pop(keeper.pid, None) is None:
-            return
+    def settle(self, keeper: Keeper) -> None:
+        """A keeper has exited and been reaped.  A launch it had not said it started fails (it may have
+        forked the attempt already: the dispatcher retries it as a new attempt, which fences the other
+        off).  Its attempt, if it runs on, is our child now (subreaper) and reaped in turn, else (the
+        keeper reaped it but died before saying so) its exit code was lost with the keeper."""
+        self.keepers.pop(keeper.pid, None)
         keeper.channel.close()
         if keeper.request is not None:
-            self.handle(keeper.request, direct=True)
-        if keeper.job is not None and process_start_time(keeper.job) is None:
-            self.exited(keeper.job, None)
+            self.send({"op": "failed", "seq": keeper.request.get("seq"),
+                       "error": "the process that was to start it ended first"})
+        if keeper.job is not None and keeper.job in self.assigned:
+            try:
+                pid, status = os.waitpid(keeper.job, os.WNOHANG)
+            except ChildProcessError:
+                self.exited(keeper.job, None)
+                return
+            if pid:
+                self.exited(pid, exit_code_of(status))
 
     def idle_keepers(self, key: tuple[str, ...] | None = None) -> list[Keeper]:
-        return [k for k in self.keepers.values() if k.idle and (key is None or k.key == key)]
+        return [k for k in self.keepers.values() if k.idle and not k.ended and (key is None or k.key == key)]
 
     def retire(self, keeper: Keeper) -> None:
         """An idle keeper goes: it closes its connection and exits on EOF."""
@@ -288,10 +302,10 @@ class Server:
         return keeper
 
     # -- launches -------------------------------------------------------------------------------
-    def handle(self, request: dict[str, Any], direct: bool = False) -> None:
+    def handle(self, request: dict[str, Any]) -> None:
         """A launch: to an idle keeper whose connection suits it (a new one if none waits), or forked
         here for a docker's own command; a keeper answers for it when its attempt has started."""
-        if not direct and not request.get("argv"):
+        if not request.get("argv"):
             key = connection_key(request["env"])
             keeper = next(iter(self.idle_keepers(key)), None) or self.fork_keeper(request["env"])
             if keeper is not None:
@@ -370,10 +384,12 @@ class Server:
                 send_on(channel, {"op": "started", "seq": request.get("seq"), "pid": pid,
                                   "start_time": record_start(pid, request)})
                 _, status = os.waitpid(pid, 0)
-                send_on(channel, {"op": "exited", "pid": pid, "code": exit_code_of(status)})
-                if conn is None or status != 0 or group_lives(pid) or not ready_for_next(conn):
+                # ready again before the exit is told: the dispatcher's next launch, which the exit may
+                # bring at once, must find this keeper idle rather than make another
+                again = conn is not None and status == 0 and not group_lives(pid) and ready_for_next(conn)
+                send_on(channel, {"op": "exited", "pid": pid, "code": exit_code_of(status), "idle": again})
+                if not again:
                     break
-                send_on(channel, {"op": "idle"})
             if conn is not None:
                 conn.close()  # at once: a killed attempt's statement is stopped by the server seeing it
         except BaseException:
@@ -415,8 +431,9 @@ def group_lives(pgid: int) -> bool:
 
 def record_start(pid: int, request: dict[str, Any]) -> int | None:
     """The attempt's start time, written to its pid file before the dispatcher hears of it: adoption
-    finds the attempt even then."""
-    start = process_start_time(pid)
+    finds the attempt even then.  (Its parent has not reaped it yet: a job that has already ended still
+    has its start time.)"""
+    start = process_start_time(pid, ended_too=True)
     pid_file = request.get("pid_file")
     if pid_file:
         with contextlib.suppress(OSError):

@@ -6,7 +6,7 @@ is, so the CLI and the console print it without knowing any runner's keys.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import MISSING, asdict, dataclass, fields
 from typing import Any, ClassVar, Protocol, Self
 
 
@@ -22,17 +22,22 @@ class Handle(Protocol):
 
 
 class _Stored:
-    """JSON round trip shared by every handle type (unknown keys of older rows are ignored)."""
+    """JSON round trip shared by every handle type (unknown keys of older rows are ignored; a field
+    without a default that a row lacks, as rows once left out a null start time, reads as None)."""
 
     runner: ClassVar[str]
 
     @classmethod
     def from_json(cls, stored: dict[str, Any]) -> Self:
-        known = {item.name for item in fields(cls)}  # type: ignore[arg-type]
-        return cls(**{key: value for key, value in stored.items() if key in known})
+        values = {item.name: stored.get(item.name) for item in fields(cls)  # type: ignore[arg-type]
+                  if item.name in stored or (item.default is MISSING and item.default_factory is MISSING)}
+        return cls(**values)
 
     def to_json(self) -> dict[str, Any]:
-        data = {key: value for key, value in asdict(self).items() if value is not None}  # type: ignore[call-overload]
+        optional = {item.name for item in fields(self)  # type: ignore[arg-type]
+                    if item.default is not MISSING or item.default_factory is not MISSING}
+        data = {key: value for key, value in asdict(self).items()  # type: ignore[call-overload]
+                if value is not None or key not in optional}
         data["where"] = self.where  # type: ignore[attr-defined]
         return data
 
