@@ -46,10 +46,10 @@ def worker(
     if metrics_port is not None:
         metrics = DispatcherMetrics()
         metrics.serve(metrics_port, metrics_host)
-        dispatcher = MeteredDispatcher(make_runner(name), metrics, concurrency=concurrency,
+        dispatcher = MeteredDispatcher(make_runner(name, concurrency), metrics, concurrency=concurrency,
                                        lease_seconds=lease_seconds)
     else:
-        dispatcher = Dispatcher(make_runner(name), concurrency=concurrency, lease_seconds=lease_seconds)
+        dispatcher = Dispatcher(make_runner(name, concurrency), concurrency=concurrency, lease_seconds=lease_seconds)
     if once:
         try:
             dispatcher.drain()

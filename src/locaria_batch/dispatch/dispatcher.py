@@ -533,13 +533,13 @@ class Dispatcher:
         return True
 
 
-def make_runner(name: str) -> Runner[Any]:
-    """The runner called `name`: local, docker or ecs."""
+def make_runner(name: str, concurrency: int = 1) -> Runner[Any]:
+    """The runner called `name`: local, docker or ecs, for a dispatcher running `concurrency` jobs."""
     conf = settings()
     if name == "local":
-        from locaria_batch.dispatch.local import LocalRunner
+        from locaria_batch.dispatch.local import LocalRunner, keepers_for
 
-        return LocalRunner(conf.logs_dir, cwd=conf.project_dir)
+        return LocalRunner(conf.logs_dir, cwd=conf.project_dir, pool_size=keepers_for(concurrency))
     if name == "docker":
         from locaria_batch.dispatch.docker import DockerRunner
 

@@ -16,9 +16,9 @@ temporary tables, locks, listeners) and lends it to the next attempt; after anyt
 non-zero exit, a signal, a process of the attempt's group still alive, something left unread or a
 transaction left open) it closes the connection and exits.  So an attempt is still a process of its
 own, with its own session, log and environment, while no attempt pays for a connection or for a new
-server process loading its caches (most of what a short job costs).  At least POOL keepers wait
-idle; more are forked as launches need them, and those idle beyond the pool for
-KEEPER_IDLE_SECONDS, or older than KEEPER_LIFETIME_SECONDS, go.
+server process loading its caches (most of what a short job costs).  POOL keepers are kept open,
+one of them at least idle; more are forked as launches need them, and those idle beyond the pool
+for KEEPER_IDLE_SECONDS, or older than KEEPER_LIFETIME_SECONDS, go.
 
 The server reaps its children on SIGCHLD and reports each attempt's exit code back (a keeper
 reports those of its attempts; the server is their subreaper should a keeper die first), so the
@@ -267,21 +267,27 @@ class Server:
         self.keepers.pop(keeper.pid, None)
         keeper.channel.close()
 
+    def kept(self, key: tuple[str, ...]) -> list[Keeper]:
+        return [k for k in self.keepers.values() if not k.ended and k.key == key]
+
     def retire_idle(self) -> None:
+        """Keepers idle for KEEPER_IDLE_SECONDS go while more than POOL are open; any keeper older than
+        KEEPER_LIFETIME_SECONDS goes once idle."""
         now = time.monotonic()
-        idle = sorted(self.idle_keepers(), key=lambda k: k.idle_since or 0.0)
-        for index, keeper in enumerate(idle):
-            surplus = index < len(idle) - self.pool_size
+        surplus = sum(not k.ended for k in self.keepers.values()) - self.pool_size
+        for keeper in sorted(self.idle_keepers(), key=lambda k: k.idle_since or 0.0):
             if now - keeper.born > KEEPER_LIFETIME_SECONDS or (
-                    surplus and now - (keeper.idle_since or now) > KEEPER_IDLE_SECONDS):
+                    surplus > 0 and now - (keeper.idle_since or now) > KEEPER_IDLE_SECONDS):
                 self.retire(keeper)
+                surplus -= 1
 
     def refill(self, env: dict[str, str]) -> None:
-        """Fork keepers until POOL wait idle with the environment of the launch just served."""
+        """Fork keepers with the environment of the launch just served until POOL are open, one of
+        them idle (those of another environment go)."""
         key = connection_key(env)
         for keeper in [k for k in self.idle_keepers() if k.key != key]:
             self.retire(keeper)
-        for _ in range(self.pool_size - len(self.idle_keepers(key))):
+        for _ in range(max(self.pool_size - len(self.kept(key)), 1 - len(self.idle_keepers(key)), 0)):
             if self.fork_keeper(env) is None:
                 return
 
@@ -359,7 +365,7 @@ class Server:
     def keep(self, channel: socket.socket, env: dict[str, str]) -> None:
         """In a keeper: open the job's connection, then fork the attempts it is handed one at a time,
         lending each the connection, for as long as the connection can be vouched for (it exits when
-        the server or the database goes away first)."""
+        the server goes away, or after an attempt that leaves the connection in doubt or without one)."""
         code = 0
         try:
             self.leave()
@@ -375,8 +381,14 @@ class Server:
                 conn = open_ahead(settings().db_url)
             while True:
                 ready = readable([channel.fileno(), *([conn.fileno()] if conn is not None else [])], None)
-                data = channel.recv(MAX_MESSAGE) if channel.fileno() in ready else b""
-                if not data:  # the server left, or the database closed the idle connection
+                if conn is not None and conn.fileno() in ready:
+                    # the database closed the idle connection (a restart, a timeout): the next attempt,
+                    # which may be on its way already, connects on its own, and this keeper then goes
+                    conn.close()
+                    conn = None
+                    continue
+                data = channel.recv(MAX_MESSAGE)
+                if not data:  # the server left
                     break
                 request = json.loads(data)
                 preload([handler_module(request)])

@@ -39,6 +39,15 @@ BUILT_IN_HANDLERS = ("locaria_batch.jobs.file_loader", "locaria_batch.jobs.file_
                      "locaria_batch.jobs.file_import", "locaria_batch.storage.local")
 
 
+MAX_KEPT = 8  # keepers kept open however many jobs a worker runs at once: each idle one holds a server process
+
+
+def keepers_for(concurrency: int) -> int:
+    """How many keepers (a connection each) a worker keeps open: one per job it may run, up to MAX_KEPT,
+    so that a burst of jobs finds its sessions ready."""
+    return max(1, min(concurrency, MAX_KEPT))
+
+
 class ForkServerGone(LaunchError):
     def __init__(self, detail: str) -> None:
         super().__init__(f"the job fork server stopped ({detail}); it is restarted for the next launch",
@@ -142,7 +151,7 @@ class LocalRunner:
         self.stop_grace = stop_grace
         self.cwd = cwd
         self.preload = preload
-        self.pool_size = pool_size  # keepers (each with a connection open) that wait idle for attempts
+        self.pool_size = pool_size  # keepers (each with a connection open) kept for attempts, busy or idle
         self._server: ForkServer | None = None
         self._ours: set[int] = set()  # pids the fork server started for this runner (it reports their exits)
         self._watched: dict[int, ProcessHandle] = {}  # attempts followed until they end

@@ -44,7 +44,7 @@ def wait_for_file(file_id: int, on_update: Callable[[FileProgress], None] | None
                         inline.close()
                         inline = None
                 else:
-                    inline = inline or Dispatcher(make_runner(runner), concurrency=2)
+                    inline = inline or Dispatcher(make_runner(runner, 2), concurrency=2)
                     inline.run_once()
                 progress = store.file_progress(file_id)
             except psycopg.Error as exc:
