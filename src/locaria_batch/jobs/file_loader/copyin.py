@@ -122,7 +122,7 @@ def copy_prepared(conn: psycopg.Connection[Any], table: sql.Composable, names: l
     statement = sql.SQL("COPY {} ({}) FROM STDIN (FORMAT binary)").format(
         table, sql.SQL(", ").join(map(sql.Identifier, names)))
     copied = Copied()
-    close_rings = False  # once one polygon needed it, the file's others are closed before they are sent
+    closing_rings = False  # once one polygon needed it, the file's others are closed before they are sent
     with conn.cursor() as cur:
         for item in items:
             for before in item.before:
@@ -133,7 +133,7 @@ def copy_prepared(conn: psycopg.Connection[Any], table: sql.Composable, names: l
             pending: list[tuple[pa.RecordBatch, bytes | None, int]] = [(item.batch, item.data, item.first_row)]
             while pending:
                 batch, data, first_row = pending.pop()
-                if close_rings and (closed := _closed_rings(batch)) is not None:
+                if closing_rings and (closed := _closed_rings(batch, first_row)) is not None:
                     batch, rows = closed
                     copied.rings_closed.extend(rows)
                     data = None
@@ -147,7 +147,7 @@ def copy_prepared(conn: psycopg.Connection[Any], table: sql.Composable, names: l
                     index, fixed, problem = _blank_bad_value(batch, exc, first_row, label)
                     if problem is None:  # a polygon ring closed: nothing lost
                         copied.rings_closed.append(_row_number(batch, index, first_row))
-                        close_rings = True
+                        closing_rings = True
                     else:
                         copied.rejected.append(problem)
                     if len(copied.rejected) > max_bad_rows:
@@ -173,7 +173,7 @@ def _row_number(batch: pa.RecordBatch, index: int, first_row: int) -> int:
     return int(fids[index].as_py()) if fids is not None else first_row + index
 
 
-def _closed_rings(batch: pa.RecordBatch) -> tuple[pa.RecordBatch, list[int]] | None:
+def _closed_rings(batch: pa.RecordBatch, first_row: int) -> tuple[pa.RecordBatch, list[int]] | None:
     """The batch with its polygons' open rings closed, and the rows that had one; None when none had."""
     if GEOMETRY_COLUMN not in batch.schema.names:
         return None
@@ -186,7 +186,7 @@ def _closed_rings(batch: pa.RecordBatch) -> tuple[pa.RecordBatch, list[int]] | N
     merged = pa.array([f if f is not None else v for f, v in zip(fixed, values, strict=True)],
                       batch.schema.field(position).type)
     return batch.set_column(position, batch.schema.field(position), merged), \
-        [_row_number(batch, i, 0) for i in changed]
+        [_row_number(batch, i, first_row) for i in changed]
 
 
 def _blank_bad_value(batch: pa.RecordBatch, exc: psycopg.Error, first_row: int,
