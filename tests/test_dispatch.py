@@ -10,6 +10,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
 from psycopg.types.json import Jsonb
 
@@ -258,6 +259,74 @@ def test_a_lost_launch_is_relaunched_without_spending_an_attempt(
     job = job_row(conn, file_id)
     assert job["state"] == "succeeded" and job["attempt"] == 1
     assert len(runs()) == 1
+
+
+def test_a_claim_whose_answer_was_lost_is_launched_after_all(
+        conn, db_url, add_docker, runs, locaria_env, dispatchers, monkeypatch) -> None:
+    """The claim commits, then the connection drops before its answer arrives: the worker holds a job it
+    never heard of and renews its lease.  Once the grace has passed it is queued again and runs once."""
+    add_docker("sleeper", trigger_statuses=["SLEEP"], success_status="SLEPT", handler="tests.jobs_for_tests:sleeper",
+               max_attempts=1)
+    file_id = add(conn, "SLEEP", sleep=0)
+    dispatcher = dispatchers(runner(locaria_env), db_url=db_url)
+    claim = JobStore.claim_free_slots
+
+    def claim_then_lose_the_answer(store: JobStore, *args: Any) -> Any:
+        claim(store, *args)
+        monkeypatch.setattr(JobStore, "claim_free_slots", claim)
+        conn.execute("SELECT pg_terminate_backend(%s)", [store.conn.info.backend_pid])
+        store.conn.execute("SELECT 1")  # raises: the connection is gone
+
+    monkeypatch.setattr(JobStore, "claim_free_slots", claim_then_lose_the_answer)
+    with pytest.raises(psycopg.OperationalError):
+        dispatcher.run_once()
+    dispatcher.disconnect()
+    job = job_row(conn, file_id)
+    assert (job["state"], job["lease_owner"], job["handle"]) == ("launching", dispatcher.owner, None)
+    dispatcher.run_once()
+    assert job_row(conn, file_id)["state"] == "launching", "released before its grace"
+    conn.execute("UPDATE locaria_core.jobs SET launched_at = launched_at - interval '1 minute'")  # the grace passes
+    dispatcher.drain(timeout=30)
+    job = job_row(conn, file_id)
+    assert (job["state"], job["attempt"]) == ("succeeded", 1)
+    assert file_row(conn, file_id)["status"] == "SLEPT"
+    assert len(runs()) == 1
+
+
+def test_what_an_attempt_left_is_removed_later_when_its_runner_refuses_at_first(
+        conn, db_url, add_docker, runs, locaria_env, dispatchers, monkeypatch) -> None:
+    """A container engine that refuses to remove a finished attempt's container (Podman, while it settles)
+    must neither stop the dispatcher nor lose the removal: the job stays unreleased until it is done."""
+    add_docker("sleeper", trigger_statuses=["SLEEP"], success_status="SLEPT", handler="tests.jobs_for_tests:sleeper")
+    file_id = add(conn, "SLEEP", sleep=0)
+    dispatcher = dispatchers(runner(locaria_env), db_url=db_url)
+    refusals: list[int] = []
+    cleanup, release_finished = LocalRunner.cleanup, dispatcher.release_finished
+    releasing = [False]
+
+    def refuse_twice(self: LocalRunner, handle: Any) -> None:
+        if releasing[0] and len(refusals) < 2:
+            refusals.append(handle.job_id)
+            raise RuntimeError("container state improper: stopped")
+        cleanup(self, handle)
+
+    def release() -> None:
+        releasing[0] = True
+        try:
+            release_finished()
+        finally:
+            releasing[0] = False
+
+    monkeypatch.setattr(LocalRunner, "cleanup", refuse_twice)
+    monkeypatch.setattr(dispatcher, "release_finished", release)
+    # as a container runner: ends are found by asking, and what attempts left is removed on the timer
+    monkeypatch.setattr(Dispatcher, "watches_exits", property(lambda self: None))
+    pump(dispatcher, lambda: job_row(conn, file_id)["state"] == "succeeded")
+    for _ in range(3):
+        dispatcher.run_once()
+    job = job_row(conn, file_id)
+    assert refusals == [job["id"], job["id"]]
+    assert job["released"], "the third try removed it"
 
 
 def test_each_dockers_concurrency_holds(conn, db_url, add_docker, runs, locaria_env, dispatchers) -> None:

@@ -52,6 +52,9 @@ from locaria_batch.storage import open_storage
 log = logging.getLogger("locaria_batch.dispatch")
 
 UPLOAD_SWEEP_SECONDS = 60.0  # how often a dispatcher looks for uploads whose completion was lost
+# a job of this dispatcher's own that it does not know of, with no handle after this long, was claimed
+# by a statement whose answer never arrived; longer than any claim takes to reach its launch
+LOST_CLAIM_GRACE_SECONDS = 10
 MAX_OUTAGES_KEPT = 32  # outages remembered for the heartbeat rule (more than any silence it still judges spans)
 
 
@@ -107,6 +110,9 @@ class Dispatcher:
         self.runner = runner
         self.concurrency = concurrency
         self.lease_seconds = lease_seconds or settings().lease_seconds
+        # an owner name of its own: every job it holds is one it claimed (a shared name, the Lambda
+        # launcher's, is held by many invocations at once, none of which knows all of its jobs)
+        self.owns_alone = owner is None
         self.owner = owner or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.db_url = db_url
         # jobs get credentials of their own (locaria_job), never this dispatcher's
@@ -188,12 +194,24 @@ class Dispatcher:
         hung jobs, cancellations, ends), release what finished attempts left behind."""
         self._dockers = {}  # settings changed in dockers.json reach new attempts within this timer
         self.store.renew_leases(self.owner, self.lease_seconds)
+        if self.owns_alone:
+            self.release_lost_claims()
         self.adopt(report)
         self.reconcile(report)
         self.release_finished()
         if time.monotonic() >= self._next_upload_sweep:
             self._next_upload_sweep = time.monotonic() + UPLOAD_SWEEP_SECONDS
             self.complete_lost_uploads()
+
+    def release_lost_claims(self) -> None:
+        """Jobs claimed by a statement that committed but whose answer was lost (the database went away
+        in between) are held under this owner yet were never launched: adoption looks for a process and
+        queues them again, where the renewals would otherwise keep them waiting for ever."""
+        known = {*self._watched, *self._ended, *(job.id for job, _ in self._unrecorded)}
+        lost = self.store.release_lost_launches(self.owner, LOST_CLAIM_GRACE_SECONDS, known)
+        if lost:
+            log.warning("jobs %s: their claim's answer was lost when the database went away; queueing them again",
+                        lost)
 
     def complete_lost_uploads(self) -> None:
         """Uploads whose object is stored but whose completion was lost are completed here, so that
@@ -212,12 +230,18 @@ class Dispatcher:
         """Attempts that reported their own verdict: let the runner remove what they left behind
         (a stopped container, a work directory) once, then mark them released in one statement."""
         store = self.store
-        done = store.unreleased(self.owner)
-        for job in done:
+        released = []
+        for job in store.unreleased(self.owner):
             if job.handle is not None:
-                self.runner.cleanup(self.runner.handle(job.handle))
+                try:
+                    self.runner.cleanup(self.runner.handle(job.handle))
+                except Exception as exc:  # the container engine refused: left for the next timer, not lost
+                    log.warning("job %s: what its attempt left behind is not removed yet (%s); trying again later",
+                                job.id, first_line(exc))
+                    continue
             self._watched.pop(job.id, None)
-        store.mark_released(self.owner, done)
+            released.append(job)
+        store.mark_released(self.owner, released)
 
     def claim_and_launch(self, report: PassReport) -> None:
         self.record_launches()

@@ -8,6 +8,7 @@ predecessor started; finished containers are removed after their output is kept 
 from __future__ import annotations
 
 import hashlib
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,8 @@ HOST_GATEWAY = "host.docker.internal"
 RUNNING_STATES = {"created", "running", "restarting", "paused", "configured", "initialized", "stopping"}
 # host paths that mean nothing inside a container
 HOST_ONLY_ENV = ("LOCARIA_HOME", "LOCARIA_PROJECT_DIR")
+
+REMOVE_RETRY_PAUSES = (0.2, 0.5, 1.0, None)  # then the dispatcher tries again on its next timer
 
 
 def container_db_url(url: str, network_mode: str) -> str:
@@ -199,7 +202,15 @@ class DockerRunner:
             return
         self.logs_dir.mkdir(parents=True, exist_ok=True)
         self._log(handle.job_id, handle.attempt).write_bytes(output)
-        try:
-            self.client.api.remove_container(container_id, force=True)
-        except NotFound:
-            return
+        for pause in REMOVE_RETRY_PAUSES:
+            try:
+                self.client.api.remove_container(container_id, force=True)
+                return
+            except NotFound:
+                return
+            except APIError:
+                # Podman refuses a forced removal while the container is still settling into
+                # "stopped" ("container state improper"); a moment later it succeeds
+                if pause is None:
+                    raise
+                time.sleep(pause)

@@ -7,7 +7,7 @@ The dispatcher and the runners decide; the writes go through the fenced SQL func
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, fields
 from datetime import datetime, timedelta
 from decimal import Decimal
@@ -257,9 +257,10 @@ class JobStore:
     def release_leases(self, owner: str) -> int:
         return int(self._value("SELECT locaria_core.release_leases(%s)", [owner]))
 
-    def release_lost_launches(self, owner: str, grace_seconds: int) -> list[int]:
-        rows = self.conn.execute("SELECT locaria_core.release_lost_launches(%s, %s) AS id",
-                                 [owner, grace_seconds]).fetchall()
+    def release_lost_launches(self, owner: str, grace_seconds: int, known: Collection[int] = ()) -> list[int]:
+        """Hand the owner's jobs that have no handle after the grace, and are not among `known`, to adoption."""
+        rows = self.conn.execute("SELECT locaria_core.release_lost_launches(%s, %s, %s) AS id",
+                                 [owner, grace_seconds, list(known)]).fetchall()
         return [int(row["id"]) for row in rows]
 
     def has_pending_work(self, owner: str, runner: str) -> bool:
