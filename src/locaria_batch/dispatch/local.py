@@ -1,7 +1,7 @@
 """The `local` runner: each attempt is a process on this machine.
 
 Attempts are forked by a fork server of our own (`forkserver.py`): a warm process that has
-imported the job SDK, psycopg and the built-in handlers, and nothing of the command line.  A
+imported the job SDK, psycopg and the light built-in handlers, and nothing of the command line.  A
 docker that declares its own `command` is forked and exec'd by the same server.  Either way each
 attempt gets a process and a session of its own, its log, the dispatcher's environment of the
 moment plus the job's, and a work directory of its own under $LOCARIA_HOME/work (LOCARIA_WORK_DIR: temporary files,
@@ -35,8 +35,9 @@ from locaria_batch.dispatch.runner import LaunchError, LaunchRequest, RunStatus,
 __all__ = ["LocalRunner", "process_start_time"]
 
 # the built-in jobs' handlers, imported by the fork server before its first fork
-BUILT_IN_HANDLERS = ("locaria_batch.jobs.file_loader", "locaria_batch.jobs.file_download",
-                     "locaria_batch.jobs.file_import", "locaria_batch.storage.local")
+# imported by the fork server before any launch; the loader (Arrow, NumPy: 56 MB) is left to the keepers
+# that run loads, as every other handler is: see forkserver.py
+LIGHT_HANDLERS = ("locaria_batch.jobs.file_download", "locaria_batch.jobs.file_import", "locaria_batch.storage.local")
 
 
 MAX_KEPT = 8  # keepers kept open however many jobs a worker runs at once: each idle one holds a server process
@@ -144,7 +145,7 @@ class LocalRunner:
 
     def __init__(self, logs_dir: Path, *, python: str = sys.executable, stop_grace: float = 10.0,
                  cwd: Path | None = None, work_root: Path | None = None,
-                 preload: tuple[str, ...] = BUILT_IN_HANDLERS, pool_size: int = 2) -> None:
+                 preload: tuple[str, ...] = LIGHT_HANDLERS, pool_size: int = 2) -> None:
         self.logs_dir = logs_dir
         self.work_root = work_root or logs_dir.parent / "work"
         self.python = python
