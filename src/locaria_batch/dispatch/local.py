@@ -34,9 +34,8 @@ from locaria_batch.dispatch.runner import LaunchError, LaunchRequest, RunStatus,
 
 __all__ = ["LocalRunner", "process_start_time"]
 
-# the built-in jobs' handlers, imported by the fork server before its first fork
-# imported by the fork server before any launch; the loader (Arrow, NumPy: 56 MB) is left to the keepers
-# that run loads, as every other handler is: see forkserver.py
+# built-in handlers the fork server imports before its first fork; the loader's (Arrow, NumPy: 56 MB) is left
+# to the keepers that run loads, as every other handler is: see forkserver.py
 LIGHT_HANDLERS = ("locaria_batch.jobs.file_download", "locaria_batch.jobs.file_import", "locaria_batch.storage.local")
 
 
