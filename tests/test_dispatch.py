@@ -200,6 +200,44 @@ def test_the_end_of_a_job_whose_keeper_died_is_still_heard(conn, db_url, add_doc
     assert any(event["attempt"] == 1 and "killed" in str(event["detail"]) for event in events), events
 
 
+def _maps_arrow(pid: int) -> bool:
+    return "libarrow" in Path(f"/proc/{pid}/maps").read_text()
+
+
+def _parent(pid: int) -> int:
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+
+
+def test_only_the_keepers_that_run_a_heavy_handler_carry_its_memory(
+        conn, db_url, add_docker, runs, locaria_env, dispatchers) -> None:
+    """Forking and ending a process cost in proportion to the memory it maps: the fork server does not
+    import the loader, a light job is forked without it, and a heavy handler's next launch goes to the
+    keeper that has imported it already."""
+    add_docker("light", trigger_statuses=["LIGHT"], handler="tests.jobs_for_tests:record")
+    add_docker("heavy", trigger_statuses=["HEAVY"], handler="tests.heavy_handler:run")
+    dispatcher = dispatchers(runner(locaria_env), db_url=db_url)
+
+    def run_one(status: str) -> tuple[int, int, bool]:
+        """The job's pid, its keeper's, and whether the job maps Arrow (read while it sleeps)."""
+        add(conn, status, sleep=1)
+        seen = len(runs())
+        pump(dispatcher, lambda: len(runs()) == seen + 1)
+        pid = runs()[-1]["pid"]
+        found = (pid, _parent(pid), _maps_arrow(pid))
+        dispatcher.drain(timeout=30)
+        return found
+
+    _, light_keeper, light_maps = run_one("LIGHT")
+    assert not light_maps and not _maps_arrow(light_keeper)
+    assert not _maps_arrow(dispatcher.runner.server.process.pid)
+    _, heavy_keeper, heavy_maps = run_one("HEAVY")
+    assert heavy_maps
+    assert _maps_arrow(heavy_keeper)
+    assert not _maps_arrow(dispatcher.runner.server.process.pid)
+    _, again, _ = run_one("HEAVY")
+    assert again == heavy_keeper, "a heavy job goes to the keeper that has its handler imported"
+
+
 def test_handler_errors_become_a_plain_message(conn, db_url, add_docker, locaria_env, dispatchers) -> None:
     add_docker("refuser", trigger_statuses=["CHECK"], handler="tests.jobs_for_tests:refuse")
     add_docker("exploder", trigger_statuses=["EXPLODE"], handler="tests.jobs_for_tests:explode")
