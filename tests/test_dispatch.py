@@ -39,6 +39,14 @@ def job_row(conn: Any, file_id: int) -> dict[str, Any]:
                         [file_id]).fetchone()
 
 
+def _maps_arrow(pid: int) -> bool:
+    return "libarrow" in Path(f"/proc/{pid}/maps").read_text()
+
+
+def _parent(pid: int) -> int:
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+
+
 def pump(dispatcher: Dispatcher, until: Any, timeout: float = 30) -> None:
     deadline = time.monotonic() + timeout
     while not until():
@@ -186,7 +194,7 @@ def test_the_end_of_a_job_whose_keeper_died_is_still_heard(conn, db_url, add_doc
     dispatcher = dispatchers(runner(locaria_env), db_url=db_url)
     pump(dispatcher, lambda: len(runs()) == 1)
     job_pid = runs()[0]["pid"]
-    keeper = int(Path(f"/proc/{job_pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    keeper = _parent(job_pid)
     assert keeper != dispatcher.runner.server.process.pid  # the job's parent is its keeper
     os.kill(keeper, signal.SIGKILL)
     time.sleep(0.2)
@@ -198,14 +206,6 @@ def test_the_end_of_a_job_whose_keeper_died_is_still_heard(conn, db_url, add_doc
     events = conn.execute("SELECT event, attempt, detail FROM locaria_core.job_events WHERE job_id = %s",
                           [job["id"]]).fetchall()
     assert any(event["attempt"] == 1 and "killed" in str(event["detail"]) for event in events), events
-
-
-def _maps_arrow(pid: int) -> bool:
-    return "libarrow" in Path(f"/proc/{pid}/maps").read_text()
-
-
-def _parent(pid: int) -> int:
-    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
 
 
 def test_only_the_keepers_that_run_a_heavy_handler_carry_its_memory(

@@ -8,7 +8,6 @@ predecessor started; finished containers are removed after their output is kept 
 from __future__ import annotations
 
 import hashlib
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,6 +16,7 @@ from urllib.parse import urlsplit, urlunsplit
 from docker.errors import APIError, DockerException, ImageNotFound, NotFound
 
 from locaria_batch.containers import DockerClient, connect_engine, local_image
+from locaria_batch.db.retry import Backoff
 from locaria_batch.dispatch.handles import ContainerHandle
 from locaria_batch.dispatch.runner import LaunchError, LaunchRequest, RunStatus
 from locaria_batch.settings import settings
@@ -32,7 +32,7 @@ RUNNING_STATES = {"created", "running", "restarting", "paused", "configured", "i
 # host paths that mean nothing inside a container
 HOST_ONLY_ENV = ("LOCARIA_HOME", "LOCARIA_PROJECT_DIR")
 
-REMOVE_RETRY_PAUSES = (0.2, 0.5, 1.0, None)  # then the dispatcher tries again on its next timer
+REMOVE_TRIES = 4  # over about two seconds; then the dispatcher tries again on its next timer
 
 
 def container_db_url(url: str, network_mode: str) -> str:
@@ -202,7 +202,8 @@ class DockerRunner:
             return
         self.logs_dir.mkdir(parents=True, exist_ok=True)
         self._log(handle.job_id, handle.attempt).write_bytes(output)
-        for pause in REMOVE_RETRY_PAUSES:
+        backoff = Backoff(first=0.2, cap=1.0)
+        while True:
             try:
                 self.client.api.remove_container(container_id, force=True)
                 return
@@ -211,6 +212,6 @@ class DockerRunner:
             except APIError:
                 # Podman refuses a forced removal while the container is still settling into
                 # "stopped" ("container state improper"); a moment later it succeeds
-                if pause is None:
+                if backoff.tries >= REMOVE_TRIES - 1:
                     raise
-                time.sleep(pause)
+                backoff.sleep()

@@ -319,8 +319,8 @@ class Server:
         here for a docker's own command; a keeper answers for it when its attempt has started."""
         if not request.get("argv"):
             key, handler = connection_key(request["env"]), handler_module(request)
-            idle = sorted(self.idle_keepers(key), key=lambda k: handler not in k.handlers)  # warm ones first
-            keeper = next(iter(idle), None) or self.fork_keeper(request["env"])
+            warm_first = min(self.idle_keepers(key), key=lambda k: handler not in k.handlers, default=None)
+            keeper = warm_first or self.fork_keeper(request["env"])
             if keeper is not None:
                 keeper.idle_since, keeper.request = None, request
                 keeper.handlers.add(handler)
