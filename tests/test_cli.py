@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from locaria_batch.cli.main import app
+from tests import loader_fixtures as fx
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -232,6 +233,10 @@ def test_files_inspect(db_url: str, tmp_path: Path) -> None:
     bad.write_text("name,x,y\na,5000000,9000000\n")
     result = cli("files", "inspect", str(bad), check=False)
     assert result.returncode == 1 and "--crs" in result.stdout
+    drawing = fx.write_layer(tmp_path / "plan.dxf", "DXF", [fx.linestring([(530000, 180000), (530100, 180100)])])
+    layer = as_json(cli("files", "inspect", str(drawing), "--json", check=False))["layers"][0]
+    assert (layer["layer"], layer["crs"], layer["crs_assumed"], layer["notes"]) == ("plan", None, False, [])
+    assert "is not longitude/latitude; give its coordinate system with --crs" in layer["problems"][0]
 
 
 def test_categories_and_a_download_copied_out(db_url: str, tmp_path: Path) -> None:
