@@ -6,6 +6,7 @@ import datetime as dt
 import json
 import struct
 import zipfile
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -168,3 +169,81 @@ def load_as(db_url: str, file_id: int, path: Path, name: str | None = None, **op
 def wkb_of(conn: Any, wkt: str) -> bytes:
     """ISO WKB of a WKT geometry, as PostGIS writes it (curves, Z and M included)."""
     return bytes(conn.execute("SELECT ST_AsBinary(%s::geometry) AS b", [wkt]).fetchone()["b"])
+
+
+# -- OpenStreetMap: a small area whose nodes are not sorted by id (as many extracts' are not) ------
+
+OSM_NODES = {7: (51.5010, -0.1200), 3: (51.5010, -0.1190), 9: (51.5020, -0.1190), 1: (51.5020, -0.1200),
+             5: (51.5030, -0.1210)}  # id: (lat, lon), in file order
+OSM_ROAD = [7, 3, 9]  # an open way: the lines layer
+OSM_BUILDING = [7, 3, 9, 1, 7]  # a closed way tagged as a building: the multipolygons layer
+OSM_TAGS = {"road": {"highway": "residential", "name": "Mill Lane", "surface": "asphalt"},
+            "building": {"building": "yes", "roof:shape": "flat"}, "cafe": {"amenity": "cafe", "name": "Corner"}}
+
+
+def osm_xml(path: Path) -> Path:
+    def tags(kind: str) -> str:
+        return "".join(f'<tag k="{k}" v="{v}"/>' for k, v in OSM_TAGS[kind].items())
+
+    nodes = "".join(f'<node id="{i}" lat="{lat}" lon="{lon}">{tags("cafe") if i == 5 else ""}</node>'
+                    for i, (lat, lon) in OSM_NODES.items())
+    ways = "".join(f'<way id="{way_id}">' + "".join(f'<nd ref="{r}"/>' for r in refs) + f"{tags(kind)}</way>"
+                   for way_id, refs, kind in ((20, OSM_ROAD, "road"), (21, OSM_BUILDING, "building")))
+    return write_text(path, f'<?xml version="1.0" encoding="UTF-8"?><osm version="0.6" generator="tests">'
+                            f"{nodes}{ways}</osm>")
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte, value = value & 0x7F, value >> 7
+        out.append(byte | (0x80 if value else 0))
+        if not value:
+            return bytes(out)
+
+
+def _zigzag(value: int) -> int:
+    return (value << 1) ^ (value >> 63)
+
+
+def _field(number: int, payload: bytes | int) -> bytes:
+    """One protobuf field: a varint, or length-delimited bytes."""
+    if isinstance(payload, int):
+        return _varint(number << 3) + _varint(payload)
+    return _varint(number << 3 | 2) + _varint(len(payload)) + payload
+
+
+def _packed(values: list[int]) -> bytes:
+    return b"".join(_varint(v) for v in values)
+
+
+def osm_pbf(path: Path) -> Path:
+    """The same area as osm_xml, in OpenStreetMap's PBF format (plain nodes, raw blobs)."""
+    strings = [b""]
+
+    def index(text: str) -> int:
+        if text.encode() not in strings:
+            strings.append(text.encode())
+        return strings.index(text.encode())
+
+    def keys_vals(kind: str) -> bytes:
+        tags = OSM_TAGS[kind]
+        return _field(2, _packed([index(k) for k in tags])) + _field(3, _packed([index(v) for v in tags.values()]))
+
+    nodes = b"".join(_field(1, _field(1, _zigzag(i)) + (keys_vals("cafe") if i == 5 else b"")
+                               + _field(8, _zigzag(round(lat * 1e7))) + _field(9, _zigzag(round(lon * 1e7))))
+                     for i, (lat, lon) in OSM_NODES.items())
+    ways = b""
+    for way_id, refs, kind in ((20, OSM_ROAD, "road"), (21, OSM_BUILDING, "building")):
+        deltas = [_zigzag(b - a) for a, b in pairwise([0, *refs])]
+        ways += _field(3, _field(1, way_id) + keys_vals(kind) + _field(8, _packed(deltas)))
+    block = _field(1, b"".join(_field(1, s) for s in strings)) + _field(2, nodes) + _field(2, ways)
+    header = _field(4, b"OsmSchema-V0.6")
+
+    def blob(kind: str, data: bytes) -> bytes:
+        body = _field(1, data)
+        head = _field(1, kind.encode()) + _field(3, len(body))
+        return struct.pack(">I", len(head)) + head + body
+
+    path.write_bytes(blob("OSMHeader", header) + blob("OSMData", block))
+    return path

@@ -7,9 +7,11 @@ Most go through the loader's Python API in this process; a few go through real j
 
 from __future__ import annotations
 
+import bz2
 import csv
 import gzip
 import io
+import lzma
 import re
 import tempfile
 import zipfile
@@ -193,7 +195,16 @@ CASES: list[Case] = [
     Case("laughs.gpx", text(LAUGHS), r"laughs.gpx (cannot be read|cannot be opened|is not in a format)"),
     Case("xxe.gml", text(XXE_GML), r"xxe.gml declares XML entities, which are refused"),
     Case("other.xml", text('<?xml version="1.0"?><catalog><book id="1"/></catalog>'),
-         r"other.xml is XML, but not GPX, KML or GML; upload"),
+         r"other.xml is XML, but not GPX, KML, GML or OpenStreetMap; upload"),
+    Case("xxe.osm", text('<?xml version="1.0"?><!DOCTYPE osm [<!ENTITY e SYSTEM "file:///etc/passwd">]>'
+                         '<osm version="0.6"><node id="1" lat="51.5" lon="-0.1"><tag k="name" v="&e;"/></node></osm>'),
+         r"xxe.osm declares XML entities, which are refused"),
+    Case("seamless.zip", lambda folder, conn: _mapinfo(folder, conn, '\nbegin_metadata\n"\\IsSeamless" = "TRUE"\n'
+                                                                      "end_metadata\n"),
+         r"seamless.zip/sites.tab is a seamless table or a view, which reads other tables by their paths"),
+    Case("view.zip", lambda folder, conn: _mapinfo(folder, conn, '\nOpen Table "/etc/secrets" Hide\nCreate View sites '
+                                                                  "As Select * From secrets\n"),
+         r"view.zip/sites.tab is a seamless table or a view"),
     Case("garbage.gpkg", text(b"SQLite format 3\x00" + b"\x07" * 500), r"garbage.gpkg cannot be opened"),
     Case("no_tables.gpkg", text(b"SQLite format 3\x00" + b"\x00" * 84 + b"\x00" * 412),
          r"no_tables.gpkg (cannot be opened|holds no layers)"),
@@ -254,6 +265,9 @@ CASES: list[Case] = [
          r"limit of 20", options={"limits": LoaderLimits(max_archive_entries=20)}),
     Case("truncated.csv.gz", text(gzip.compress(LON_LAT.encode() * 200)[:80]), r"truncated.csv.gz is a damaged or "
                                                                                 r"truncated .gz file"),
+    Case("truncated.csv.bz2", text(bz2.compress(LON_LAT.encode() * 200)[:60]),
+         r"truncated.csv.bz2 is a damaged or truncated .bz2 file"),
+    Case("bomb.csv.xz", text(lzma.compress(b"a\n" + b"0" * (30 << 20))), r"bomb.csv.xz expands far beyond"),
     # -- odd encodings --------------------------------------------------------------------------
     Case("cp1251.csv", text(RUSSIAN, "cp1251"), None, has("SELECT city FROM {t} WHERE id = 0", [{"city": "Москва"}])),
     Case("utf16.csv", text(RUSSIAN, "utf-16"), None, has("SELECT city FROM {t} WHERE id = 1",
@@ -384,6 +398,15 @@ CASES: list[Case] = [
          lambda conn, result: (result["result"]["layers"] == ["waypoints", "routes", "tracks"]) or pytest.fail(
              str(result["result"]))),
 ]
+
+
+def _mapinfo(folder: Path, conn: psycopg.Connection[Any], definition: str) -> Path:
+    """A zipped MapInfo table whose .tab has `definition` added: a table that reads other tables."""
+    (folder / "tab").mkdir()
+    tab = fx.write_layer(folder / "tab" / "sites.tab", "MapInfo File", [fx.point(-0.1, 51.5)], geometry_type="Point",
+                         name=["a"])
+    tab.write_text(tab.read_text() + definition)
+    return archive({p.name: p.read_bytes() for p in tab.parent.iterdir()})(folder, conn)
 
 
 def _many_layers(folder: Path, conn: psycopg.Connection[Any]) -> Path:

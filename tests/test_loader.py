@@ -3,12 +3,15 @@ and hostile files.  The job path (upload -> status) is in test_loader_jobs.py.""
 
 from __future__ import annotations
 
+import bz2
 import gzip
 import io
 import json
+import lzma
 import subprocess
 import sys
 import zipfile
+from collections.abc import Callable
 from datetime import date
 from pathlib import Path
 from typing import Any
@@ -201,9 +204,11 @@ def test_bad_value_reported_by_row_without_aborting(db_url: str, conn: psycopg.C
                                                                                       {"name": "n2701"}]
 
 
-def test_gzipped_csv(db_url: str, conn: psycopg.Connection[Any], tmp_path: Path) -> None:
-    path = tmp_path / "points.csv.gz"
-    path.write_bytes(gzip.compress(b"name,lat,lng\na,51.5,-0.1\n"))
+@pytest.mark.parametrize("suffix, compress", [(".gz", gzip.compress), (".bz2", bz2.compress), (".xz", lzma.compress)])
+def test_compressed_csv(db_url: str, conn: psycopg.Connection[Any], tmp_path: Path, suffix: str,
+                        compress: Callable[[bytes], bytes]) -> None:
+    path = tmp_path / f"points.csv{suffix}"
+    path.write_bytes(compress(b"name,lat,lng\na,51.5,-0.1\n"))
     assert load(db_url, path)["record_count"] == 1
 
 

@@ -393,6 +393,116 @@ def test_loader_progress_never_passes_the_total(db_url: str, conn: psycopg.Conne
     assert seen and all(total is None or done <= total for done, total in seen)
 
 
+# -- formats beside the common ones: MapInfo, Esri File Geodatabase, SpatiaLite, OpenStreetMap -------
+
+def rows_of(conn: psycopg.Connection[Any], table: str, columns: str) -> list[dict[str, Any]]:
+    return conn.execute(f"SELECT {columns}, round(ST_X(wkb_geometry)::numeric, 6)::float AS x, ST_SRID(wkb_geometry) "
+                        f"AS srid FROM {table} ORDER BY 1").fetchall()
+
+
+@pytest.mark.parametrize("suffix", [".tab", ".mif"])
+def test_zipped_mapinfo_tables_load_with_their_attributes(db_url: str, conn: psycopg.Connection[Any],
+                                                          tmp_path: Path, suffix: str) -> None:
+    folder = tmp_path / "export"
+    folder.mkdir()
+    fx.write_layer(folder / f"sites{suffix}", "MapInfo File", [fx.point(-0.12, 51.5), fx.point(-0.13, 51.6)],
+                   geometry_type="Point", name=["Mill", "Ford"], visits=[3, 4])
+    assert len(list(folder.iterdir())) > 1  # the table and its own files
+    result = fx.load_as(db_url, 40, fx.zip_files(tmp_path / "sites.zip", {p.name: p for p in folder.iterdir()}))
+    assert result["tables"] == ["locaria_uploads.upload_file_40"]
+    assert rows_of(conn, "locaria_uploads.upload_file_40", "name, visits") == [
+        {"name": "Ford", "visits": 4, "x": -0.13, "srid": 4326},
+        {"name": "Mill", "visits": 3, "x": -0.12, "srid": 4326}]
+
+
+def test_a_mapinfo_table_without_its_data_file_says_what_to_upload(db_url: str, tmp_path: Path) -> None:
+    folder = tmp_path / "export"
+    folder.mkdir()
+    tab = fx.write_layer(folder / "sites.tab", "MapInfo File", [fx.point(-0.12, 51.5)], geometry_type="Point",
+                         name=["Mill"])
+    alone = tmp_path / "sites.tab"  # uploaded by itself
+    alone.write_bytes(tab.read_bytes())
+    with pytest.raises(JobError, match=r"^sites\.tab has no \.dat next to it; zip the \.tab with its \.dat, \.map, "):
+        fx.load_as(db_url, 41, alone)
+    with pytest.raises(JobError, match=r"^lone\.zip/sites\.tab has no \.dat"):
+        fx.load_as(db_url, 41, fx.zip_files(tmp_path / "lone.zip", {"sites.tab": tab}))
+
+
+def test_tab_separated_text_named_tab_is_still_text(db_url: str, conn: psycopg.Connection[Any],
+                                                    tmp_path: Path) -> None:
+    path = fx.write_text(tmp_path / "sites.tab", "name\tlon\tlat\nMill\t-0.12\t51.5\n")
+    fx.load_as(db_url, 42, path)
+    assert rows_of(conn, "locaria_uploads.upload_file_42", "name") == [{"name": "Mill", "x": -0.12, "srid": 4326}]
+
+
+def test_a_zipped_file_geodatabase_loads_every_feature_class(db_url: str, conn: psycopg.Connection[Any],
+                                                             tmp_path: Path) -> None:
+    gdb = tmp_path / "city.gdb"
+    fx.write_layer(gdb, "OpenFileGDB", [fx.point(-0.12, 51.5)], layer="parks", geometry_type="Point", name=["Hyde"])
+    fx.write_layer(gdb, "OpenFileGDB", [fx.linestring([(-0.1, 51.0), (-0.2, 51.1)])], layer="roads",
+                   geometry_type="LineString", append=True, name=["A1"])
+    uploads = {  # the folder zipped as it is, inside other folders under another name, and its files alone
+        43: fx.zip_files(tmp_path / "city.gdb.zip", {f"city.gdb/{p.name}": p for p in gdb.iterdir()}),
+        44: fx.zip_files(tmp_path / "deep.zip", {f"export/data/{p.name}": p for p in gdb.iterdir()}),
+        45: fx.zip_files(tmp_path / "flat.zip", {p.name: p for p in gdb.iterdir()}),
+    }
+    for file_id, upload in uploads.items():
+        result = fx.load_as(db_url, file_id, upload)
+        base = f"locaria_uploads.upload_file_{file_id}"
+        assert result["tables"] == [f"{base}_parks", f"{base}_roads"], upload.name
+        assert rows_of(conn, f"{base}_parks", "name") == [{"name": "Hyde", "x": -0.12, "srid": 4326}]
+        assert conn.execute(f"SELECT name, ST_NPoints(wkb_geometry) AS n FROM {base}_roads").fetchall() == [
+            {"name": "A1", "n": 2}]
+
+
+def test_spatialite_is_read_as_spatialite(db_url: str, conn: psycopg.Connection[Any], tmp_path: Path) -> None:
+    from pyogrio.raw import write_arrow
+
+    path = tmp_path / "sites.sqlite"
+    write_arrow(fx.arrow_layer([fx.point(-0.12, 51.5)], name=["Mill"]), path, driver="SQLite", layer="sites",
+                geometry_name="geometry", geometry_type="Point", crs="EPSG:4326", dataset_options={"SPATIALITE": "YES"})
+    assert path.read_bytes()[68:72] not in (b"GPKG", b"GP10", b"GP11")  # SQLite, but not a GeoPackage
+    fx.load_as(db_url, 46, path)
+    assert rows_of(conn, "locaria_uploads.upload_file_46", "name") == [{"name": "Mill", "x": -0.12, "srid": 4326}]
+
+
+@pytest.mark.parametrize("make", [fx.osm_xml, fx.osm_pbf], ids=["xml", "pbf"])
+def test_openstreetmap_nodes_out_of_id_order_are_placed_right(db_url: str, conn: psycopg.Connection[Any],
+                                                              tmp_path: Path, make: Any) -> None:
+    path = make(tmp_path / ("area.osm" if make is fx.osm_xml else "area.osm.pbf"))
+    result = fx.load_as(db_url, 47, path)
+    base = "locaria_uploads.upload_file_47"
+    assert result["tables"] == [f"{base}_points", f"{base}_lines", f"{base}_multipolygons"]
+    assert f"{path.name}, layer multilinestrings has no features and was not loaded" in result["warnings"]
+
+    def vertices(table: str, column: str) -> list[tuple[float, float]]:
+        points = conn.execute(f"SELECT ST_X(p.geom) AS x, ST_Y(p.geom) AS y FROM {table}, "
+                              f"ST_DumpPoints(wkb_geometry) p WHERE {column} IS NOT NULL ORDER BY p.path").fetchall()
+        return [(round(p["x"], 6), round(p["y"], 6)) for p in points]
+
+    expected = {name: [(lon, lat) for lat, lon in (fx.OSM_NODES[i] for i in refs)]
+                for name, refs in (("road", fx.OSM_ROAD), ("building", fx.OSM_BUILDING))}
+    assert vertices(f"{base}_lines", "highway") == expected["road"]
+    assert vertices(f"{base}_multipolygons", "building") == expected["building"]
+    road = conn.execute(f"SELECT name, other_tags FROM {base}_lines").fetchone()
+    assert road == {"name": "Mill Lane", "other_tags": {"surface": "asphalt"}}  # tags without a column: jsonb
+    assert conn.execute(f"SELECT name, other_tags FROM {base}_points").fetchall() == [
+        {"name": "Corner", "other_tags": {"amenity": "cafe"}}]
+
+
+def test_a_dxf_drawing_loads_once_its_coordinate_system_is_given(db_url: str, conn: psycopg.Connection[Any],
+                                                                 tmp_path: Path) -> None:
+    path = fx.write_layer(tmp_path / "site plan.dxf", "DXF", [fx.point(530000, 180000),
+                                                              fx.linestring([(530000, 180000), (530100, 180100)])])
+    with pytest.raises(JobError, match=r"^site plan\.dxf does not say which coordinate system.*--crs"):
+        fx.load_as(db_url, 48, path)
+    result = fx.load_as(db_url, 48, path, source_srid=27700)
+    assert result["source_crs"] == "EPSG:27700"
+    shapes = conn.execute("SELECT GeometryType(wkb_geometry) AS kind, round(ST_XMin(wkb_geometry)::numeric, 2)::float "
+                          "AS x FROM locaria_uploads.upload_file_48 ORDER BY ogc_fid").fetchall()
+    assert shapes == [{"kind": "POINT", "x": -0.13}, {"kind": "LINESTRING", "x": -0.13}]
+
+
 # -- exports: every format writes every table it can -------------------------------------------------
 
 def exported(db_url: str, tmp_path: Path, table: str, fmt: str, **attributes: Any) -> tuple[Path, list[str], list]:

@@ -39,7 +39,7 @@ SAMPLE_BYTES = 1 << 20
 
 CSV_BLOCK_BYTES = 1 << 20  # Arrow reads several blocks ahead: bigger blocks cost memory, not speed
 # formats with one layer, named after the file; opening GeoJSON reads it whole, so it is opened once only
-ONE_LAYER_DRIVERS = {"GeoJSON", "GeoJSONSeq", "FlatGeobuf", "ESRI Shapefile"}
+ONE_LAYER_DRIVERS = {"GeoJSON", "GeoJSONSeq", "FlatGeobuf", "ESRI Shapefile", "DXF"}  # named after the file
 SLOW_TO_COUNT = {"GeoJSON", "GeoJSONSeq", "XLSX", "ODS", "GPX", "LIBKML"}  # counting would parse them twice
 SPREADSHEET_DRIVERS = {"XLSX", "ODS"}
 GDAL_BATCH_ROWS = 8_192  # a batch of 33-vertex polygons is ~4.5 MB: peak memory stays low whatever the shapes

@@ -3,9 +3,14 @@ archives unpacked safely, and the data files inside listed."""
 
 from __future__ import annotations
 
+import bz2
 import gzip
+import io
+import lzma
+import re
 import stat
 import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import IO
@@ -15,13 +20,11 @@ from locaria_batch.settings import LoaderLimits
 
 SHAPEFILE_SIDECARS = {".dbf", ".shx", ".prj", ".cpg", ".qix", ".sbn", ".sbx", ".xml", ".qmd", ".fix", ".aih",
                       ".ain", ".atx", ".ixs", ".mxs"}
-TEXT_EXTENSIONS = {".csv", ".tsv", ".txt", ".tab", ".psv"}
-GDAL_EXTENSIONS = {
-    ".geojson": "GeoJSON", ".json": "GeoJSON", ".geojsonl": "GeoJSONSeq", ".geojsons": "GeoJSONSeq",
-    ".geojsonseq": "GeoJSONSeq", ".ndjson": "GeoJSONSeq", ".jsonl": "GeoJSONSeq", ".gpkg": "GPKG",
-    ".kml": "LIBKML", ".gpx": "GPX", ".fgb": "FlatGeobuf", ".xlsx": "XLSX", ".shp": "ESRI Shapefile",
-    ".gml": "GML",
-}
+# a MapInfo table's own files: read through its .tab (.dat, .map, .id, .ind) or its .mif (.mid)
+MAPINFO_SIDECARS = {".tab": (".dat", ".map", ".id", ".ind"), ".mif": (".mid",)}
+FILEGDB_MARKER = "a00000001.gdbtable"  # the catalogue table every Esri File Geodatabase folder holds
+SIDECARS = SHAPEFILE_SIDECARS | {ext for exts in MAPINFO_SIDECARS.values() for ext in exts}
+GPKG_APPLICATION_IDS = (b"GPKG", b"GP10", b"GP11")  # at offset 68 of the SQLite header; other SQLite is SpatiaLite
 GDAL_OPTIONS = {
     "GeoJSON": {"FLATTEN_NESTED_ATTRIBUTES": "YES", "ARRAY_AS_STRING": "YES", "DATE_AS_STRING": "NO"},
     "GeoJSONSeq": {"FLATTEN_NESTED_ATTRIBUTES": "YES", "ARRAY_AS_STRING": "YES"},
@@ -29,14 +32,24 @@ GDAL_OPTIONS = {
     "ODS": {"HEADERS": "FORCE", "FIELD_TYPES": "AUTO"},
     # never fetch a schema the file points at (a request to any address), never write a .gfs beside it
     "GML": {"DOWNLOAD_SCHEMA": "NO", "WRITE_GFS": "NO"},
+    # GDAL's own node index needs nodes sorted by id and misplaces them otherwise; tags not given columns
+    # of their own as a JSON object (jsonb), not HSTORE text
+    "OSM": {"USE_CUSTOM_INDEXING": "NO", "TAGS_FORMAT": "JSON"},
 }
 OLE2 = b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1"  # old binary Office files (.xls)
 # GDAL picks a driver by the extension too: content sniffed as another format is read under its own
 DRIVER_EXTENSIONS = {"GeoJSON": ".geojson", "GeoJSONSeq": ".geojsonl", "GPKG": ".gpkg", "FlatGeobuf": ".fgb",
-                     "LIBKML": ".kml", "GPX": ".gpx", "GML": ".gml"}
+                     "LIBKML": ".kml", "GPX": ".gpx", "GML": ".gml", "OpenFileGDB": ".gdb", "DXF": ".dxf"}
 SUPPORTED = ("CSV/TSV/TXT, Excel .xlsx, GeoJSON, GeoJSONSeq, zipped Shapefile, GeoPackage, KML/KMZ, GPX, GML, "
-             "FlatGeobuf or GeoParquet")
-XML_HEAD_BYTES = 64 << 10  # where an XML file's DOCTYPE and its entity declarations must be
+             "FlatGeobuf, GeoParquet, zipped MapInfo TAB or MIF, zipped Esri File Geodatabase (.gdb), SpatiaLite, "
+             "OpenStreetMap (.osm, .pbf) or AutoCAD DXF")
+# single compressed files: how each is read, and the extension its name ends with
+COMPRESSED: dict[str, tuple[Callable[[Path], io.BufferedIOBase], str]] = {
+    "gzip": (gzip.GzipFile, ".gz"), "bzip2": (bz2.BZ2File, ".bz2"), "xz": (lzma.LZMAFile, ".xz")}
+OSM_XML = re.compile(rb"<osm[\s>]")
+DXF_START = re.compile(rb"(999[ \t]*\r?\n[^\n]*\n\s*)*0[ \t]*\r?\n[ \t]*SECTION\b")  # comments, then a section
+MIF_HEADER = re.compile(rb"version\s+\d+\s.*\bcolumns\s+\d+", re.DOTALL)
+XML_HEAD_BYTES = 64 << 10  # where an XML file's DOCTYPE and entity declarations (or a .tab's definition) are
 
 
 @dataclass
@@ -49,7 +62,7 @@ class DataFile:
 
 
 def sniff(path: Path) -> str | None:
-    """The format by content: a GDAL driver name, 'zip', 'gzip', 'parquet', 'text', or None."""
+    """The format by content: a GDAL driver name, 'zip', a COMPRESSED kind, 'parquet', 'text', or None."""
     with path.open("rb") as handle:
         head = handle.read(4096)
     if not head:
@@ -58,10 +71,18 @@ def sniff(path: Path) -> str | None:
         return "zip"
     if head.startswith(b"\x1f\x8b"):
         return "gzip"
+    if head.startswith(b"BZh") and head[4:10] == b"1AY&SY":
+        return "bzip2"
+    if head.startswith(b"\xfd7zXZ\x00"):
+        return "xz"
     if head.startswith(OLE2):
         return "xls"
     if head.startswith(b"SQLite format 3\x00"):
-        return "GPKG"
+        return "GPKG" if head[68:72] in GPKG_APPLICATION_IDS else "SQLite"
+    if head.startswith(b"AutoCAD Binary DXF"):
+        return "DXF"
+    if head[4:15] == b"\x0a\x09OSMHeader":  # an OpenStreetMap PBF: a blob header's length, then its type
+        return "OSM"
     if head.startswith(b"fgb\x03"):
         return "FlatGeobuf"
     if head.startswith(b"PAR1"):
@@ -79,9 +100,15 @@ def sniff(path: Path) -> str | None:
             return "LIBKML"
         if b"opengis.net/gml" in lower or b"<gml:" in lower:
             return "GML"
+        if OSM_XML.search(lower):
+            return "OSM"
         return "xml"  # XML of another kind
     if text.startswith(b"{") or text.startswith(b"["):
         return json_flavour(path)
+    if DXF_START.match(text):
+        return "DXF"
+    if text[:6].lower() == b"!table" or MIF_HEADER.match(text[:1024].lower()):
+        return "MapInfo File"  # its .tab or .mif: text, but not delimited text
     if b"\x00" in head and not head.startswith((b"\xff\xfe", b"\xfe\xff")) and not utf16_without_mark(head) \
             and not _text_with_stray_nuls(head):
         return None  # binary we do not know
@@ -159,8 +186,8 @@ def _examine(path: Path, label: str, workdir: Path, limits: LoaderLimits, depth:
         if "mimetype" in names and "content.xml" in names:  # OpenDocument spreadsheet
             return [DataFile(path, "gdal", label, "ODS", GDAL_OPTIONS["ODS"])]
         return _unzip(path, label, workdir, limits, depth, budget)
-    if fmt == "gzip":
-        return _gunzip(path, label, workdir, limits, depth, budget)
+    if fmt in COMPRESSED:
+        return _decompress(path, fmt, label, workdir, limits, depth, budget)
     if fmt == "parquet":
         return [DataFile(path, "parquet", label)]
     if fmt == "xls":
@@ -172,21 +199,45 @@ def _examine(path: Path, label: str, workdir: Path, limits: LoaderLimits, depth:
     if fmt == "xml":
         if inside_archive:
             return []  # a schema (.xsd), a GDAL .gfs or metadata next to the data
-        raise JobError(f"{label} is XML, but not GPX, KML or GML; upload {SUPPORTED}")
-    if fmt == "GML" and _declares_entities(path):
+        raise JobError(f"{label} is XML, but not GPX, KML, GML or OpenStreetMap; upload {SUPPORTED}")
+    if fmt in ("GML", "OSM") and _declares_entities(path):
         raise JobError(f"{label} declares XML entities, which are refused (they can read local files or expand "
-                       "without end); export the GML again without a DOCTYPE")
+                       "without end); export it again without a DOCTYPE")
     if fmt is None:
         if inside_archive:
             return []
         raise JobError(f"{label} is not in a format we read (its content is neither text nor a known "
                        f"geodata format); upload {SUPPORTED}")
+    if fmt == "MapInfo File":
+        return [DataFile(_mapinfo_table(path, label), "gdal", label, fmt)]
     if fmt == "ESRI Shapefile" and suffix != ".shp":
         return []
     if fmt == "ESRI Shapefile" and not path.with_suffix(".dbf").exists() and not path.with_suffix(".DBF").exists():
         raise JobError(f"{label} has no .dbf next to it; zip the .shp with its .dbf, .shx, .prj "
                        "(and .cpg) and upload the zip")
     return [DataFile(_named_for(path, fmt, workdir), "gdal", label, fmt, GDAL_OPTIONS.get(fmt, {}))]
+
+
+def _mapinfo_table(path: Path, label: str) -> Path:
+    """A MapInfo .tab with its .dat (or a .mif with its .mid), which hold its attributes."""
+    needed = MAPINFO_SIDECARS.get(path.suffix.lower())
+    if needed is None:
+        raise JobError(f"{label} is a MapInfo table under another name; name it .tab (or .mif), zip it with its "
+                       ".dat, .map and .id (or its .mid) and upload the zip")
+    if not any(path.with_suffix(ext).exists() for ext in (needed[0], needed[0].upper())):
+        raise JobError(f"{label} has no {needed[0]} next to it; zip the {path.suffix.lower()} with its "
+                       f"{', '.join(needed[:3])} and upload the zip")
+    with path.open("rb") as handle:
+        definition = handle.read(XML_HEAD_BYTES).lower()
+    if b"isseamless" in definition or b"create view" in definition:  # tables elsewhere, named by their paths
+        raise JobError(f"{label} is a seamless table or a view, which reads other tables by their paths on the "
+                       "machine that made it; save it in MapInfo as a native table (Save Copy As) and upload that")
+    return path
+
+
+def _geodatabases(folder: Path) -> list[Path]:
+    """The Esri File Geodatabase folders under `folder` (itself included), by their catalogue table."""
+    return sorted({marker.parent for marker in folder.rglob("*") if marker.name.lower() == FILEGDB_MARKER})
 
 
 def _declares_entities(path: Path) -> bool:
@@ -262,16 +313,21 @@ def _unzip(path: Path, label: str, workdir: Path, limits: LoaderLimits, depth: i
                 raise JobError(f"{label}: the entry {member.filename!r} cannot be unpacked ({exc}); "
                                "the zip is damaged, encrypted or uses a compression we do not read; "
                                "zip it again without a password and upload it") from exc
-    found: list[DataFile] = []
+    geodatabases = _geodatabases(target)  # a folder of tables read as one: each of its feature classes a layer
+    found = [DataFile(_named_for(gdb, "OpenFileGDB", workdir), "gdal",
+                      label if gdb == target else f"{label}/{gdb.relative_to(target).as_posix()}", "OpenFileGDB")
+             for gdb in geodatabases]
     for item in sorted(target.rglob("*")):
-        if item.is_file() and item.suffix.lower() not in SHAPEFILE_SIDECARS:
+        if any(gdb in item.parents for gdb in geodatabases):
+            continue
+        if item.is_file() and item.suffix.lower() not in SIDECARS:
             inner = f"{label}/{item.relative_to(target).as_posix()}"
             found += _examine(item, inner, workdir, limits, depth + 1, budget, inside_archive=True)
     # delimited text beside geodata describes it (a field-name mapping, a data dictionary): not a layer
     return [f for f in found if f.kind != "text"] or found
 
 
-def _copy_limited(source: IO[bytes] | gzip.GzipFile, out: IO[bytes], budget: list[int], label: str,
+def _copy_limited(source: IO[bytes] | io.BufferedIOBase, out: IO[bytes], budget: list[int], label: str,
                   entry_limit: int) -> None:
     written = 0
     while chunk := source.read(1 << 20):
@@ -283,21 +339,23 @@ def _copy_limited(source: IO[bytes] | gzip.GzipFile, out: IO[bytes], budget: lis
         out.write(chunk)
 
 
-def _gunzip(path: Path, label: str, workdir: Path, limits: LoaderLimits, depth: int,
-            budget: list[int]) -> list[DataFile]:
+def _decompress(path: Path, kind: str, label: str, workdir: Path, limits: LoaderLimits, depth: int,
+                budget: list[int]) -> list[DataFile]:
+    """One compressed file (parks.geojson.gz, london.osm.bz2): unpacked within the limits, then examined."""
     if depth >= limits.max_nesting:
         raise JobError(f"{label} nests archives more than {limits.max_nesting} deep; unpack it and upload the data")
+    opener, suffix = COMPRESSED[kind]
     inner_name = label.rsplit("/", 1)[-1]
-    inner_name = inner_name[:-3] if inner_name.lower().endswith(".gz") else f"{inner_name}.data"
-    target = workdir / f"gunzipped_{depth}"
+    inner_name = inner_name[:-len(suffix)] if inner_name.lower().endswith(suffix) else f"{inner_name}.data"
+    target = workdir / f"unpacked_{kind}_{depth}"
     target.mkdir(parents=True, exist_ok=True)
     destination = target / inner_name
     packed = max(path.stat().st_size, 1)
     try:
-        with gzip.open(path, "rb") as source, destination.open("wb") as out:
+        with opener(path) as source, destination.open("wb") as out:
             _copy_limited(source, out, budget, label, packed * limits.max_expansion_ratio)
-    except (OSError, EOFError, gzip.BadGzipFile) as exc:
-        raise JobError(f"{label} is a damaged or truncated .gz file ({exc}); upload it again") from exc
+    except (OSError, EOFError, lzma.LZMAError) as exc:  # a bad gzip or bzip2 stream is an OSError
+        raise JobError(f"{label} is a damaged or truncated {suffix} file ({exc}); upload it again") from exc
     found = _examine(destination, inner_name if "/" not in label else f"{label}/{inner_name}", workdir, limits,
                      depth + 1, budget)
     return found
