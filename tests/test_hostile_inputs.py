@@ -205,6 +205,9 @@ CASES: list[Case] = [
     Case("view.zip", lambda folder, conn: _mapinfo(folder, conn, '\nOpen Table "/etc/secrets" Hide\nCreate View sites '
                                                                   "As Select * From secrets\n"),
          r"view.zip/sites.tab is a seamless table or a view"),
+    Case("raster.zip", archive({"map.tab": b'!table\n!version 300\n\nDefinition Table\n  File "map.tif"\n'
+                                           b'  Type "RASTER"\n  (0,0) (0,0) Label "Pt 1",\n', "map.dat": b"x"}),
+         r"raster.zip/map.tab is a MapInfo raster registration .*, not a table of features"),
     Case("garbage.gpkg", text(b"SQLite format 3\x00" + b"\x07" * 500), r"garbage.gpkg cannot be opened"),
     Case("no_tables.gpkg", text(b"SQLite format 3\x00" + b"\x00" * 84 + b"\x00" * 412),
          r"no_tables.gpkg (cannot be opened|holds no layers)"),

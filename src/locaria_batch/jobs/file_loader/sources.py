@@ -229,6 +229,9 @@ def _mapinfo_table(path: Path, label: str) -> Path:
                        f"{', '.join(needed[:3])} and upload the zip")
     with path.open("rb") as handle:
         definition = handle.read(XML_HEAD_BYTES).lower()
+    if re.search(rb'\btype\s+"?raster', definition):
+        raise JobError(f"{label} is a MapInfo raster registration (where an image lies on the map), not a table of "
+                       "features; upload the features themselves")
     if b"isseamless" in definition or b"create view" in definition:  # tables elsewhere, named by their paths
         raise JobError(f"{label} is a seamless table or a view, which reads other tables by their paths on the "
                        "machine that made it; save it in MapInfo as a native table (Save Copy As) and upload that")
