@@ -142,6 +142,18 @@ def test_tsv_txt_with_wkt_hex_wkb_and_geojson_columns(db_url: str, conn: psycopg
     assert rows(conn, "SELECT ST_AsText(wkb_geometry) AS g FROM {t}")[0]["g"] == "POINT(3 4)"
 
 
+def test_excels_separator_line_names_the_delimiter(db_url: str, conn: psycopg.Connection[Any],
+                                                   tmp_path: Path) -> None:
+    """Excel writes (and reads) a first line sep=; naming the delimiter, before the column names."""
+    path = tmp_path / "export.csv"
+    path.write_bytes(b"sep=;\r\nname;lat;lon;value\r\nMill;51,5;-0,12;3,5\r\nFord;51,6;-0,13\r\nWeir;51,7;-0,14;4\r\n")
+    result = load(db_url, path)
+    assert result["record_count"] == 2
+    assert result["warnings"] == ["1 row has the wrong number of fields; left out (rows 'Ford;51,6;-0,13')"]
+    assert rows(conn, "SELECT name, value, ST_X(wkb_geometry) AS x FROM {t} ORDER BY ogc_fid") == [
+        {"name": "Mill", "value": 3.5, "x": -0.12}, {"name": "Weir", "value": 4.0, "x": -0.14}]
+
+
 def test_csv_without_coordinates_is_a_plain_table(db_url: str, conn: psycopg.Connection[Any],
                                                   tmp_path: Path) -> None:
     result = load(db_url, fx.write_text(tmp_path / "plain.csv", "a,b\n1,x\n2,y\n"))

@@ -45,6 +45,7 @@ SPREADSHEET_DRIVERS = {"XLSX", "ODS"}
 GDAL_BATCH_ROWS = 8_192  # a batch of 33-vertex polygons is ~4.5 MB: peak memory stays low whatever the shapes
 GPX_LAYERS = ("waypoints", "routes", "tracks")  # route_points/track_points repeat routes/tracks vertex by vertex
 DELIMITERS = (",", ";", "\t", "|")
+SEPARATOR_LINE = re.compile(r'^\s*sep=([^"\r\n])\s*$', re.IGNORECASE)  # Excel's first line naming the delimiter
 DECIMAL_COMMA = re.compile(r"^\s*-?\d+,\d+\s*$")
 DECIMAL_POINT = re.compile(r"^\s*-?\d+\.\d+\s*$")
 LEADING_ZERO = re.compile(r"^\s*0\d")
@@ -371,6 +372,7 @@ class TextFormat:
     decimal_comma: bool
     header: list[str]
     encoding_guessed: bool = False
+    lines_before_header: int = 0  # Excel's "sep=;" line
 
 
 def detect_encoding(sample: bytes) -> tuple[str, bool]:
@@ -430,6 +432,9 @@ def sniff_text(data: DataFile, label: str, wanted: str | None = None) -> TextFor
     lines = text.splitlines()[:50]
     if len(sample) == SAMPLE_BYTES and len(lines) > 1:
         lines = lines[:-1]  # the last line of a sample may be cut
+    named = SEPARATOR_LINE.match(lines[0]) if lines else None
+    if named:
+        lines = lines[1:]
     if not lines or not lines[0].strip():
         raise JobError(f"{label} has no header line; put the column names on the first line")
     if len(sample) == SAMPLE_BYTES and b"\n" not in sample and b"\r" not in sample:
@@ -439,7 +444,7 @@ def sniff_text(data: DataFile, label: str, wanted: str | None = None) -> TextFor
         else None
     csv.field_size_limit(max(csv.field_size_limit(), SAMPLE_BYTES * 2))  # a sample's long cell is still a cell
     best, best_score = ",", (-1, 0)
-    for delimiter in DELIMITERS:
+    for delimiter in [named.group(1)] if named else DELIMITERS:
         rows = list(csv.reader(io.StringIO("\n".join(lines)), delimiter=delimiter))
         width = len(rows[0]) if rows else 0
         consistent = sum(1 for r in rows if len(r) == width)
@@ -451,7 +456,7 @@ def sniff_text(data: DataFile, label: str, wanted: str | None = None) -> TextFor
     cells = [c for r in rows[1:] for c in r]
     decimal_comma = best != "," and any(DECIMAL_COMMA.match(c) for c in cells) \
         and not any(DECIMAL_POINT.match(c) for c in cells)
-    return TextFormat(encoding, best, decimal_comma, header, guessed)
+    return TextFormat(encoding, best, decimal_comma, header, guessed, lines_before_header=int(named is not None))
 
 
 def _arrow_encoding(encoding: str) -> str:
@@ -487,11 +492,12 @@ def open_text(data: DataFile, read: ReadOptions, label: str) -> RawLayer:
         skipped_count[0] += 1
         if len(skipped_rows) < MAX_REPORTED_ROWS:
             text = " ".join(str(row.text or "").split())
-            skipped_rows.append(str(row.number - 1) if row.number is not None and row.number > 1
+            before = 1 + fmt.lines_before_header
+            skipped_rows.append(str(row.number - before) if row.number is not None and row.number > before
                                 else repr(text if len(text) <= 40 else text[:39] + "…"))
         return "skip"
 
-    options = pacsv.ReadOptions(column_names=names, skip_rows=1, block_size=read.block,
+    options = pacsv.ReadOptions(column_names=names, skip_rows=1 + fmt.lines_before_header, block_size=read.block,
                                 encoding=_arrow_encoding(fmt.encoding))
     parse = pacsv.ParseOptions(delimiter=fmt.delimiter, newlines_in_values=True, invalid_row_handler=skip_bad)
     probing = pacsv.ParseOptions(delimiter=fmt.delimiter, newlines_in_values=True,
