@@ -235,6 +235,34 @@ def test_shapefile_without_cpg_in_cp1251(db_url: str, conn: psycopg.Connection[A
         == "Москва"
 
 
+@pytest.mark.parametrize("suffix", [".tab", ".mif"])
+def test_mapinfo_table_whose_charset_is_neutral(db_url: str, conn: psycopg.Connection[Any], tmp_path: Path,
+                                                suffix: str) -> None:
+    """A table saying '!charset Neutral' (or 'Charset "Neutral"') over cp1251 text: GDAL hands its bytes over
+    unread, so they are detected as a text file's would be; a table naming its charset is left to GDAL."""
+    from pyogrio.raw import write_arrow
+
+    towns = ["Москва", "Санкт-Петербург", "Новосибирск", "Екатеринбург", "Казань"]
+    for index, charset in enumerate(("Neutral", "WindowsCyrillic")):
+        folder = tmp_path / charset
+        folder.mkdir()
+        table = folder / f"towns{suffix}"
+        write_arrow(fx.arrow_layer([fx.point(37.6, 55.7)] * 5, name=towns), table, driver="MapInfo File",
+                    geometry_name="geometry", geometry_type="Point", crs="EPSG:4326",
+                    layer_options={"ENCODING": "CP1251"})
+        definition = table.read_bytes()
+        assert b"WindowsCyrillic" in definition
+        table.write_bytes(definition.replace(b"WindowsCyrillic", charset.encode()))
+        upload = fx.zip_files(tmp_path / f"{charset}.zip", {p.name: p for p in folder.iterdir()})
+        result = fx.load_as(db_url, 60 + index, upload)
+        assert (result.get("encoding"), result.get("encoding_guessed", False)) == (
+            ("cp1251", True) if charset == "Neutral" else (None, False)), charset
+        assert [r["name"] for r in conn.execute(f"SELECT name FROM locaria_uploads.upload_file_{60 + index} "
+                                                "ORDER BY ogc_fid").fetchall()] == towns, charset
+    given = fx.load_as(db_url, 62, tmp_path / "Neutral.zip", encoding="koi8_r")  # the user's word wins
+    assert (given["encoding"], given["encoding_guessed"]) == ("koi8_r", False)
+
+
 # -- layers, modes and ownership -------------------------------------------------------------------
 
 def test_layers_chosen(db_url: str, conn: psycopg.Connection[Any], tmp_path: Path) -> None:

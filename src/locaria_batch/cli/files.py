@@ -47,8 +47,8 @@ CrsOption = Annotated[str | None, typer.Option(
     "--crs", metavar="EPSG", help="The file's coordinate system when it does not say (or says wrongly), "
     "e.g. EPSG:27700 (the source_crs attribute).")]
 EncodingOption = Annotated[str | None, typer.Option(
-    metavar="NAME", help="Text encoding of a CSV/TSV/TXT file or a shapefile without .cpg, e.g. cp1251 "
-    "(the encoding attribute; default: detected).")]
+    metavar="NAME", help="Text encoding of a CSV/TSV/TXT file, a shapefile without .cpg or a MapInfo table "
+    "whose charset is Neutral, e.g. cp1251 (the encoding attribute; default: detected).")]
 
 
 def known_statuses() -> list[str]:

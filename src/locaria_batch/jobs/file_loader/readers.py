@@ -45,6 +45,7 @@ SPREADSHEET_DRIVERS = {"XLSX", "ODS"}
 GDAL_BATCH_ROWS = 8_192  # a batch of 33-vertex polygons is ~4.5 MB: peak memory stays low whatever the shapes
 GPX_LAYERS = ("waypoints", "routes", "tracks")  # route_points/track_points repeat routes/tracks vertex by vertex
 DELIMITERS = (",", ";", "\t", "|")
+MAPINFO_CHARSET = re.compile(rb'^\s*!?charset\s+"?(\w+)', re.IGNORECASE | re.MULTILINE)  # .tab: !charset; .mif
 SEPARATOR_LINE = re.compile(r'^\s*sep=([^"\r\n])\s*$', re.IGNORECASE)  # Excel's first line naming the delimiter
 DECIMAL_COMMA = re.compile(r"^\s*-?\d+,\d+\s*$")
 DECIMAL_POINT = re.compile(r"^\s*-?\d+\.\d+\s*$")
@@ -191,6 +192,8 @@ def open_gdal(data: DataFile, layer: str, read: ReadOptions, label: str) -> Iter
 
     only = data.driver in ONE_LAYER_DRIVERS
     encoding, guessed = dbf_encoding(data, read.encoding) if data.driver == "ESRI Shapefile" else (None, False)
+    # GDAL passes a MapInfo table's bytes through as they are when the table names no charset
+    recode, recode_guessed = mapinfo_encoding(data, read.encoding) if data.driver == "MapInfo File" else (None, False)
     try:
         info = {} if data.driver in SLOW_TO_COUNT else pyogrio.read_info(data.path, layer=None if only else layer,
                                                                          encoding=encoding, **data.options)
@@ -223,6 +226,7 @@ def open_gdal(data: DataFile, layer: str, read: ReadOptions, label: str) -> Iter
             try:
                 for batch in reader:
                     batch = batch.rename_columns(names) if names != schema.names else batch
+                    batch = recoded(batch, recode) if recode else batch
                     if geometry is not None and data.driver == "FlatGeobuf" and _broken_binary(batch.column(geometry)):
                         batch = _reread_geometry(data, batch, geometry, start)
                     start += batch.num_rows
@@ -232,7 +236,8 @@ def open_gdal(data: DataFile, layer: str, read: ReadOptions, label: str) -> Iter
 
         yield RawLayer(name=layer, label=label, fields=fields, batches=batches(), geometry_column=geometry,
                        crs=meta.get("crs"), declared_type=meta.get("geometry_type"), total=total,
-                       spreadsheet=data.driver in SPREADSHEET_DRIVERS, encoding=encoding, encoding_guessed=guessed,
+                       spreadsheet=data.driver in SPREADSHEET_DRIVERS, encoding=encoding or recode,
+                       encoding_guessed=guessed or recode_guessed,
                        declared_crs=geojson_crs_member(data.path) if data.driver == "GeoJSON" else None)
     finally:
         stream.__exit__(None, None, None)
@@ -291,9 +296,48 @@ def dbf_encoding(data: DataFile, wanted: str | None) -> tuple[str | None, bool]:
         head = handle.read(SAMPLE_BYTES)
     if len(head) > 29 and head[29] != 0:
         return None, False  # the language driver byte is set: GDAL honours it
-    records = head[int.from_bytes(head[8:10], "little"):] if len(head) > 10 else b""
-    encoding, guessed = detect_encoding(records[: len(records) - 4])  # a character may straddle the cut
+    encoding, guessed = detect_encoding(dbase_records(head))
     return ("UTF-8" if encoding == "utf-8" else encoding), guessed
+
+
+def dbase_records(head: bytes) -> bytes:
+    """The records of a dBase file's first bytes (after its header), their padding (blanks, or NULs in a
+    MapInfo .dat) squeezed: text to tell the encoding from, not mostly padding."""
+    records = head[int.from_bytes(head[8:10], "little"):] if len(head) > 10 else b""
+    return re.sub(rb"[ \x00]{2,}", b" ", records[: len(records) - 4])  # a character may straddle the cut
+
+
+def mapinfo_encoding(data: DataFile, wanted: str | None) -> tuple[str | None, bool]:
+    """The encoding of a MapInfo table's text when its .tab (or .mif) says `!charset Neutral` or nothing:
+    the user's, else detected from its .dat records (or .mid lines); None when GDAL recodes the text
+    itself or it is UTF-8 already, and whether it is a guess."""
+    with data.path.open("rb") as handle:
+        definition = handle.read(SAMPLE_BYTES)
+    named = MAPINFO_CHARSET.search(definition)
+    if named and named.group(1).lower() != b"neutral":
+        return None, False
+    if wanted:
+        return wanted, False
+    suffix = ".dat" if data.path.suffix.lower() == ".tab" else ".mid"
+    source = next((p for p in (data.path.with_suffix(suffix), data.path.with_suffix(suffix.upper())) if p.exists()),
+                  None)
+    if source is None:
+        return None, False
+    with source.open("rb") as handle:
+        sample = handle.read(SAMPLE_BYTES)
+    encoding, guessed = detect_encoding(dbase_records(sample) if suffix == ".dat" else sample)
+    return (None, False) if encoding == "utf-8" else (encoding, guessed)
+
+
+def recoded(batch: pa.RecordBatch, encoding: str) -> pa.RecordBatch:
+    """The batch with its text columns' bytes read in `encoding` (GDAL handed them over unread)."""
+    columns = []
+    for column in batch.columns:
+        if pa.types.is_string(column.type):
+            raw = column.view(pa.binary()).to_pylist()
+            column = pa.array([None if v is None else v.decode(encoding, errors="replace") for v in raw], pa.string())
+        columns.append(column)
+    return pa.RecordBatch.from_arrays(columns, schema=batch.schema)
 
 
 def open_parquet(data: DataFile, batch_size: int, label: str) -> RawLayer:
