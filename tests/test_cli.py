@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
 import pytest
 
 from locaria_batch.cli.main import app
@@ -237,6 +238,17 @@ def test_files_inspect(db_url: str, tmp_path: Path) -> None:
     layer = as_json(cli("files", "inspect", str(drawing), "--json", check=False))["layers"][0]
     assert (layer["layer"], layer["crs"], layer["crs_assumed"], layer["notes"]) == ("plan", None, False, [])
     assert "is not longitude/latitude; give its coordinate system with --crs" in layer["problems"][0]
+    area = as_json(cli("files", "inspect", str(fx.osm_xml(tmp_path / "area.osm")), "--json"))  # exit code 0
+    empty = {item["layer"]: item["notes"] for item in area["layers"] if not item["features"]}
+    assert empty == {name: [f"area.osm, layer {name} has no features; it would be left out"]
+                     for name in ("multilinestrings", "other_relations")}
+    assert area["problems"] == [] and all(item["problems"] == [] for item in area["layers"])
+    hollow = tmp_path / "hollow.gpkg"
+    for index, name in enumerate(("roads", "parks")):
+        fx.write_layer(hollow, "GPKG", [], layer=name, append=index > 0, n=pa.array([], pa.int64()))
+    result = cli("files", "inspect", str(hollow), "--json", check=False)
+    assert result.returncode == 1
+    assert as_json(result)["problems"] == ["hollow.gpkg: every layer is empty; nothing would be loaded"]
 
 
 def test_categories_and_a_download_copied_out(db_url: str, tmp_path: Path) -> None:

@@ -59,12 +59,15 @@ def inspect_file(conn: psycopg.Connection[Any], path: Path, name: str, *, encodi
         read = ReadOptions(encoding=encoding, max_line_bytes=limits.max_line_bytes,
                            block_bytes=limits.max_line_bytes)
         for data, layer in sources:
-            report["layers"].append(vars(_inspect_layer(conn, data, layer, read, source_srid, limits)))
+            report["layers"].append(vars(_inspect_layer(conn, data, layer, read, source_srid, limits,
+                                                        among_others=len(sources) > 1)))
+        if len(sources) > 1 and not any(item["features"] for item in report["layers"]):
+            report["problems"].append(f"{name}: every layer is empty; nothing would be loaded")
     return report
 
 
 def _inspect_layer(conn: psycopg.Connection[Any], data: DataFile, layer: str, read: ReadOptions,
-                   source_srid: int | None, limits: LoaderLimits) -> LayerReport:
+                   source_srid: int | None, limits: LoaderLimits, among_others: bool) -> LayerReport:
     item = LayerReport(display_name(data, layer), layer_label(data, layer))
     try:
         with conn.transaction(), open_layer(data, layer, read, item.label) as raw:
@@ -118,7 +121,10 @@ def _inspect_layer(conn: psycopg.Connection[Any], data: DataFile, layer: str, re
                         if geometry.crs_assumed:  # nothing would be assumed: the load asks instead
                             item.crs, item.crs_assumed = None, False
             skipped = raw.skipped_warning()
-            if count == 0 and skipped:
+            if count == 0 and among_others:  # as the load does: an empty layer beside others is left out
+                item.notes.append(f"{item.label} has no features; it would be left out"
+                                  + (f" ({skipped})" if skipped else ""))
+            elif count == 0 and skipped:
                 item.problems.append(f"{item.label} has no rows that could be loaded: {skipped}")
             elif count == 0:
                 item.problems.append(f"{item.label} has no rows or features; nothing would be loaded")
