@@ -109,7 +109,7 @@ def load_file(conn: psycopg.Connection[Any], path: Path, name: str, options: Loa
         read = ReadOptions(batch_rows=options.batch_rows, encoding=options.encoding,
                            max_line_bytes=limits.max_line_bytes)
         loaded: list[LoadedLayer] = []
-        skipped: list[str] = []
+        skipped: list[tuple[str, str]] = []  # (label, layer) of the empty layers left out
         done = 0
         for index, ((data, layer), target) in enumerate(zip(sources, targets, strict=True)):
             staging = fence.staging_name(index)
@@ -127,7 +127,7 @@ def load_file(conn: psycopg.Connection[Any], path: Path, name: str, options: Loa
             done += result.record_count
             if result.record_count == 0 and len(sources) > 1:
                 conn.execute(sql.SQL("DROP TABLE {}").format(sql.Identifier(SCHEMA, staging)))
-                skipped.append(target.label)
+                skipped.append((target.label, display_name(data, layer)))
                 continue
             if result.record_count == 0 and result.warnings:  # there were rows, but none could be loaded
                 raise JobError(f"{target.label} has no rows that could be loaded: {'; '.join(result.warnings)}. "
@@ -137,10 +137,11 @@ def load_file(conn: psycopg.Connection[Any], path: Path, name: str, options: Loa
                                "upload the file again")
             loaded.append(LoadedLayer(result.layer, target.table, result, target.label))
         if not loaded:
-            raise JobError(f"{name}: every layer is empty ({', '.join(skipped)}); nothing to load")
+            raise JobError(f"{name}: every layer is empty ({', '.join(layer for _, layer in skipped)}); nothing to "
+                           "load")
         published = publish(conn, fence, [Target(item.table, item.label, item.result.table)
                                           for item in loaded], options.mode)
         for item in loaded:
             item.appended = item.table in published.get("appended", [])
             item.result.table = item.table
-        return LoadedFile(loaded, [f"{label} has no features and was not loaded" for label in skipped])
+        return LoadedFile(loaded, [f"{label} has no features and was not loaded" for label, _ in skipped])

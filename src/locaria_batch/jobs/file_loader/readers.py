@@ -163,7 +163,7 @@ def open_layer(data: DataFile, layer: str, read: ReadOptions, label: str) -> Ite
 
 def _gdal_message(exc: BaseException, data: DataFile | None = None) -> str:
     """GDAL's first line, with the path of our working copy replaced by the name the user knows."""
-    message = first_line(exc)[:300]
+    message = first_line(exc).split("; It might help to specify the correct driver")[0][:300]  # not the user's to do
     if data is not None:
         for path in {str(data.path), str(data.path.resolve())}:
             message = message.replace(path, data.label)
