@@ -106,20 +106,20 @@ def _inspect_layer(conn: psycopg.Connection[Any], data: DataFile, layer: str, re
                                       "the file's own definition")
                 box = geometry.points_bbox or _gdal_extent(data, layer)
                 item.extent = [round(v, 9) for v in box] if box else None
-                refused = bool(geometry.srid == 4326 and box and not _lon_lat(box) and geometry.source != "xy")
+                out_of_range = bool(geometry.srid == 4326 and box and not _lon_lat(box))
+                refused = out_of_range and geometry.source != "xy"  # coordinate columns lose only those rows
                 if geometry.crs_assumed and not refused:
                     item.notes.append(f"the file does not say which coordinate system it uses: EPSG:{geometry.srid} "
                                       "would be assumed from its coordinates (give --crs if that is wrong)")
-                if geometry.srid == 4326 and box and not _lon_lat(box):
-                    if not refused:  # as the load does: coordinate columns lose only those rows
-                        item.notes.append("some coordinates are out of range for longitude/latitude: those rows "
-                                          "would be loaded with an empty geometry, and named in the warnings")
-                    else:
-                        extent = ", ".join(f"{v:.6g}" for v in box)
-                        item.problems.append(f"{item.label}: the extent ({extent}) is not longitude/latitude; give "
-                                             "its coordinate system with --crs (for example EPSG:27700)")
-                        if geometry.crs_assumed:  # nothing would be assumed: the load asks instead
-                            item.crs, item.crs_assumed = None, False
+                if refused and box:
+                    extent = ", ".join(f"{v:.6g}" for v in box)
+                    item.problems.append(f"{item.label}: the extent ({extent}) is not longitude/latitude; give "
+                                         "its coordinate system with --crs (for example EPSG:27700)")
+                    if geometry.crs_assumed:  # nothing would be assumed: the load asks instead
+                        item.crs, item.crs_assumed = None, False
+                elif out_of_range:
+                    item.notes.append("some coordinates are out of range for longitude/latitude: those rows "
+                                      "would be loaded with an empty geometry, and named in the warnings")
             skipped = raw.skipped_warning()
             if count == 0 and among_others:  # as the load does: an empty layer beside others is left out
                 item.notes.append(f"{item.label} has no features; it would be left out"

@@ -32,14 +32,14 @@ from locaria_batch.job import JobError
 from locaria_batch.jobs.file_loader import geojson
 from locaria_batch.jobs.file_loader.columns import looks_like_wkb
 from locaria_batch.jobs.file_loader.limits import MAX_REPORTED_ROWS, counted
-from locaria_batch.jobs.file_loader.sources import DataFile, utf16_without_mark
+from locaria_batch.jobs.file_loader.sources import MAPINFO_SIDECARS, DataFile, sidecar, utf16_without_mark
 from locaria_batch.jobs.names import unique_name
 
 SAMPLE_BYTES = 1 << 20
 
 CSV_BLOCK_BYTES = 1 << 20  # Arrow reads several blocks ahead: bigger blocks cost memory, not speed
 # formats with one layer, named after the file; opening GeoJSON reads it whole, so it is opened once only
-ONE_LAYER_DRIVERS = {"GeoJSON", "GeoJSONSeq", "FlatGeobuf", "ESRI Shapefile", "DXF"}  # named after the file
+ONE_LAYER_DRIVERS = {"GeoJSON", "GeoJSONSeq", "FlatGeobuf", "ESRI Shapefile", "DXF"}
 SLOW_TO_COUNT = {"GeoJSON", "GeoJSONSeq", "XLSX", "ODS", "GPX", "LIBKML"}  # counting would parse them twice
 SPREADSHEET_DRIVERS = {"XLSX", "ODS"}
 GDAL_BATCH_ROWS = 8_192  # a batch of 33-vertex polygons is ~4.5 MB: peak memory stays low whatever the shapes
@@ -287,9 +287,9 @@ def dbf_encoding(data: DataFile, wanted: str | None) -> tuple[str | None, bool]:
     when neither does: then the records' bytes are detected as a text file's would be."""
     if wanted:
         return wanted, False
-    if any(data.path.with_suffix(s).exists() for s in (".cpg", ".CPG")):
+    if sidecar(data.path, ".cpg") is not None:
         return None, False
-    dbf = next((p for p in (data.path.with_suffix(".dbf"), data.path.with_suffix(".DBF")) if p.exists()), None)
+    dbf = sidecar(data.path, ".dbf")
     if dbf is None:
         return None, False
     with dbf.open("rb") as handle:
@@ -318,14 +318,12 @@ def mapinfo_encoding(data: DataFile, wanted: str | None) -> tuple[str | None, bo
         return None, False
     if wanted:
         return wanted, False
-    suffix = ".dat" if data.path.suffix.lower() == ".tab" else ".mid"
-    source = next((p for p in (data.path.with_suffix(suffix), data.path.with_suffix(suffix.upper())) if p.exists()),
-                  None)
+    source = sidecar(data.path, MAPINFO_SIDECARS[data.path.suffix.lower()][0])  # the .dat (a dBase file) or .mid
     if source is None:
         return None, False
     with source.open("rb") as handle:
         sample = handle.read(SAMPLE_BYTES)
-    encoding, guessed = detect_encoding(dbase_records(sample) if suffix == ".dat" else sample)
+    encoding, guessed = detect_encoding(dbase_records(sample) if source.suffix.lower() == ".dat" else sample)
     return (None, False) if encoding == "utf-8" else (encoding, guessed)
 
 
@@ -527,6 +525,7 @@ def _text_problem(exc: BaseException, label: str, read: ReadOptions, encoding: s
 def open_text(data: DataFile, read: ReadOptions, label: str) -> RawLayer:
     fmt = sniff_text(data, label, read.encoding)
     names = [f"c{i}" for i in range(len(fmt.header))]
+    before = 1 + fmt.lines_before_header  # lines before the data: the header, and Excel's sep= line
     skipped_rows: list[str] = []
     skipped_count = [0]
 
@@ -536,12 +535,11 @@ def open_text(data: DataFile, read: ReadOptions, label: str) -> RawLayer:
         skipped_count[0] += 1
         if len(skipped_rows) < MAX_REPORTED_ROWS:
             text = " ".join(str(row.text or "").split())
-            before = 1 + fmt.lines_before_header
             skipped_rows.append(str(row.number - before) if row.number is not None and row.number > before
                                 else repr(text if len(text) <= 40 else text[:39] + "…"))
         return "skip"
 
-    options = pacsv.ReadOptions(column_names=names, skip_rows=1 + fmt.lines_before_header, block_size=read.block,
+    options = pacsv.ReadOptions(column_names=names, skip_rows=before, block_size=read.block,
                                 encoding=_arrow_encoding(fmt.encoding))
     parse = pacsv.ParseOptions(delimiter=fmt.delimiter, newlines_in_values=True, invalid_row_handler=skip_bad)
     probing = pacsv.ParseOptions(delimiter=fmt.delimiter, newlines_in_values=True,

@@ -212,10 +212,15 @@ def _examine(path: Path, label: str, workdir: Path, limits: LoaderLimits, depth:
         return [DataFile(_mapinfo_table(path, label), "gdal", label, fmt)]
     if fmt == "ESRI Shapefile" and suffix != ".shp":
         return []
-    if fmt == "ESRI Shapefile" and not path.with_suffix(".dbf").exists() and not path.with_suffix(".DBF").exists():
+    if fmt == "ESRI Shapefile" and sidecar(path, ".dbf") is None:
         raise JobError(f"{label} has no .dbf next to it; zip the .shp with its .dbf, .shx, .prj "
                        "(and .cpg) and upload the zip")
     return [DataFile(_named_for(path, fmt, workdir), "gdal", label, fmt, GDAL_OPTIONS.get(fmt, {}))]
+
+
+def sidecar(path: Path, suffix: str) -> Path | None:
+    """The file beside `path` with its name and another extension (in lower or upper case), if there is one."""
+    return next((p for p in (path.with_suffix(suffix), path.with_suffix(suffix.upper())) if p.exists()), None)
 
 
 def _mapinfo_table(path: Path, label: str) -> Path:
@@ -224,7 +229,7 @@ def _mapinfo_table(path: Path, label: str) -> Path:
     if needed is None:
         raise JobError(f"{label} is a MapInfo table under another name; name it .tab (or .mif), zip it with its "
                        ".dat, .map and .id (or its .mid) and upload the zip")
-    if not any(path.with_suffix(ext).exists() for ext in (needed[0], needed[0].upper())):
+    if sidecar(path, needed[0]) is None:
         raise JobError(f"{label} has no {needed[0]} next to it; zip the {path.suffix.lower()} with its "
                        f"{', '.join(needed[:3])} and upload the zip")
     with path.open("rb") as handle:
