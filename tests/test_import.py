@@ -105,3 +105,15 @@ def test_a_file_imports_only_its_own_tables(conn: psycopg.Connection[Any], tmp_p
     assert done["status"] == "ERROR"
     assert f"belongs to parks.csv (file {first['id']})" in done["attributes"]["error"]
     assert items(conn) == []
+
+
+def test_a_column_named_like_the_row_alias_loads_and_imports(conn: psycopg.Connection[Any], tmp_path: Path) -> None:
+    """Rows are turned into JSON whole (the preview, the items' data): a column named t is just a column."""
+    conn.execute("INSERT INTO locaria_core.categories (category) VALUES ('Notes')")
+    notes = "name,t,lon,lat\nfirst,hello,-0.1,51.5\nsecond,,0.2,51.6\n"
+    row = loaded(conn, fx.write_text(tmp_path / "notes.csv", notes))
+    assert row["status"] == "FARGATE_PROCESSED", row["attributes"].get("error")
+    assert row["attributes"]["preview"]["features"][0]["properties"]["t"] == "hello"
+    done = request_import(conn, row["id"], category="Notes", title_field="name")
+    assert done["status"] == "IMPORTED", done["attributes"].get("error")
+    assert [i["attributes"]["data"]["t"] for i in items(conn)] == ["hello", None]

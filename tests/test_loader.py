@@ -98,6 +98,15 @@ def test_csv_lon_lat_with_types(db_url: str, conn: psycopg.Connection[Any], tmp_
     assert result["preview"]["features"][0]["properties"]["site_name"] == "Hyde Park"
 
 
+def test_csv_times_of_day(db_url: str, conn: psycopg.Connection[Any], tmp_path: Path) -> None:
+    shifts = "name,start\na,10:30:00\nb,09:05:00\nc,\nd,23:59:59\n"
+    result = load(db_url, fx.write_text(tmp_path / "shifts.csv", shifts))
+    assert result["warnings"] == []
+    assert column_types(conn)["start"] == "time without time zone"
+    assert [r["start"] for r in rows(conn, "SELECT start::text FROM {t} ORDER BY ogc_fid")] == [
+        "10:30:00", "09:05:00", None, "23:59:59"]
+
+
 def test_csv_x_y_in_a_national_grid_needs_crs(db_url: str, conn: psycopg.Connection[Any], tmp_path: Path) -> None:
     csv = fx.write_text(tmp_path / "grid.csv", "id,X,Y\n1,530000,180000\n2,531000,181000\n")
     with pytest.raises(JobError, match=r"grid.csv: cannot tell the coordinate system of X/Y .* --crs"):
@@ -214,6 +223,40 @@ def test_bad_value_reported_by_row_without_aborting(db_url: str, conn: psycopg.C
     assert rows(conn, "SELECT count FROM {t} WHERE id = 2501")[0]["count"] == 25010
     assert rows(conn, "SELECT name FROM {t} WHERE id IN (2700, 2701) ORDER BY id") == [{"name": None},
                                                                                       {"name": "n2701"}]
+
+
+def test_csv_codes_that_look_like_numbers_stay_text(db_url: str, conn: psycopg.Connection[Any], tmp_path: Path) -> None:
+    csv = fx.write_text(tmp_path / "ids.csv", "id,big,neg0,hex,amount\n"
+                        "1,12345678901234567890,-0123,0x1F,1E5\n2,12345678901234567891,-0456,0x20,2.5\n")
+    load(db_url, csv)
+    assert {k: v for k, v in column_types(conn).items() if k != "ogc_fid"} == {
+        "id": "bigint", "big": "text", "neg0": "text", "hex": "text", "amount": "double precision"}
+    assert rows(conn, "SELECT big, neg0, hex, amount FROM {t} ORDER BY id")[0] == {
+        "big": "12345678901234567890", "neg0": "-0123", "hex": "0x1F", "amount": 100000.0}
+
+
+def test_values_after_the_first_block_widen_their_column(db_url: str, conn: psycopg.Connection[Any], tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """Types come from the first block; a later value that a wider type holds widens the column instead of
+    being lost: a code with leading zeros makes text, a fraction among whole numbers double precision, a
+    whole number beyond bigint text (an identifier kept exact).  Text among numbers is still a bad value."""
+    monkeypatch.setattr(readers, "CSV_BLOCK_BYTES", 4096)
+    body = "".join(f"{i},{10000 + i},{i},{9007199254740993 + i},{i}\n" for i in range(1, 3001))
+    body = body.replace("\n2500,12500,", "\n2500,01234,")
+    body = body.replace(",2600,9007199254743593,", ",2600.5,9007199254743593,")
+    body = body.replace(",9007199254743693,", ",123456789012345678901234,")
+    body = body.replace(",2800\n", ",lots\n")
+    result = load(db_url, fx.write_text(tmp_path / "codes.csv", "id,postcode,amount,ref,count\n" + body),
+                  batch_rows=1000)
+    assert result["record_count"] == 3000
+    assert [w.split(":")[0] for w in result["warnings"]] == ["row 2800, column 'count'"]
+    assert {k: v for k, v in column_types(conn).items() if k != "ogc_fid"} == {
+        "id": "bigint", "postcode": "text", "amount": "double precision", "ref": "text", "count": "bigint"}
+    got = {r["id"]: r for r in rows(conn, "SELECT * FROM {t} WHERE id IN (1, 2500, 2600, 2700, 2800)")}
+    assert [got[i]["postcode"] for i in (1, 2500)] == ["10001", "01234"]
+    assert [got[i]["amount"] for i in (1, 2600)] == [1.0, 2600.5]
+    assert [got[i]["ref"] for i in (1, 2700)] == ["9007199254740994", "123456789012345678901234"]
+    assert got[2800]["count"] is None
 
 
 @pytest.mark.parametrize("suffix, compress", [(".gz", gzip.compress), (".bz2", bz2.compress), (".xz", lzma.compress)])

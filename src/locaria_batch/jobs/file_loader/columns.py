@@ -338,6 +338,8 @@ def wkb_to_hex(column: pa.Array | pa.ChunkedArray) -> pa.Array:
 
 # -- text values as typed values (delimited text arrives as strings) -----------------------------
 
+INTEGER_TYPES = ("integer", "bigint")
+NUMBER_TYPES = (*INTEGER_TYPES, "double precision")
 TEXT_PATTERNS = {
     "integer": r"^[-+]?\d+$",
     "bigint": r"^[-+]?\d+$",
@@ -348,6 +350,52 @@ TEXT_PATTERNS = {
     "timestamptz": r"^\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}(:\d{2}(\.\d+)?)?(Z|[-+]\d{2}(:?\d{2})?)$",
     "time": r"^\d{2}:\d{2}(:\d{2}(\.\d+)?)?$",
 }
+
+
+def code_like_numbers(column: pa.Array) -> bool:
+    """Whether text holds numbers written as codes, not quantities: leading zeros (007, postcodes,
+    -0123) or hexadecimal (0x1F), which a numeric column would change."""
+    if len(column) == column.null_count:
+        return False
+    column = column.cast(pa.large_string()) if pat.is_string(column.type) else column
+    _, offsets, data = column.buffers()  # the first bytes of every value, read in place
+    starts = np.frombuffer(offsets, dtype=np.int64)[column.offset: column.offset + len(column) + 1]
+    raw = np.frombuffer(data, dtype=np.uint8) if data is not None else np.zeros(0, dtype=np.uint8)
+    signed = np.zeros(len(column), dtype=bool)
+    nonempty = starts[1:] > starts[:-1]
+    signed[nonempty] = (raw[starts[:-1][nonempty]] == 0x2B) | (raw[starts[:-1][nonempty]] == 0x2D)  # + -
+    first = starts[:-1] + signed
+    long_enough = starts[1:] - first >= 2
+    zero, after = raw[first[long_enough]], raw[first[long_enough] + 1]
+    return bool(np.any((zero == 0x30) & (((after >= 0x30) & (after <= 0x39)) | ((after | 0x20) == 0x78))))
+
+
+def whole_numbers_beyond_bigint(column: pa.Array) -> bool:
+    """Whether text typed as double precision is whole numbers only, some too long for bigint:
+    identifiers, which double precision would round into one another."""
+    text = pc.utf8_trim_whitespace(column.drop_null())
+    return len(text) > 0 and bool(pc.all(pc.match_substring_regex(text, TEXT_PATTERNS["bigint"])).as_py())
+
+
+def wider_number_type(values: pa.Array, decimal_comma: bool) -> str | None:
+    """The type for a column of whole numbers that these values (text that is no whole number of its
+    width) join: text when some are whole numbers too long for any integer (identifiers, kept exact),
+    double precision when some are fractions; None when none is a number."""
+    if pc.any(pc.match_substring_regex(pc.utf8_trim_whitespace(values), TEXT_PATTERNS["bigint"])).as_py():
+        return "text"
+    fractions, _ = coerce_text(values, "double precision", decimal_comma)
+    return "double precision" if fractions.null_count < len(fractions) else None
+
+
+def text_times(text: pa.Array, unit: str) -> pa.Array:
+    """'HH:MM' or 'HH:MM:SS[.fff]' as times of day (Arrow casts no text to a time); ArrowInvalid for any
+    other value."""
+    text = pc.if_else(pc.match_substring_regex(text, r"^\d{2}:\d{2}$"), pc.binary_join_element_wise(text, ":00", ""),
+                      text)
+    stamps = pc.cast(pc.binary_join_element_wise("1970-01-01 ", text, ""), pa.timestamp(unit))
+    kind, storage = (pa.time32(unit), pa.int32()) if unit in ("s", "ms") else (pa.time64(unit), pa.int64())
+    ticks = pc.cast(stamps.cast(pa.int64()), storage)
+    return pa.Array.from_buffers(kind, len(ticks), ticks.buffers(), ticks.null_count)
 
 
 DATE_TEXT = r"^\s*\d{4}[-/]\d{2}[-/]\d{2}\s*$"  # ISO, or GDAL's 2024/05/01 for date cells among text
@@ -368,6 +416,10 @@ def coerce_text(column: pa.Array, pg_type: str, decimal_comma: bool = False) -> 
     if pg_type not in TEXT_PATTERNS:
         return column, []
     target = ARROW_TYPE[pg_type]
+
+    def cast(values: pa.Array) -> pa.Array:
+        return text_times(values, "us") if pg_type == "time" else pc.cast(values, target)
+
     text = pc.utf8_trim_whitespace(column)
     text = pc.if_else(pc.equal(text, ""), pa.scalar(None, pa.string()), text)  # a blank cell is no value
     if decimal_comma and pg_type == "double precision":
@@ -375,20 +427,20 @@ def coerce_text(column: pa.Array, pg_type: str, decimal_comma: bool = False) -> 
     if pg_type == "date":
         text = pc.replace_substring(text, "/", "-")
     try:
-        return pc.cast(text, target), []
+        return cast(text), []
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
         pass
     fits = pc.fill_null(pc.match_substring_regex(text, TEXT_PATTERNS[pg_type]), True)
     values = pc.if_else(fits, text, pa.scalar(None, pa.string()))
     bad = np.nonzero(~np.asarray(fits))[0].tolist()
     try:
-        return pc.cast(values, target), bad
+        return cast(values), bad
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
         pass
     typed: list[object] = []
     for index, value in enumerate(values.to_pylist()):  # out-of-range numbers, impossible dates
         try:
-            typed.append(None if value is None else pc.cast(pa.scalar(value), target).as_py())
+            typed.append(None if value is None else cast(pa.array([value], pa.string()))[0].as_py())
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
             typed.append(None)
             bad.append(index)

@@ -46,9 +46,10 @@ class BatchConverter:
         self.set_aside = SetAside()
         self._field_names = [f.name for f in raw.fields]
 
-    def encode(self, batch: pa.RecordBatch) -> bytes:
+    @staticmethod
+    def encode(batch: pa.RecordBatch, column_types: list[str]) -> bytes:
         """A converted batch as a binary COPY stream."""
-        return encode(batch.columns, self.plan.column_types)
+        return encode(batch.columns, column_types)
 
     def prepare(self, batches: Iterator[pa.RecordBatch]) -> Iterator[Prepared]:
         """Each source batch as the table's columns."""
@@ -60,15 +61,15 @@ class BatchConverter:
                                "limit; split the file")
             fids = pa.array(np.arange(done + 1, done + 1 + batch.num_rows, dtype=np.int32))
             arrays: list[pa.Array] = [fids]
+            before: list[sql.Composed] = []
             for i in range(plan.plain):
-                arrays.append(self._attribute(batch.column(i), plan.types[i], plan.columns[i + 1], fids))
+                arrays.append(self._attribute(batch.column(i), i, fids, before))
             if plan.plain < len(originals):
                 arrays.append(_spill(batch, range(plan.plain, len(originals)), originals))
-            before: list[sql.Composed] = []
             if plan.geometry is not None:
                 arrays.append(self._geometry(batch, plan.geometry, done + 1, before))
             out = pa.RecordBatch.from_arrays(arrays, names=plan.columns)
-            yield Prepared(out, done + 1, before)
+            yield Prepared(out, list(plan.column_types), done + 1, before)
             done += batch.num_rows
 
     def warnings(self, copied: Copied) -> list[str]:
@@ -92,13 +93,21 @@ class BatchConverter:
                             f"a finite number (such as inf, NaN or text); geometry left empty (rows {rows})")
         return warnings
 
-    def _attribute(self, column: pa.Array, kind: str, name: str, fids: pa.Array) -> pa.Array:
-        """A source column as the Arrow type binary COPY encodes for its PostgreSQL type."""
+    def _attribute(self, column: pa.Array, index: int, fids: pa.Array, before: list[sql.Composed]) -> pa.Array:
+        """A source column as the Arrow type binary COPY encodes for its PostgreSQL type; a statement
+        widening the column, when its type (from the first rows of text) does not hold these values,
+        goes into `before`."""
         if isinstance(column, pa.ChunkedArray):
             column = column.combine_chunks()
-        kind_in = column.type
+        kind_in, kind, name = column.type, self.plan.types[index], self.plan.names[index]
+        if self.raw.types is not None and kind in col.NUMBER_TYPES and col.code_like_numbers(column):
+            kind = self._widen(index, "text", before)
         if self.raw.types is not None or (pat.is_string(kind_in) and kind != "text"):  # text, typed here
             typed, bad = col.coerce_text(column, kind, self.raw.decimal_comma)
+            if bad and self.raw.types is not None and kind in col.INTEGER_TYPES and (
+                    wider := col.wider_number_type(column.take(bad), self.raw.decimal_comma)):
+                kind = self._widen(index, wider, before)
+                typed, bad = col.coerce_text(column, kind, self.raw.decimal_comma)
             bad_values = self.set_aside.bad_values
             if len(bad_values) + len(bad) > self.limits.max_bad_rows:
                 raise JobError(f"{self.raw.label}: more than {self.limits.max_bad_rows:,} values are not of their "
@@ -118,6 +127,13 @@ class BatchConverter:
             return pa.array([None if v is None else json.dumps(v, default=str) for v in column.to_pylist()],
                             pa.string())
         return column
+
+    def _widen(self, index: int, kind: str, before: list[sql.Composed]) -> str:
+        """Field `index`'s column becomes `kind` from this batch on, the rows before it converted."""
+        column = sql.Identifier(self.plan.names[index])
+        before.append(sql.SQL("ALTER TABLE {} ALTER COLUMN {} TYPE {} USING {}::{}").format(
+            self.table, column, sql.SQL(kind), column, sql.SQL(kind)))
+        return self.plan.widen(index, kind)
 
     def _geometry(self, batch: pa.RecordBatch, plan: GeometryPlan, first_row: int,
                   before: list[sql.Composed]) -> pa.Array:

@@ -31,10 +31,11 @@ QUEUE_DEPTH = 2  # batches encoded ahead of the COPY: enough to overlap, little 
 
 @dataclass
 class Prepared:
-    """A batch ready to send: its Arrow columns (in table order), the row number of its first row,
-    and any statement to run before it (a geometry column widened)."""
+    """A batch ready to send: its Arrow columns (in table order), their PostgreSQL types, the row number
+    of its first row, and any statement to run before it (a column widened)."""
 
     batch: pa.RecordBatch
+    column_types: list[str]  # as they were for this batch: a later batch may widen a column
     first_row: int
     before: list[sql.Composed] = field(default_factory=list)
     data: bytes | None = None  # the encoded COPY stream
@@ -47,7 +48,7 @@ class BadRow:
     problem: str
 
 
-Encoder = Callable[[pa.RecordBatch], bytes]
+Encoder = Callable[[pa.RecordBatch, list[str]], bytes]
 
 
 T = TypeVar("T")
@@ -102,7 +103,7 @@ def produce(items: Iterator[Prepared], encode: Encoder, depth: int = QUEUE_DEPTH
 
     def encoded() -> Iterator[Prepared]:
         for item in items:
-            item.data = encode(item.batch)
+            item.data = encode(item.batch, item.column_types)
             yield item
 
     return ahead(encoded(), depth, "locaria-loader-encoder")
@@ -140,7 +141,7 @@ def copy_prepared(conn: psycopg.Connection[Any], table: sql.Composable, names: l
                 cur.execute("SAVEPOINT locaria_batch")
                 try:
                     with cur.copy(statement) as copy:
-                        copy.write(data if data is not None else encode(batch))
+                        copy.write(data if data is not None else encode(batch, item.column_types))
                     cur.execute("RELEASE SAVEPOINT locaria_batch")
                 except (psycopg.errors.DataError, psycopg.errors.InternalError) as exc:  # a value refused
                     cur.execute("ROLLBACK TO SAVEPOINT locaria_batch")

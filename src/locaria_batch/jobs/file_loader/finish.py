@@ -223,7 +223,7 @@ class TableFinisher:
         geometry = (sql.SQL("ST_AsGeoJSON({})::jsonb").format(sql.Identifier(col.GEOMETRY_COLUMN))
                     if has_geometry else sql.SQL("NULL::jsonb"))
         rows = self.conn.execute(sql.SQL(
-            "SELECT {} AS geometry, to_jsonb(t) - {} AS properties FROM {} t ORDER BY {} LIMIT 10").format(
+            "SELECT {} AS geometry, to_jsonb(t.*) - {} AS properties FROM {} t ORDER BY {} LIMIT 10").format(
             geometry, sql.Literal(col.GEOMETRY_COLUMN), self.table, sql.Identifier(col.FID_COLUMN))).fetchall()
         features = [{"type": "Feature", "id": r["properties"].get(col.FID_COLUMN), "geometry": r["geometry"],
                      "properties": r["properties"]} for r in rows]

@@ -37,6 +37,8 @@ import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from locaria_batch.jobs.file_loader.columns import text_times
+
 PARALLEL_BYTES = 32 << 20  # below this, starting a helper process costs more than it saves
 HELPER_QUEUE = 2  # blocks handed to the helper ahead, so that it never waits for the next
 BLOCK_BYTES = 1 << 20  # text parsed at a time: ~5k point features; bigger blocks cost memory, not speed
@@ -456,20 +458,13 @@ def final_array(values: pa.Array, state: int) -> pa.Array:
             padded = pc.if_else(pc.match_substring_regex(text, r" \d{2}:\d{2}$"), pc.binary_join_element_wise(
                 text, ":00", ""), text)
             return pc.cast(pc.cast(padded, pa.timestamp("ms")), pa.timestamp("ms"))
-        return _times(pc.if_else(pc.match_substring_regex(text, r"^\d{2}:\d{2}$"),
-                                 pc.binary_join_element_wise(text, ":00", ""), text))
+        return text_times(text, "ms")
     if pa.types.is_boolean(values.type) and state != F_BOOL:
         values = values.cast(pa.int64())
     if pa.types.is_string(values.type):  # numbers kept as written, booleans among them as GDAL counts them
         values = pc.replace_substring_regex(values, "^true$", "1")
         values = pc.replace_substring_regex(values, "^false$", "0")
     return values.cast(target)
-
-
-def _times(text: pa.Array) -> pa.Array:
-    stamps = pc.cast(pc.binary_join_element_wise("1970-01-01 ", text, ""), pa.timestamp("ms"))
-    millis = pc.cast(stamps.cast(pa.int64()), pa.int32())
-    return pa.Array.from_buffers(pa.time32("ms"), len(millis), millis.buffers(), millis.null_count)
 
 
 # -- geometry -------------------------------------------------------------------------------------

@@ -16,7 +16,7 @@ from psycopg import sql
 from locaria_batch.job import JobError
 from locaria_batch.jobs.file_loader import columns as col
 from locaria_batch.jobs.file_loader.crs import WGS84, declared_srid, fits_lon_lat, infer_srid, srid_from_crs
-from locaria_batch.jobs.file_loader.readers import LEADING_ZERO, RawLayer
+from locaria_batch.jobs.file_loader.readers import RawLayer
 
 CONCRETE_KINDS = {"Point", "LineString", "Polygon", "MultiPoint", "MultiLineString", "MultiPolygon"}
 
@@ -90,6 +90,12 @@ class TablePlan:
         geometry_type = [] if self.geometry is None else ["text" if self.geometry.source == "text" else "geometry"]
         self.column_types = ["integer", *self.types[: self.plain], *(["jsonb"] if spill else []), *geometry_type]
 
+    def widen(self, index: int, kind: str) -> str:
+        """Field `index` gets a wider type (its values did not all fit the one the first rows gave)."""
+        self.types[index] = kind
+        self.column_types[index + 1] = kind  # after the fid
+        return kind
+
     @property
     def spilled(self) -> list[str]:
         return self.originals[self.plain:]
@@ -131,16 +137,18 @@ def create_table(conn: psycopg.Connection[Any], table: sql.Identifier, plan: Tab
 def column_types(raw: RawLayer, first: pa.RecordBatch | None) -> list[str]:
     types = list(raw.types) if raw.types else [col.pg_type(f.type) for f in raw.fields]
     if raw.types and first is not None:  # text: codes like 007 keep their leading zeros
-        for i, kind in enumerate(types):
-            if kind in ("bigint", "double precision"):
-                values = first.column(i).slice(0, 5000).drop_null().to_pylist()
-                if any(LEADING_ZERO.match(v) and not v.strip().startswith("0.") for v in values):
-                    types[i] = "text"
+        types = ["text" if _codes(first.column(i), kind) else kind for i, kind in enumerate(types)]
     if raw.spreadsheet and first is not None:  # Excel has no dates before 1900: such a column is text
         for i, item in enumerate(raw.fields):
             if pat.is_string(item.type) and col.holds_only_dates(first.column(i)):
                 types[i] = "date"
     return types
+
+
+def _codes(text: pa.Array, kind: str) -> bool:
+    """Whether a column of text that reads as numbers is codes or identifiers, which only text keeps."""
+    return (kind in col.NUMBER_TYPES and col.code_like_numbers(text)) or (
+        kind == "double precision" and col.whole_numbers_beyond_bigint(text))
 
 
 def plan_geometry(conn: psycopg.Connection[Any], raw: RawLayer, first: pa.RecordBatch | None,

@@ -49,7 +49,6 @@ MAPINFO_CHARSET = re.compile(rb'^\s*!?charset\s+"?(\w+)', re.IGNORECASE | re.MUL
 SEPARATOR_LINE = re.compile(r'^\s*sep=([^"\r\n])\s*$', re.IGNORECASE)  # Excel's first line naming the delimiter
 DECIMAL_COMMA = re.compile(r"^\s*-?\d+,\d+\s*$")
 DECIMAL_POINT = re.compile(r"^\s*-?\d+\.\d+\s*$")
-LEADING_ZERO = re.compile(r"^\s*0\d")
 # encodings a text file without a byte-order mark may be in, besides UTF-8 (charset-normalizer picks)
 ENCODING_CANDIDATES = ("cp1252", "cp1250", "cp1251", "cp1253", "cp1254", "cp1255", "cp1256", "cp1257", "cp1258",
                        "koi8_r", "koi8_u", "iso8859_2", "iso8859_5", "iso8859_7", "iso8859_15", "mac_roman",
