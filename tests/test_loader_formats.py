@@ -323,6 +323,18 @@ def test_a_table_of_another_file_is_refused_without_a_mode(db_url: str, conn: ps
                         ).fetchone()["file_id"] == 2
 
 
+def test_long_table_names_sharing_a_prefix_get_their_own_index_names(db_url: str, conn: psycopg.Connection[Any],
+                                                                     tmp_path: Path) -> None:
+    points = fx.write_text(tmp_path / "p.csv", "name,lon,lat\na,-0.1,51.5\n")
+    names = [f"planning_applications_greater_london_authority_2023_quarter_{q}" for q in (1, 2)]
+    for file_id, name in enumerate(names, start=1):
+        fx.load_as(db_url, file_id, points, base_table=name)
+    indexes = conn.execute("SELECT tablename, indexname FROM pg_indexes WHERE schemaname = 'locaria_uploads' "
+                           "ORDER BY 1, 2").fetchall()
+    assert [i["tablename"] for i in indexes] == [names[0], names[0], names[1], names[1]]
+    assert len({i["indexname"] for i in indexes}) == 4 and all(len(i["indexname"]) <= 63 for i in indexes)
+
+
 def test_append_checks_the_columns(db_url: str, conn: psycopg.Connection[Any], tmp_path: Path) -> None:
     fx.load_as(db_url, 1, fx.write_text(tmp_path / "a.csv", "name,count,lon,lat\na,1,0,0\nb,2,1,1\n"))
     result = fx.load_as(db_url, 2, fx.write_text(tmp_path / "b.csv", "name,count,lon,lat\nc,3,2,2\n"),
