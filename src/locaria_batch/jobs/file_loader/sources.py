@@ -212,8 +212,8 @@ def _examine(path: Path, label: str, workdir: Path, limits: LoaderLimits, depth:
         return [DataFile(_mapinfo_table(path, label), "gdal", label, fmt)]
     if fmt == "ESRI Shapefile" and suffix != ".shp":
         return []
-    if fmt == "ESRI Shapefile" and sidecar(path, ".dbf") is None:
-        raise JobError(f"{label} has no .dbf next to it; zip the .shp with its .dbf, .shx, .prj "
+    if fmt == "ESRI Shapefile" and (missing := [s for s in (".dbf", ".shx") if sidecar(path, s) is None]):
+        raise JobError(f"{label} has no {' or '.join(missing)} next to it; zip the .shp with its .dbf, .shx, .prj "
                        "(and .cpg) and upload the zip")
     return [DataFile(_named_for(path, fmt, workdir), "gdal", label, fmt, GDAL_OPTIONS.get(fmt, {}))]
 
