@@ -151,6 +151,14 @@ def test_tsv_txt_with_wkt_hex_wkb_and_geojson_columns(db_url: str, conn: psycopg
     assert rows(conn, "SELECT ST_AsText(wkb_geometry) AS g FROM {t}")[0]["g"] == "POINT(3 4)"
 
 
+def test_wkt_column_with_null_text_and_curves(db_url: str, conn: psycopg.Connection[Any], tmp_path: Path) -> None:
+    csv = fx.write_text(tmp_path / "dump.csv", 'id,wkt\n1,POINT(1 2)\n2,NULL\n3,\n4,"CIRCULARSTRING(0 0,1 1,2 0)"\n')
+    result = load(db_url, csv)
+    assert result["warnings"] == [] and result["geometry_type"] == "Geometry"
+    got = rows(conn, "SELECT id, GeometryType(wkb_geometry) AS g FROM {t} ORDER BY id")
+    assert [r["g"] for r in got] == ["POINT", None, None, "LINESTRING"]  # the arc straightened
+
+
 def test_excels_separator_line_names_the_delimiter(db_url: str, conn: psycopg.Connection[Any],
                                                    tmp_path: Path) -> None:
     """Excel writes (and reads) a first line sep=; naming the delimiter, before the column names."""

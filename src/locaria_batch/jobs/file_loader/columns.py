@@ -97,8 +97,10 @@ COORDINATE_PAIRS = (  # (convention, x names, y names), first match wins
 )
 GEOMETRY_TEXT_NAMES = ("geom", "geometry", "wkt", "wkb", "the_geom", "wkb_geometry", "shape", "geojson", "geo_shape")
 GEOMETRY_TEXT = re.compile(
-    r"^\s*((SRID=\d+;)?\s*(POINT|LINESTRING|POLYGON|MULTIPOINT|MULTILINESTRING|MULTIPOLYGON|GEOMETRYCOLLECTION)\b"
+    r"^\s*((SRID=\d+;)?\s*(POINT|LINESTRING|POLYGON|MULTIPOINT|MULTILINESTRING|MULTIPOLYGON|GEOMETRYCOLLECTION"
+    r"|CIRCULARSTRING|COMPOUNDCURVE|CURVEPOLYGON|MULTICURVE|MULTISURFACE)\b"
     r"|0[01][0-9A-Fa-f]{16,}$|\{\s*\"type\"\s*:)", re.IGNORECASE)
+NO_GEOMETRY_TEXT = ("", "NULL", "NONE")  # what database and Python dumps write for a missing value
 
 
 @dataclass(frozen=True)
@@ -130,7 +132,8 @@ def find_geometry_text_column(names: list[str], sample: pa.Table) -> str | None:
         column = sample.column(names.index(name))  # by position: a file may repeat a name
         if not (pat.is_string(column.type) or pat.is_large_string(column.type)):
             continue
-        values = [v for v in column.slice(0, 200).drop_null().to_pylist()[:50] if v and v.strip()]
+        values = [v for v in column.slice(0, 200).drop_null().to_pylist() if v.strip().upper() not in NO_GEOMETRY_TEXT]
+        values = values[:50]
         if values and all(GEOMETRY_TEXT.match(v) for v in values):
             return name
     return None

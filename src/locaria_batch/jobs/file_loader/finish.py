@@ -128,8 +128,8 @@ class TableFinisher:
         geom = sql.Identifier(col.GEOMETRY_COLUMN)
         parse = sql.SQL("locaria_core.loader_parse_geometry({}, {})").format(geom, sql.Literal(geometry.srid))
         unreadable = [r["fid"] for r in self.conn.execute(sql.SQL(
-            "SELECT {} AS fid FROM {} WHERE btrim(coalesce({}, '')) <> '' AND {} IS NULL ORDER BY 1").format(
-            sql.Identifier(col.FID_COLUMN), self.table, geom, parse)).fetchall()]
+            "SELECT {} AS fid FROM {} WHERE upper(btrim(coalesce({}, ''))) <> ALL(%s) AND {} IS NULL ORDER BY 1"
+        ).format(sql.Identifier(col.FID_COLUMN), self.table, geom, parse), [list(col.NO_GEOMETRY_TEXT)]).fetchall()]
         if unreadable:
             self.warnings.append(f"{counted(len(unreadable), 'row holds', 'rows hold')} text in the geometry column "
                                  f"{geometry.column!r} that is not WKT, WKB or GeoJSON; geometry left empty (rows "
