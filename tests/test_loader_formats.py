@@ -354,6 +354,26 @@ def test_append_checks_the_columns(db_url: str, conn: psycopg.Connection[Any], t
     assert conn.execute("SELECT count(*) AS n FROM locaria_uploads.upload_file_3").fetchone()["n"] == 2
 
 
+def test_append_takes_values_the_table_holds(db_url: str, conn: psycopg.Connection[Any], tmp_path: Path) -> None:
+    """Whole numbers go into a double precision column, dates into a timestamp one, and a column left empty
+    this time into whatever the table has; a fraction into a whole-number column is still refused."""
+    january = "name,val,day,lat,lon\na,1.5,2024-01-01 10:00,51.5,0.1\n"
+    fx.load_as(db_url, 1, fx.write_text(tmp_path / "jan.csv", january))
+    for file_id, body in ((2, "b,2,2024-02-01,52,1\n"), (3, "c,,,52.5,1.5\n")):
+        month = fx.write_text(tmp_path / f"m{file_id}.csv", "name,val,day,lat,lon\n" + body)
+        result = fx.load_as(db_url, file_id, month, base_table="upload_file_1", mode=LoadMode.append)
+        assert result["appended"] == ["upload_file_1"]
+    got = conn.execute("SELECT name, val, day::text AS day, lat FROM locaria_uploads.upload_file_1 "
+                       "ORDER BY ogc_fid").fetchall()
+    assert got == [{"name": "a", "val": 1.5, "day": "2024-01-01 10:00:00", "lat": 51.5},
+                   {"name": "b", "val": 2.0, "day": "2024-02-01 00:00:00", "lat": 52.0},
+                   {"name": "c", "val": None, "day": None, "lat": 52.5}]
+    fx.load_as(db_url, 4, fx.write_text(tmp_path / "n.csv", "name,n\na,1\n"), base_table="counts")
+    with pytest.raises(JobError, match=r"n is double precision in the file, bigint in the table"):
+        fx.load_as(db_url, 5, fx.write_text(tmp_path / "f.csv", "name,n\nb,1.5\n"), base_table="counts",
+                   mode=LoadMode.append)
+
+
 def test_a_reload_replaces_the_files_own_tables_and_drops_the_ones_it_no_longer_makes(
         db_url: str, conn: psycopg.Connection[Any], tmp_path: Path) -> None:
     two = gpkg_layers(conn, tmp_path / "two.gpkg", {"a": ["POINT(0 0)"], "b": ["POINT(1 1)"]})

@@ -25,30 +25,31 @@ SCHEMA = "locaria_uploads"
 
 def load_layer(conn: psycopg.Connection[Any], data: DataFile, layer: str, read: ReadOptions, staging: str, *,
                label: str, source_crs: int | None, target_srid: int, repair: bool, limits: LoaderLimits,
-               on_rows: Callable[[int, int | None], None]) -> LayerResult:
+               on_rows: Callable[[int, int | None], None], append_to: dict[str, str] | None = None) -> LayerResult:
     """Load the layer into locaria_uploads.{staging}; a problem the database or Arrow reports becomes
     one sentence about this layer.  Text with a line longer than the reading block is read again with
-    a block as large as the longest line allowed."""
+    a block as large as the longest line allowed.  `append_to`: the columns and types of the table the
+    rows will be appended to."""
     conn.execute("SAVEPOINT locaria_layer")  # inside the load's transaction, never a commit of its own
     try:
         result = _open_and_load(conn, data, layer, read, staging, label, source_crs, target_srid, repair, limits,
-                                on_rows)
+                                on_rows, append_to)
         conn.execute("RELEASE SAVEPOINT locaria_layer")
         return result
     except LineTooLong:
         conn.execute("ROLLBACK TO SAVEPOINT locaria_layer")
     bigger = replace(read, block_bytes=max(read.block, read.max_line_bytes))
     return _open_and_load(conn, data, layer, bigger, staging, label, source_crs, target_srid, repair, limits,
-                          on_rows)
+                          on_rows, append_to)
 
 
 def _open_and_load(conn: psycopg.Connection[Any], data: DataFile, layer: str, read: ReadOptions, staging: str,
                    label: str, source_crs: int | None, target_srid: int, repair: bool, limits: LoaderLimits,
-                   on_rows: Callable[[int, int | None], None]) -> LayerResult:
+                   on_rows: Callable[[int, int | None], None], append_to: dict[str, str] | None) -> LayerResult:
     try:
         with open_layer(data, layer, read, label) as raw:
             result = _load(conn, raw, staging, source_crs, target_srid, repair, limits,
-                           lambda rows: on_rows(rows, raw.total))
+                           lambda rows: on_rows(rows, raw.total), append_to)
             result.encoding, result.encoding_guessed = raw.encoding, raw.encoding_guessed
             if raw.encoding_guessed:
                 result.notes.append(f"{label}: the text encoding was guessed as {raw.encoding}; if its text looks "
@@ -70,12 +71,13 @@ def _open_and_load(conn: psycopg.Connection[Any], data: DataFile, layer: str, re
 
 
 def _load(conn: psycopg.Connection[Any], raw: RawLayer, staging: str, source_crs: int | None, target_srid: int,
-          repair: bool, limits: LoaderLimits, on_rows: Callable[[int], None]) -> LayerResult:
+          repair: bool, limits: LoaderLimits, on_rows: Callable[[int], None],
+          append_to: dict[str, str] | None) -> LayerResult:
     if len(raw.fields) > limits.max_columns:
         raise JobError(f"{raw.label} has {len(raw.fields):,} columns, over the limit of "
                        f"{limits.max_columns:,}; remove columns you do not need")
     first, batches = _first(raw.batches)
-    plan = plan_table(conn, raw, first, source_crs)
+    plan = plan_table(conn, raw, first, source_crs, append_to)
     table = sql.Identifier(SCHEMA, staging)
     create_table(conn, table, plan)
     converter = BatchConverter(raw, plan, table, limits)

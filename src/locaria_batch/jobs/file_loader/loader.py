@@ -82,6 +82,20 @@ def target_srid(conn: psycopg.Connection[Any], table: str, default: int) -> int:
     return int(row["srid"] if isinstance(row, dict) else row[0]) if row else default
 
 
+SHORT_TYPE_NAMES = {"timestamp without time zone": "timestamp", "timestamp with time zone": "timestamptz",
+                    "time without time zone": "time"}  # as the loader names them
+
+
+def table_columns(conn: psycopg.Connection[Any], table: str) -> dict[str, str]:
+    """The columns of an upload table and their types (none when it does not exist yet)."""
+    rows = conn.execute("SELECT a.attname AS name, format_type(a.atttypid, a.atttypmod) AS type "
+                        "FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid "
+                        "JOIN pg_namespace n ON n.oid = c.relnamespace "
+                        "WHERE n.nspname = %s AND c.relname = %s AND a.attnum > 0 AND NOT a.attisdropped",
+                        [SCHEMA, table]).fetchall()
+    return {str(r["name"]): SHORT_TYPE_NAMES.get(str(r["type"]), str(r["type"])) for r in rows}
+
+
 def load_file(conn: psycopg.Connection[Any], path: Path, name: str, options: LoadOptions, fence: Fence,
               progress: Callable[[int, int | None], None] | None = None) -> LoadedFile:
     """Load every layer; the caller commits (or rolls back: then nothing at all is left behind)."""
@@ -113,9 +127,9 @@ def load_file(conn: psycopg.Connection[Any], path: Path, name: str, options: Loa
         done = 0
         for index, ((data, layer), target) in enumerate(zip(sources, targets, strict=True)):
             staging = fence.staging_name(index)
-            srid = options.target_srid
+            srid, append_to = options.target_srid, None
             if options.mode == LoadMode.append:
-                srid = target_srid(conn, target.table, srid)
+                srid, append_to = target_srid(conn, target.table, srid), table_columns(conn, target.table)
             before = done
 
             def report(rows: int, total: int | None, before: int = before) -> None:
@@ -123,7 +137,8 @@ def load_file(conn: psycopg.Connection[Any], path: Path, name: str, options: Loa
                     progress(before + rows, None if total is None else before + max(total, rows))
 
             result = load_layer(conn, data, layer, read, staging, label=target.label, source_crs=options.source_srid,
-                                target_srid=srid, repair=options.repair, limits=limits, on_rows=report)
+                                target_srid=srid, repair=options.repair, limits=limits, on_rows=report,
+                                append_to=append_to)
             done += result.record_count
             if result.record_count == 0 and len(sources) > 1:
                 conn.execute(sql.SQL("DROP TABLE {}").format(sql.Identifier(SCHEMA, staging)))

@@ -16,6 +16,7 @@ from psycopg import sql
 from locaria_batch.job import JobError
 from locaria_batch.jobs.file_loader import columns as col
 from locaria_batch.jobs.file_loader.crs import WGS84, declared_srid, fits_lon_lat, infer_srid, srid_from_crs
+from locaria_batch.jobs.file_loader.pgbinary import ARROW_TYPE
 from locaria_batch.jobs.file_loader.readers import RawLayer
 
 CONCRETE_KINDS = {"Point", "LineString", "Polygon", "MultiPoint", "MultiLineString", "MultiPolygon"}
@@ -114,12 +115,32 @@ class TablePlan:
 
 
 def plan_table(conn: psycopg.Connection[Any], raw: RawLayer, first: pa.RecordBatch | None,
-               source_crs: int | None) -> TablePlan:
-    """The plan for `raw` from its first non-empty batch (None: the layer has no rows)."""
+               source_crs: int | None, append_to: dict[str, str] | None = None) -> TablePlan:
+    """The plan for `raw` from its first non-empty batch (None: the layer has no rows); rows to be
+    appended to a table take its column types where their values fit them."""
     types = column_types(raw, first)
     geometry = plan_geometry(conn, raw, first, source_crs)
     originals = [f.name for f in raw.fields]
-    return TablePlan(originals, col.unique_identifiers(originals), types, col.plain_column_count(types), geometry)
+    names = col.unique_identifiers(originals)
+    for i, name in enumerate(names):
+        if append_to and name in append_to and fits_type(types[i], append_to[name], first, i):
+            types[i] = append_to[name]
+    return TablePlan(originals, names, types, col.plain_column_count(types), geometry)
+
+
+# a column of one type whose values the other holds without loss
+WIDER_TYPES = {"integer": {"bigint", "double precision"}, "bigint": {"double precision"},
+               "date": {"timestamp", "timestamptz"}}
+
+
+def fits_type(kind: str, table_type: str, first: pa.RecordBatch | None, index: int) -> bool:
+    """Whether a column planned as `kind` can be loaded as the table's type instead: a wider type, or any
+    type the loader writes when the first rows hold no value (a column left empty this time)."""
+    if table_type not in ARROW_TYPE or table_type == "geometry":
+        return False
+    if table_type in WIDER_TYPES.get(kind, ()):
+        return True
+    return first is not None and first.column(index).null_count == first.num_rows
 
 
 def create_table(conn: psycopg.Connection[Any], table: sql.Identifier, plan: TablePlan) -> None:
