@@ -330,7 +330,7 @@ CASES: list[Case] = [
                                    [{"g": "POINT(-0.1 51.5)"}, {"g": None}, {"g": None},
                                     {"g": "POINT(-0.2 51.6)"}])(conn, result))),
     Case("huge_integers.csv", text("big\n99999999999999999999\n1\n"), None,
-         has("SELECT big::text AS b FROM {t} ORDER BY ogc_fid", [{"b": "1e+20"}, {"b": "1"}])),
+         has("SELECT big AS b FROM {t} ORDER BY ogc_fid", [{"b": "99999999999999999999"}, {"b": "1"}])),  # exact
     Case("decimal_comma.csv", text("name;lon;lat;v\nA;-0,1;51,5;3,25\n"), None,
          has("SELECT v, ST_X(wkb_geometry) AS x FROM {t}", [{"v": 3.25, "x": -0.1}])),
     Case("thousands.csv", text('v\n"1,234"\n"5,678"\n'), None, has("SELECT v FROM {t} ORDER BY ogc_fid",

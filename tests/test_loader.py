@@ -454,6 +454,26 @@ def test_gpx_waypoints_routes_tracks(db_url: str, conn: psycopg.Connection[Any],
     assert details["tracks"]["geometry_type"] == "MultiLineString"
 
 
+def test_times_keep_their_utc_offsets(db_url: str, conn: psycopg.Connection[Any], tmp_path: Path) -> None:
+    """GDAL's Arrow stream drops each time's own offset; 12:00+02:00 and 10:00Z are the same instant."""
+    gpx = fx.write_text(tmp_path / "meet.gpx", '<?xml version="1.0"?><gpx version="1.1" creator="t" '
+                        'xmlns="http://www.topografix.com/GPX/1/1">'
+                        '<wpt lat="51.5" lon="-0.1"><time>2024-05-01T12:00:00+02:00</time><name>a</name></wpt>'
+                        '<wpt lat="51.6" lon="-0.2"><time>2024-05-01T10:00:00Z</time><name>b</name></wpt>'
+                        '<wpt lat="51.7" lon="-0.3"><name>c</name></wpt></gpx>')
+    load(db_url, gpx, layers=["waypoints"])
+    assert column_types(conn)["time"] == "timestamp with time zone"
+    got = rows(conn, "SELECT name, (time AT TIME ZONE 'UTC')::text AS t FROM {t} ORDER BY ogc_fid")
+    assert got == [{"name": "a", "t": "2024-05-01 10:00:00"}, {"name": "b", "t": "2024-05-01 10:00:00"},
+                   {"name": "c", "t": None}]
+    kml = fx.write_text(tmp_path / "local.kml", '<?xml version="1.0"?><kml xmlns="http://www.opengis.net/kml/2.2">'
+                        '<Document><Placemark><name>a</name><TimeStamp><when>2024-05-01T12:00:00</when></TimeStamp>'
+                        '<Point><coordinates>1,2</coordinates></Point></Placemark></Document></kml>')
+    load(db_url, kml)  # times without an offset stay as written
+    assert column_types(conn)["timestamp"] == "timestamp without time zone"
+    assert rows(conn, "SELECT timestamp::text AS t FROM {t}")[0]["t"] == "2024-05-01 12:00:00"
+
+
 def test_flatgeobuf_and_geoparquet(db_url: str, conn: psycopg.Connection[Any], tmp_path: Path) -> None:
     fgb = fx.write_layer(tmp_path / "roads.fgb", "FlatGeobuf", [fx.linestring([(0, 0), (1, 1)])], name=["r"],
                          geometry_type="LineString")
@@ -687,14 +707,15 @@ def test_a_rejected_value_is_found_where_it_is_and_costs_little(db_url: str, mon
                             pa.int32())], names=["ogc_fid", "doc", "n"])
     sent: list[int] = []
 
-    def encode(part: pa.RecordBatch) -> bytes:
+    def encode(part: pa.RecordBatch, column_types: list[str]) -> bytes:
         sent.append(part.num_rows)
-        return pgbinary.encode(part.columns, ["integer", "jsonb", "integer"])
+        return pgbinary.encode(part.columns, column_types)
 
     with connect(db_url) as conn:
         conn.execute("CREATE TEMP TABLE rejected (ogc_fid integer, doc jsonb, n integer)")
         copied = copyin.copy_prepared(conn, sql.Identifier("rejected"), ["ogc_fid", "doc", "n"],
-                                      iter([copyin.Prepared(batch, 1)]), encode, "f.geojson", 10)
+                                      iter([copyin.Prepared(batch, ["integer", "jsonb", "integer"], 1)]), encode,
+                                      "f.geojson", 10)
         assert copied.rows == rows
         assert [(b.row, b.column) for b in copied.rejected] == [(row, "doc") for row in bad]
         empty = conn.execute("SELECT array_agg(ogc_fid ORDER BY ogc_fid) AS fids FROM rejected WHERE doc IS NULL")

@@ -390,6 +390,43 @@ def wider_number_type(values: pa.Array, decimal_comma: bool) -> str | None:
     return "double precision" if fractions.null_count < len(fractions) else None
 
 
+UTC_OFFSET = r"(Z|[-+]\d{2}(:?\d{2})?)$"
+
+
+def has_utc_offsets(text: pa.Array) -> bool:
+    return bool(pc.any(pc.match_substring_regex(text, UTC_OFFSET)).as_py())
+
+
+def iso_datetimes(text: pa.Array, utc: bool) -> pa.Array:
+    """ISO 8601 date-times, each with its own UTC offset or none, as timestamps: in UTC (a value without
+    an offset taken as UTC) when `utc`, else as written (a value with an offset brought to UTC).  A value
+    that is no date-time becomes null."""
+    zoned = pc.fill_null(pc.match_substring_regex(text, UTC_OFFSET), False)
+    aware = pa.timestamp("ms", tz="UTC")
+    if utc:
+        return _cast_each(pc.if_else(zoned, text, pc.binary_join_element_wise(text, "Z", "")), aware)
+    if not pc.any(zoned).as_py():
+        return _cast_each(text, pa.timestamp("ms"))
+    naive = _cast_each(pc.if_else(zoned, pa.scalar(None, pa.string()), text), pa.timestamp("ms"))
+    instants = _cast_each(pc.if_else(zoned, text, pa.scalar(None, pa.string())), aware)
+    return pc.if_else(zoned, instants.cast(pa.timestamp("ms")), naive)
+
+
+def _cast_each(values: pa.Array, target: pa.DataType) -> pa.Array:
+    """A cast of the whole array, or, when some value does not convert, value by value (those become null)."""
+    try:
+        return pc.cast(values, target)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        pass
+    converted = []
+    for value in values.to_pylist():
+        try:
+            converted.append(None if value is None else pc.cast(pa.array([value]), target)[0].as_py())
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+            converted.append(None)
+    return pa.array(converted, target)
+
+
 def text_times(text: pa.Array, unit: str) -> pa.Array:
     """'HH:MM' or 'HH:MM:SS[.fff]' as times of day (Arrow casts no text to a time); ArrowInvalid for any
     other value."""

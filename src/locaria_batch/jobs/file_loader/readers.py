@@ -17,6 +17,7 @@ import zipfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from itertools import chain
 from pathlib import PurePosixPath
 from typing import Any
 
@@ -29,8 +30,8 @@ import pyarrow.types as pat
 
 from locaria_batch.errors import first_line
 from locaria_batch.job import JobError
+from locaria_batch.jobs.file_loader import columns as col
 from locaria_batch.jobs.file_loader import geojson
-from locaria_batch.jobs.file_loader.columns import looks_like_wkb
 from locaria_batch.jobs.file_loader.limits import MAX_REPORTED_ROWS, counted
 from locaria_batch.jobs.file_loader.sources import MAPINFO_SIDECARS, DataFile, sidecar, utf16_without_mark
 from locaria_batch.jobs.names import unique_name
@@ -198,7 +199,7 @@ def open_gdal(data: DataFile, layer: str, read: ReadOptions, label: str) -> Iter
                                                                          encoding=encoding, **data.options)
         stream = open_arrow(data.path, layer=None if only else layer,
                             batch_size=min(read.batch_rows, GDAL_BATCH_ROWS), use_pyarrow=True,
-                            return_fids=False, encoding=encoding, **data.options)
+                            return_fids=False, encoding=encoding, datetime_as_string=True, **data.options)
         meta, reader = stream.__enter__()
     except DataLayerError:
         if data.driver != "XLSX":
@@ -217,13 +218,25 @@ def open_gdal(data: DataFile, layer: str, read: ReadOptions, label: str) -> Iter
         if at is not None:  # named apart from an attribute of the same name (GDAL calls both wkb_geometry)
             names[at] = unique_name(names[at], set(names[:at] + names[at + 1:]))
         geometry = names[at] if at is not None else None
-        fields = [f.with_name(name) for i, (f, name) in enumerate(zip(schema, names, strict=True)) if i != at]
+        # GDAL's Arrow datetimes drop each value's own UTC offset (KML, GPX, GML): they are read as text and
+        # parsed here, in UTC when the first rows carry offsets
+        stamps = [i for i, f in enumerate(schema) if (f.metadata or {}).get(b"GDAL:OGR:type") == b"DateTime"]
+        rows = iter(reader)
+        try:
+            head = next(rows, None) if stamps else None
+        except Exception as exc:
+            raise _unreadable(label, exc, data, part_way=True) from exc
+        zoned = {i: head is not None and col.has_utc_offsets(head.column(i)) for i in stamps}
+        fields = [pa.field(name, pa.timestamp("ms", tz="UTC" if zoned[i] else None)) if i in zoned
+                  else f.with_name(name) for i, (f, name) in enumerate(zip(schema, names, strict=True)) if i != at]
         total = int(info["features"]) if info.get("features") is not None and info["features"] >= 0 else None
 
         def batches() -> Iterator[pa.RecordBatch]:
             start = 0
             try:
-                for batch in reader:
+                for batch in chain([head] if head is not None else [], rows):
+                    for i, utc in zoned.items():
+                        batch = batch.set_column(i, schema.field(i).name, col.iso_datetimes(batch.column(i), utc))
                     batch = batch.rename_columns(names) if names != schema.names else batch
                     batch = recoded(batch, recode) if recode else batch
                     if geometry is not None and data.driver == "FlatGeobuf" and _broken_binary(batch.column(geometry)):
@@ -386,7 +399,7 @@ def _wkb_column(parquet: pq.ParquetFile) -> str | None:
     ordered = sorted(binary, key=lambda n: (n.lower() not in WKB_COLUMN_NAMES, binary.index(n)))
     sample = next(parquet.iter_batches(batch_size=200, columns=ordered))
     for name in ordered:
-        if looks_like_wkb(sample.column(name)):
+        if col.looks_like_wkb(sample.column(name)):
             return name
     return None
 
