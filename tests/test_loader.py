@@ -409,10 +409,16 @@ def test_zip_with_two_shapefiles_loads_two_tables(db_url: str, conn: psycopg.Con
                                                   tmp_path: Path) -> None:
     one, two = _shapefile(tmp_path / "a", "roads"), _shapefile(tmp_path / "b", "rivers")
     archive = fx.zip_files(tmp_path / "both.zip", {**fx.shapefile_members(one), **{
-        f"data/{k}": v for k, v in fx.shapefile_members(two).items()}, "README.txt": b"not data"})
+        f"data/{k}": v for k, v in fx.shapefile_members(two).items()}, "README.txt": b"not data",
+        "fields.csv": b"field,meaning\nNAME,the road's name\n"})  # describes the data: not a layer
     result = load(db_url, archive)
     assert sorted(result["tables"]) == ["locaria_uploads.upload_file_9_rivers", "locaria_uploads.upload_file_9_roads"]
     assert upload_tables(conn) == ["upload_file_9_rivers", "upload_file_9_roads"]
+    # delimited text with coordinates of its own beside a shapefile is a layer of its own
+    sites = fx.zip_files(tmp_path / "with_sites.zip", {**fx.shapefile_members(one),
+                                                       "sites.csv": b"name,lat,lon\nschool,51.5,-0.1\n"})
+    assert sorted(load(db_url, sites)["tables"]) == ["locaria_uploads.upload_file_9_roads",
+                                                     "locaria_uploads.upload_file_9_sites"]
 
 
 def test_geopackage_every_layer_and_projected_crs(db_url: str, conn: psycopg.Connection[Any],

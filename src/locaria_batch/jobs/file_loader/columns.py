@@ -114,6 +114,11 @@ def _key(name: str) -> str:
     return re.sub(r"[^a-z0-9]", "", name.lower())
 
 
+def is_geometry_text_name(name: str) -> bool:
+    """Whether a column's name says it holds geometries as text (geom, WKT, the_geom, ...)."""
+    return _key(name) in {_key(g) for g in GEOMETRY_TEXT_NAMES}
+
+
 def find_coordinate_columns(names: list[str]) -> CoordinateColumns | None:
     keyed = {_key(n): n for n in reversed(names)}  # the first column of a given key wins
     for convention, xs, ys in COORDINATE_PAIRS:
@@ -126,7 +131,7 @@ def find_coordinate_columns(names: list[str]) -> CoordinateColumns | None:
 
 def find_geometry_text_column(names: list[str], sample: pa.Table) -> str | None:
     """A text column holding WKT, hex WKB or GeoJSON geometries (PostGIS parses all three)."""
-    candidates = [n for n in names if _key(n) in {_key(g) for g in GEOMETRY_TEXT_NAMES}]
+    candidates = [n for n in names if is_geometry_text_name(n)]
     candidates += [n for n in names if n not in candidates]
     for name in candidates:
         column = sample.column(names.index(name))  # by position: a file may repeat a name

@@ -331,8 +331,22 @@ def _unzip(path: Path, label: str, workdir: Path, limits: LoaderLimits, depth: i
         if item.is_file() and item.suffix.lower() not in SIDECARS:
             inner = f"{label}/{item.relative_to(target).as_posix()}"
             found += _examine(item, inner, workdir, limits, depth + 1, budget, inside_archive=True)
-    # delimited text beside geodata describes it (a field-name mapping, a data dictionary): not a layer
-    return [f for f in found if f.kind != "text"] or found
+    # delimited text beside geodata describes it (a field-name mapping, a data dictionary), unless it has
+    # coordinate or geometry columns of its own: then it is a layer too
+    return [f for f in found if f.kind != "text" or _names_geodata(f.path)] or found
+
+
+def _names_geodata(path: Path) -> bool:
+    """Whether a delimited text file's header names coordinate columns or a geometry column."""
+    from locaria_batch.jobs.file_loader import columns as col  # Arrow: only for archives that need it
+
+    with path.open("rb") as handle:
+        header = handle.read(1 << 16).decode("utf-8", errors="replace").lstrip("\ufeff").splitlines()[:1]
+    if not header:
+        return False
+    delimiter = max(",;\t|", key=header[0].count)
+    names = [n.strip().strip('"') for n in header[0].split(delimiter)]
+    return col.find_coordinate_columns(names) is not None or any(map(col.is_geometry_text_name, names))
 
 
 def _copy_limited(source: IO[bytes] | io.BufferedIOBase, out: IO[bytes], budget: list[int], label: str,
