@@ -333,6 +333,8 @@ CASES: list[Case] = [
          has("SELECT big AS b FROM {t} ORDER BY ogc_fid", [{"b": "99999999999999999999"}, {"b": "1"}])),  # exact
     Case("decimal_comma.csv", text("name;lon;lat;v\nA;-0,1;51,5;3,25\n"), None,
          has("SELECT v, ST_X(wkb_geometry) AS x FROM {t}", [{"v": 3.25, "x": -0.1}])),
+    Case("decimal_comma_beside_a_version.csv", text("name;lon;lat;version\nA;-0,1;51,5;3.5\n"), None,
+         has("SELECT version, ST_X(wkb_geometry) AS x FROM {t}", [{"version": "3.5", "x": -0.1}])),
     Case("thousands.csv", text('v\n"1,234"\n"5,678"\n'), None, has("SELECT v FROM {t} ORDER BY ogc_fid",
                                                                    [{"v": "1,234"}, {"v": "5,678"}])),
     Case("out_of_range.csv", text("name,lon,lat\n" + "A,-0.1,51.5\n" * 20 + "B,-0.1,100\n"), None,

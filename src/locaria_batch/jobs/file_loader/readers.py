@@ -12,6 +12,7 @@ import csv
 import html
 import io
 import json
+import operator
 import re
 import zipfile
 from collections.abc import Iterator
@@ -507,9 +508,13 @@ def sniff_text(data: DataFile, label: str, wanted: str | None = None) -> TextFor
             best, best_score = delimiter, score
     rows = list(csv.reader(io.StringIO("\n".join(lines)), delimiter=best))
     header = [h.strip() for h in rows[0]]
-    cells = [c for r in rows[1:] for c in r]
-    decimal_comma = best != "," and any(DECIMAL_COMMA.match(c) for c in cells) \
-        and not any(DECIMAL_POINT.match(c) for c in cells)
+    # numbers with a decimal comma in some column, and no column mixing them with decimal points (a
+    # version number such as 3.5 in a column of its own does not count against them)
+    whole = [r for r in rows[1:] if len(r) == len(header)]
+    columns = [[c for c in column if c] for column in zip(*whole, strict=True)]
+    commas = [any(DECIMAL_COMMA.match(c) for c in column) for column in columns]
+    points = [any(DECIMAL_POINT.match(c) for c in column) for column in columns]
+    decimal_comma = best != "," and any(commas) and not any(map(operator.and_, commas, points))
     return TextFormat(encoding, best, decimal_comma, header, guessed, lines_before_header=int(named is not None))
 
 
