@@ -73,6 +73,12 @@ def test_curves_of_every_kind_are_linearised(db_url: str, conn: psycopg.Connecti
                             ).fetchone()["ok"]
     assert result["linearised"]["CircularString"] == 2
     assert any("converted to straight segments" in n for n in result["notes"])
+    for layer in ("tin", "polyhedral"):  # every face kept, a vertical wall too: no 2D repair merges them
+        table = details[layer]["table"].split(".")[1]
+        assert conn.execute(f"SELECT ST_NumGeometries(wkb_geometry) AS n, ST_ZMax(wkb_geometry) AS z "
+                            f"FROM locaria_uploads.{table}").fetchone() == {"n": 2, "z": 1 if layer == "polyhedral"
+                                                                            else 0}
+        assert details[layer]["invalid_geometries"]["count"] == 0
     zm = conn.execute("SELECT ST_Zmflag(wkb_geometry) AS f, ST_Z(ST_StartPoint(wkb_geometry)) AS z, "
                       "ST_M(ST_StartPoint(wkb_geometry)) AS m FROM locaria_uploads.upload_file_3_circular_zm"
                       ).fetchone()

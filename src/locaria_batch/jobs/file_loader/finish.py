@@ -16,6 +16,8 @@ from locaria_batch.jobs.file_loader import columns as col
 from locaria_batch.jobs.file_loader.limits import MAX_REPORTED_ROWS, counted
 from locaria_batch.jobs.file_loader.plan import GeometryPlan, TablePlan, kind_code, kind_for
 
+SURFACES = {"Tin", "PolyhedralSurface", "Triangle"}
+
 
 @dataclass
 class LayerResult:
@@ -51,6 +53,7 @@ class TableFinisher:
         self.warnings: list[str] = []
         self.notes: list[str] = []
         self.linearised: dict[str, int] = {}
+        self.surfaces: list[int] = []  # rows whose surfaces (TIN, PolyhedralSurface) became polygons
 
     def finish(self, layer: str, plan: TablePlan, count: int, warnings: list[str]) -> LayerResult:
         conn, table, geometry = self.conn, self.table, plan.geometry
@@ -148,10 +151,15 @@ class TableFinisher:
         ).format(g=geom, t=self.table, c=curved)).fetchall()
         if counts:
             self.linearised = {r["kind"]: int(r["n"]) for r in counts}
+            if SURFACES & self.linearised.keys():  # faces of a 3D surface are no 2D multipolygon to repair
+                self.surfaces = [r["fid"] for r in self.conn.execute(sql.SQL(
+                    "SELECT {f} AS fid FROM {t} WHERE substr(ST_GeometryType({g}), 4) = ANY(%s)").format(
+                    f=sql.Identifier(col.FID_COLUMN), t=self.table, g=geom), [sorted(SURFACES)]).fetchall()]
             self.conn.execute(sql.SQL("UPDATE {t} SET {g} = locaria_core.loader_linear_geometry({g}) WHERE {c}").format(
                 g=geom, t=self.table, c=curved))
             described = ", ".join(f"{n:,} {kind}" for kind, n in self.linearised.items())
-            self.notes.append(f"{self.label}: curved geometries were converted to straight segments ({described})")
+            self.notes.append(f"{self.label}: curved geometries were converted to straight segments, and surfaces "
+                              f"to polygons, one a face ({described})")
         found = self.conn.execute(sql.SQL(
             "SELECT array_agg(DISTINCT ST_GeometryType({g})) FILTER (WHERE {g} IS NOT NULL) AS kinds, "
             "array_agg(DISTINCT ST_Zmflag({g})) FILTER (WHERE {g} IS NOT NULL) AS zm FROM {t}").format(
@@ -192,9 +200,10 @@ class TableFinisher:
         if family == 1 and geometry.kinds_seen <= {1, 4}:
             return {"count": 0, "repaired": False, "rows": []}  # points are always valid
         geom = sql.Identifier(col.GEOMETRY_COLUMN)
+        fid = sql.Identifier(col.FID_COLUMN)
         rows = self.conn.execute(sql.SQL(
-            "SELECT {} AS fid FROM {} WHERE {} IS NOT NULL AND NOT ST_IsValid({}) ORDER BY 1").format(
-            sql.Identifier(col.FID_COLUMN), self.table, geom, geom)).fetchall()
+            "SELECT {} AS fid FROM {} WHERE {} IS NOT NULL AND NOT ST_IsValid({}) AND {} <> ALL(%s) ORDER BY 1").format(
+            fid, self.table, geom, geom, fid), [self.surfaces]).fetchall()
         fids = [r["fid"] if isinstance(r, dict) else r[0] for r in rows]
         result: dict[str, Any] = {"count": len(fids), "repaired": False, "rows": fids[:MAX_REPORTED_ROWS]}
         if not fids:
