@@ -490,6 +490,18 @@ def test_flatgeobuf_and_geoparquet(db_url: str, conn: psycopg.Connection[Any], t
     assert rows(conn, "SELECT name FROM {t}")[0]["name"] == "p"
 
 
+def test_parquet_unsigned_ids_beyond_bigint_stay_exact(db_url: str, conn: psycopg.Connection[Any],
+                                                       tmp_path: Path) -> None:
+    import pyarrow.parquet as pq
+
+    ids = pa.array([1, 2, 2**64 - 1], pa.uint64())
+    pq.write_table(pa.table({"id": ids, "n": pa.array([1, 2, 3], pa.uint32())}), tmp_path / "ids.parquet",
+                   row_group_size=2)  # the big one in a later batch
+    load(db_url, tmp_path / "ids.parquet", batch_rows=2)
+    assert column_types(conn)["id"] == "text" and column_types(conn)["n"] == "bigint"
+    assert [r["id"] for r in rows(conn, "SELECT id FROM {t} ORDER BY ogc_fid")] == ["1", "2", str(2**64 - 1)]
+
+
 # -- names --------------------------------------------------------------------------------------
 
 def test_sql_and_duplicate_column_names_made_safe(db_url: str, conn: psycopg.Connection[Any],

@@ -346,6 +346,7 @@ def wkb_to_hex(column: pa.Array | pa.ChunkedArray) -> pa.Array:
 
 # -- text values as typed values (delimited text arrives as strings) -----------------------------
 
+INT64_MAX = 2**63 - 1
 INTEGER_TYPES = ("integer", "bigint")
 NUMBER_TYPES = (*INTEGER_TYPES, "double precision")
 TEXT_PATTERNS = {

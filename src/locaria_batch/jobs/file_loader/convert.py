@@ -117,6 +117,10 @@ class BatchConverter:
                 bad_values.append(BadRow(int(fids[index].as_py()), name,
                                          f"{str(column[index].as_py())[:40]!r} is not a {kind}; loaded as empty"))
             return typed
+        if pat.is_uint64(kind_in) and kind == "bigint" and (pc.max(column).as_py() or 0) > col.INT64_MAX:
+            kind = self._widen(index, "text", before)  # identifiers beyond bigint, kept exact
+        if kind == "text" and (pat.is_integer(kind_in) or pat.is_floating(kind_in)):
+            return pc.cast(column, pa.string())
         if isinstance(kind_in, pa.BaseExtensionType):
             return json_values(column.storage) if kind == "jsonb" else column.storage
         if pat.is_dictionary(kind_in):
