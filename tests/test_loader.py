@@ -202,6 +202,22 @@ def test_csv_a_stray_coordinate_does_not_stop_the_load(db_url: str, conn: psycop
     assert result["bbox"] == [-0.2, 51.5, -0.1, 51.6]
 
 
+def test_coordinates_that_start_after_the_first_block(db_url: str, conn: psycopg.Connection[Any], tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """Rows without coordinates first: the first rows that have them tell the coordinate system."""
+    monkeypatch.setattr(readers, "CSV_BLOCK_BYTES", 4096)
+    blank = "".join(f"n{i},,\n" for i in range(2000))
+    grid = fx.write_text(tmp_path / "grid.csv", "name,northing,easting\n" + blank + "a,180000,530000\n")
+    load_fails(db_url, conn, grid, r"grid.csv: cannot tell the coordinate system of easting/northing .* --crs",
+               batch_rows=500)
+    result = load(db_url, grid, batch_rows=500, source_srid=27700)
+    assert rows(conn, "SELECT ST_SRID(wkb_geometry) AS s FROM {t} WHERE name = 'a'")[0]["s"] == 4326
+    result = load(db_url, fx.write_text(tmp_path / "late.csv", "name,lat,lon\n" + blank + "a,51.5,-0.1\n"),
+                  batch_rows=500)
+    assert result["source_crs"] == "EPSG:4326" and result["bbox"] == [-0.1, 51.5, -0.1, 51.5]
+    assert rows(conn, "SELECT count(wkb_geometry) AS n FROM {t}")[0]["n"] == 1
+
+
 def test_out_of_range_coordinates(db_url: str, conn: psycopg.Connection[Any], tmp_path: Path) -> None:
     load_fails(db_url, conn, fx.write_text(tmp_path / "bad.csv", "lon,lat\n200,100\n201,100\n"),
                "cannot tell the coordinate system")

@@ -19,7 +19,7 @@ from locaria_batch.jobs.file_loader import columns as col
 from locaria_batch.jobs.file_loader.copyin import BadRow, Copied, Prepared
 from locaria_batch.jobs.file_loader.limits import MAX_REPORTED_ROWS, counted
 from locaria_batch.jobs.file_loader.pgbinary import encode
-from locaria_batch.jobs.file_loader.plan import GeometryPlan, TablePlan, kind_code
+from locaria_batch.jobs.file_loader.plan import GeometryPlan, TablePlan, infer_from_values, kind_code
 from locaria_batch.jobs.file_loader.readers import RawLayer
 from locaria_batch.settings import LoaderLimits
 
@@ -83,6 +83,10 @@ class BatchConverter:
         raw, set_aside = self.raw, self.set_aside
         if skipped := raw.skipped_warning():
             warnings.append(skipped)
+        geometry = self.plan.geometry
+        if geometry is not None and geometry.crs_unseen and geometry.xy is not None:
+            warnings.append(f"the coordinate columns {geometry.xy.x}/{geometry.xy.y} hold no numbers; the rows have no "
+                            "geometry")
         if set_aside.out_of_range_count:
             rows = ", ".join(map(str, set_aside.out_of_range[:MAX_REPORTED_ROWS]))
             warnings.append(f"{counted(set_aside.out_of_range_count, 'row has', 'rows have')} coordinates out of "
@@ -139,6 +143,17 @@ class BatchConverter:
             self.table, column, sql.SQL(kind), column, sql.SQL(kind)))
         return self.plan.widen(index, kind)
 
+    def _settle_crs(self, plan: GeometryPlan, x: np.ndarray, y: np.ndarray, before: list[sql.Composed]) -> None:
+        """The first coordinates after rows without any tell the CRS; the column (empty so far) takes it."""
+        assert plan.xy is not None
+        srid = infer_from_values(self.raw.label, x, y, plan.xy)
+        plan.crs_unseen = False
+        if srid != plan.srid:
+            plan.srid = srid
+            before.append(sql.SQL("ALTER TABLE {} ALTER COLUMN {} TYPE {} USING ST_SetSRID({}, {})").format(
+                self.table, sql.Identifier(col.GEOMETRY_COLUMN), plan.column_type,
+                sql.Identifier(col.GEOMETRY_COLUMN), sql.Literal(srid)))
+
     def _geometry(self, batch: pa.RecordBatch, plan: GeometryPlan, first_row: int,
                   before: list[sql.Composed]) -> pa.Array:
         """The batch's geometry for the column; a statement widening the column goes into `before`."""
@@ -155,6 +170,8 @@ class BatchConverter:
                 self.set_aside.not_finite_count += int(infinite.sum())
                 self.set_aside.not_finite.extend(rows[: MAX_REPORTED_ROWS].tolist())
                 x = np.where(infinite, np.nan, x)
+            if plan.crs_unseen and (np.isfinite(x) & np.isfinite(y)).any():
+                self._settle_crs(plan, x, y, before)
             if plan.srid == 4326:
                 bad = (np.abs(x) > 180) | (np.abs(y) > 90)
                 if bad.any():

@@ -80,7 +80,7 @@ class TableFinisher:
                         f"{self.label}: coordinates run to {bbox[2]:.6g}, {bbox[3]:.6g}, out of range for "
                         f"longitude/latitude (extent {extent}); if the file uses a projected coordinate system "
                         "give it with --crs (the source_crs attribute, for example EPSG:27700) and load it again")
-            if geometry.crs_assumed:
+            if geometry.crs_assumed and not geometry.crs_unseen:
                 self.notes.append(f"{self.label} does not say which coordinate system it uses; its coordinates fit "
                                   f"{'longitude/latitude' if geometry.srid == 4326 else f'EPSG:{geometry.srid}'}, "
                                   f"so EPSG:{geometry.srid} was assumed (load it again with --crs if that is wrong)")

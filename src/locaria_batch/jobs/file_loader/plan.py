@@ -39,6 +39,8 @@ class GeometryPlan:
     # or values of different dimensions (2D and Z ...) to bring to one
     unsettled: bool = False
     points_bbox: list[float] | None = None  # kept while every value is a 2D point: spares a scan for the extent
+    # coordinate columns empty in the first rows: the CRS is told by the first rows that have values
+    crs_unseen: bool = False
     only_points: bool = True
 
     def extend(self, x: np.ndarray, y: np.ndarray) -> None:
@@ -198,11 +200,10 @@ def plan_geometry(conn: psycopg.Connection[Any], raw: RawLayer, first: pa.Record
         x = col.coordinate_array(first.column(names.index(xy.x)), raw.decimal_comma)
         y = col.coordinate_array(first.column(names.index(xy.y)), raw.decimal_comma)
         if source_crs is not None:
-            srid, origin = source_crs, "attribute"
-        else:
-            srid = _infer_from_values(raw.label, x, y, xy)
-            origin = "assumed"
-        return GeometryPlan("xy", srid, kind="Point", xy=xy, crs_source=origin, kinds_seen={1})
+            return GeometryPlan("xy", source_crs, kind="Point", xy=xy, crs_source="attribute", kinds_seen={1})
+        unseen = not (np.isfinite(x) & np.isfinite(y)).any()
+        srid = WGS84 if unseen else infer_from_values(raw.label, x, y, xy)
+        return GeometryPlan("xy", srid, kind="Point", xy=xy, crs_source="assumed", kinds_seen={1}, crs_unseen=unseen)
     text = col.find_geometry_text_column(names, pa.Table.from_batches([first]))
     if text is not None:
         srid = source_crs or 4326
@@ -243,12 +244,12 @@ def _srid_for_file(conn: psycopg.Connection[Any], raw: RawLayer, first: pa.Recor
         if set(np.unique(kinds).tolist()) <= {0, 1} and not dims.any():
             x, y = col.point_coordinates(first.column(raw.geometry_column), kinds)
             if np.isfinite(x).any():
-                return _infer_from_values(raw.label, x, y, None), "assumed"
+                return infer_from_values(raw.label, x, y, None), "assumed"
     # longitude/latitude until the extent says otherwise (the finisher checks it)
     return WGS84, "assumed"
 
 
-def _infer_from_values(label: str, x: np.ndarray, y: np.ndarray, xy: col.CoordinateColumns | None) -> int:
+def infer_from_values(label: str, x: np.ndarray, y: np.ndarray, xy: col.CoordinateColumns | None) -> int:
     finite = np.isfinite(x) & np.isfinite(y)
     if not finite.any():
         raise JobError(f"{label}: the coordinate columns {xy.x if xy else 'x'}/{xy.y if xy else 'y'} "
