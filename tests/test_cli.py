@@ -276,3 +276,25 @@ def test_categories_and_a_download_copied_out(db_url: str, tmp_path: Path) -> No
     cli("download", "request", "--category", "Parks", "--format", "kml", "--out", f"{tmp_path}/new/")
     assert [p.suffix for p in (tmp_path / "new").iterdir()] == [".kml"]
     assert "removed category Parks and its 20 items" in cli("categories", "remove", "Parks", "--with-items").stdout
+
+
+def test_download_out_that_cannot_be_written_and_a_limit_too_large(db_url: str,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    cli("categories", "add", "Parks")
+    unwritable = cli("download", "request", "--category", "Parks", "--format", "csv", "--out", "/proc/x.csv",
+                     check=False)
+    assert unwritable.returncode == 2 and "Traceback" not in unwritable.stderr
+    assert "--out /proc/x.csv: cannot write /proc/x.csv: No such file or directory" in unwritable.stderr
+    too_many = cli("download", "request", "--category", "Parks", "--format", "csv", "--limit",
+                   "99999999999999999999", check=False)
+    assert too_many.returncode == 2 and "--limit" in too_many.stderr and "9223372036854775807" in too_many.stderr
+    assert cli("files", "list", "--json").stdout.strip() == "[]"  # both refused before anything was requested
+    # a place that stops being writable while the job runs: still one sentence, after the download
+    from typer.testing import CliRunner
+
+    monkeypatch.setattr("locaria_batch.cli.download._check_writable", lambda *_: None)
+    result = CliRunner().invoke(app, ["download", "request", "--category", "Parks", "--format", "csv", "--out",
+                                      "/proc/x.csv"])
+    assert result.exit_code == 2, result.output
+    assert "cannot write /proc/x.csv" in result.output and "is kept in storage" in result.output
+    assert "Traceback" not in result.output

@@ -629,7 +629,7 @@ def test_flatgeobuf_with_missing_and_empty_geometries_and_without_geometry(
     path, notes, _ = exported(db_url, tmp_path, survey, "flatgeobuf")
     assert any("without a spatial index" in n for n in notes)
     conn.execute("CREATE TABLE locaria_uploads.empties AS SELECT 1 AS n, 'POINT EMPTY'::geometry(Point, 4326) AS g "
-                 "UNION ALL SELECT 2, 'POINT(1 2)'")
+                 "UNION ALL SELECT 2, 'SRID=4326;POINT(1 2)'")
     path, notes, _ = exported(db_url, tmp_path, "empties", "flatgeobuf")
     assert len(read_gdal(path)[1]) == 2 and any("empty" in n for n in notes)
     fx.load_as(db_url, 31, fx.write_text(tmp_path / "plain.csv", "a,b\n1,x\n2,y\n"))

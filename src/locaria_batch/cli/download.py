@@ -27,6 +27,7 @@ from locaria_batch.cli.common import (
 )
 from locaria_batch.cli.report import after_queueing, wait
 from locaria_batch.jobs.file_download.formats import FORMATS, find_format
+from locaria_batch.jobs.file_download.request import LIMIT_MAX
 
 download_app = group("Downloads (exports) of search data or loaded tables: request them, prune old ones.")
 
@@ -76,7 +77,8 @@ def download_request(
                                                       "(ISO date/time).")] = None,
     created_before: Annotated[str | None, typer.Option(metavar="TIME", help="Only rows created before "
                                                        "(ISO date/time).")] = None,
-    limit: Annotated[int | None, typer.Option(metavar="ROWS", min=1, help="At most this many rows.")] = None,
+    limit: Annotated[int | None, typer.Option(metavar="ROWS", min=1, max=LIMIT_MAX,
+                                              help="At most this many rows.")] = None,
     keep_formulas: Annotated[bool, typer.Option("--keep-formulas", help=(
         "CSV: write text starting with = + - @ as it is (by default it gets an apostrophe in front, so that "
         "spreadsheets do not run it as a formula)."))] = False,
@@ -109,7 +111,12 @@ def download_request(
     if target is not None:
         row = wait(file_id, runner_name(runner), quiet=as_json)
         if row["status"] == "DOWNLOAD_COMPLETED":
-            copied = copy_download(row, *target)
+            try:
+                copied = copy_download(row, *target)
+            except OSError as exc:
+                raise UsageError(f"--out {out}: cannot write {exc.filename or target[0]}: "
+                                 f"{exc.strerror or exc}; download file {file_id} is kept in storage, "
+                                 "give --out a place you can write to") from None
             if not as_json:
                 consoles.out.print(f"saved to {copied}", markup=False, highlight=False)
     after_queueing(file_id, wait_for_it=wait_for_it or out is not None, as_json=as_json, runner=runner_name(runner),
@@ -117,14 +124,33 @@ def download_request(
 
 
 def out_target(out: str) -> tuple[Path, bool]:
-    """Where --out copies the file, and whether that is a folder; checked before anything is requested."""
+    """Where --out copies the file, and whether that is a folder; checked (existence and writability)
+    before anything is requested."""
     path = Path(out).expanduser()
     folder = out.endswith(("/", os.sep)) or path.is_dir()
     if folder and not path.is_dir():
         raise UsageError(f"--out {out}: the folder {path} does not exist; create it first, or give a file name")
     if not folder and not path.parent.is_dir():
         raise UsageError(f"--out {out}: the folder {path.parent} does not exist")
+    _check_writable(out, path if folder else path.parent, None if folder else path)
     return path, folder
+
+
+def _check_writable(out: str, folder: Path, file: Path | None) -> None:
+    """Try what the copy will do: create a file in the folder (or open the named file for writing, leaving
+    it as it was); os.access alone misses read-only file systems and /proc or /sys, even for root."""
+    import tempfile
+
+    try:
+        if file is not None and file.exists():
+            with file.open("ab"):
+                pass
+        else:
+            with tempfile.NamedTemporaryFile(dir=folder, prefix=".locaria-out-"):
+                pass
+    except OSError as exc:
+        raise UsageError(f"--out {out}: cannot write {file or f'into {folder}'}: {exc.strerror or exc}; "
+                         "give a file or folder you can write to") from None
 
 
 def copy_download(row: dict[str, Any], out: Path, folder: bool) -> Path:

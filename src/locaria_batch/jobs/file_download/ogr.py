@@ -19,10 +19,10 @@ from psycopg import sql
 from pyogrio.raw import write_arrow
 
 from locaria_batch.job import JobError
-from locaria_batch.jobs.file_download.arrow import GEOMETRY, ArrowRows, arrow_rows, arrow_schema
+from locaria_batch.jobs.file_download.arrow import GEOMETRY, ArrowRows, Tally, arrow_names, arrow_rows, arrow_schema
 from locaria_batch.jobs.file_download.copyout import Progress
 from locaria_batch.jobs.file_download.request import DownloadRequest
-from locaria_batch.jobs.file_download.selection import Layer, Selection, shape_type
+from locaria_batch.jobs.file_download.selection import Column, Layer, Selection, shape_type
 from locaria_batch.jobs.names import unique_name
 
 OGR_NAMES = {"POINT": "Point", "LINESTRING": "LineString", "POLYGON": "Polygon", "MULTIPOINT": "MultiPoint",
@@ -33,6 +33,12 @@ SHAPE_GROUPS = {"points": ("POINT",), "multipoints": ("MULTIPOINT",), "lines": (
                 "polygons": ("POLYGON", "MULTIPOLYGON")}
 FLATGEOBUF_INDEX_MAX_ROWS = 500_000
 DBF_FIELD_NAME_LIMIT = 10  # characters
+DBF_TEXT_BYTES = 254  # the longest text a dBASE field holds
+# GDAL writes a dBASE number as N(24,15), giving up decimals for larger values: what is beyond (or NaN,
+# infinite) comes out wrong, and what is below 1e-15 comes out as 0
+DBF_NUMBER_MAX, DBF_NUMBER_MIN = 1e22, 1e-15
+GPKG_FID = "fid"  # the integer key GDAL gives every GeoPackage table
+FORCE_DIMENSIONS = {(True, True): "ST_Force4D", (True, False): "ST_Force3DZ", (False, True): "ST_Force3DM"}
 # Written to a temporary file that is read once: durability buys nothing here
 # OGR_GPKG_THREADED_RTREE=NO: GDAL's threaded R-tree build holds every feature's box in memory
 # (312 MB at 1M points); inserting into the R-tree as rows arrive stays near 230 MB, no slower
@@ -64,7 +70,7 @@ def _write_layer(rows: ArrowRows, selection: Selection, layer: Layer | None, pat
                  layer_name: str, geometry_types: tuple[str, ...], progress: Progress, done: int,
                  names: list[str] | None = None, layer_options: dict[str, str] | None = None,
                  condition: Any = None, extra_params: dict[str, Any] | None = None,
-                 with_geometry: bool = True) -> int:
+                 with_geometry: bool = True, tallies: tuple[Tally, ...] = ()) -> int:
     """Stream one layer into GDAL; returns the rows written so far (done + this layer's)."""
     has_geometry = with_geometry and selection.geometry is not None
     schema = arrow_schema(selection.columns, names, with_geometry=has_geometry)
@@ -74,7 +80,7 @@ def _write_layer(rows: ArrowRows, selection: Selection, layer: Layer | None, pat
         counter["done"] = n
         progress(n)
 
-    batches = rows.batches(selection, layer, schema, track, done, condition, extra_params)
+    batches = rows.batches(selection, layer, schema, track, done, condition, extra_params, tallies)
     failures: list[BaseException] = []
 
     def guarded() -> Iterator[pa.RecordBatch]:
@@ -106,10 +112,15 @@ def write_gpkg(conn: psycopg.Connection[Any], selection: Selection, request: Dow
                progress: Progress) -> int:
     """One layer per category (or the table)."""
     selection.keep_dimensions("GeoPackage", z=True, m=True)
+    # GeoPackage tables and their columns are SQLite's, whose names ignore case
+    names = arrow_names(selection, "GeoPackage", reserved=(GPKG_FID,), fold_case=True)
+    layers = selection.output_layers(request.name)
+    titles = selection.output_names("GeoPackage", [layer.name for layer in layers], fold_case=True, what="layer")
     done = 0
-    with arrow_rows(conn) as rows:
-        for layer in selection.output_layers(request.name):
-            done = _write_layer(rows, selection, layer, path, "GPKG", layer.name, layer.geometry_types, progress, done)
+    with arrow_rows(conn, selection) as rows:
+        for layer, title in zip(layers, titles, strict=True):
+            done = _write_layer(rows, selection, layer, path, "GPKG", title, layer.geometry_types, progress, done,
+                                names)
     return done
 
 
@@ -118,7 +129,15 @@ def write_flatgeobuf(conn: psycopg.Connection[Any], selection: Selection, reques
     """GDAL builds a FlatGeobuf's packed R-tree in memory (~150 bytes a feature), so large
     exports go without one: the file stays valid and streamable, and memory stays bounded.  The
     index cannot hold a missing or empty geometry either: such files are written without it."""
-    selection.keep_dimensions("FlatGeobuf", z=True, m=True)
+    if geometry_type(selection.geometry_types) == "Unknown":  # GDAL writes a generic FlatGeobuf layer in 2D
+        selection.keep_dimensions("FlatGeobuf with mixed geometry types", z=False, m=False)
+    else:
+        selection.keep_dimensions("FlatGeobuf", z=True, m=True)
+    if selection.mixed_dims and (selection.has_z or selection.has_m):  # one set of dimensions per file
+        selection.force = FORCE_DIMENSIONS[selection.has_z, selection.has_m]
+        selection.notes.append("geometries without the Z or M values others have were given 0 for them: a "
+                               "FlatGeobuf file holds one set of dimensions")
+    selection.empty_as_null = True  # FlatGeobuf has no empty geometry: its extent and readers go wrong
     index = selection.geometry is not None and selection.total <= FLATGEOBUF_INDEX_MAX_ROWS
     if index and selection.null_geometries:
         index = False
@@ -137,9 +156,15 @@ def write_flatgeobuf(conn: psycopg.Connection[Any], selection: Selection, reques
 
 def _flatgeobuf(conn: psycopg.Connection[Any], selection: Selection, request: DownloadRequest, path: Path,
                 progress: Progress, index: bool) -> int:
-    with arrow_rows(conn) as rows:
+    tallies: tuple[Tally, ...] = ()
+    if selection.stored_geometry is not None:
+        empty = sql.SQL("ST_IsEmpty({})").format(selection.stored_geometry)
+        tallies = (Tally("{count} empty geometries (such as POINT EMPTY) were written as no geometry (NULL): "
+                         "FlatGeobuf has no empty geometry", empty),)
+    with arrow_rows(conn, selection) as rows:
         return _write_layer(rows, selection, None, path, "FlatGeobuf", request.name, selection.geometry_types,
-                            progress, 0, layer_options={"SPATIAL_INDEX": "YES" if index else "NO"})
+                            progress, 0, arrow_names(selection, "FlatGeobuf", fold_case=True),
+                            layer_options={"SPATIAL_INDEX": "YES" if index else "NO"}, tallies=tallies)
 
 
 def write_kml(conn: psycopg.Connection[Any], selection: Selection, request: DownloadRequest, path: Path,
@@ -147,23 +172,39 @@ def write_kml(conn: psycopg.Connection[Any], selection: Selection, request: Down
     if selection.srid != 4326:
         raise JobError("KML is always WGS 84 longitude/latitude: leave srid at 4326 or choose another format")
     selection.keep_dimensions("KML", z=True, m=False)
+    selection.keep_shape_types(conn, "KML", curves=False, surfaces=False)
     # KML data are text; GDAL would write dates as 2024/05/01, so they go as ISO text instead
     columns = [replace(c, expression=sql.SQL("{}::text").format(c.expression), kind="text")
                if c.kind in ("date", "datetime", "timestamp") else c for c in selection.columns]
-    with arrow_rows(conn) as rows:
+    with arrow_rows(conn, selection) as rows:
         return _write_layer(rows, replace(selection, columns=columns), None, path, "KML", request.name,
-                            selection.geometry_types, progress, 0)
+                            selection.geometry_types, progress, 0, arrow_names(selection, "KML"))
 
 
 def shapefile_field_names(names: list[str]) -> list[str]:
     """dBASE field names: at most 10 ASCII characters, unique regardless of case."""
     result: list[str] = []
-    taken: set[str] = set()
+    taken: set[str] = {GEOMETRY}  # the Arrow geometry field's name, which GDAL needs to itself
     for name in names:
         ascii_name = unicodedata.normalize("NFKD", name).encode("ascii", "ignore").decode()
         base = re.sub(r"[^A-Za-z0-9_]+", "_", ascii_name).strip("_") or "field"
         result.append(unique_name(base, taken, max_length=DBF_FIELD_NAME_LIMIT, fold_case=True))
     return result
+
+
+def dbf_losses(column: Column) -> list[Tally]:
+    """What a dBASE field cannot keep of a column's values, to be counted and reported."""
+    if column.kind == "number":
+        return [Tally(f"column {column.name!r}: {{count}} number(s) beyond what a dBASE field holds (magnitude "
+                      f"{DBF_NUMBER_MAX:g} or more, NaN or infinite, or non-zero below {DBF_NUMBER_MIN:g}) were "
+                      "written wrong or as 0 in the shapefile; GeoPackage or CSV keep them",
+                      sql.SQL("(abs({v}::float8) >= {high} OR ({v} <> 0 AND abs({v}::float8) < {low}))").format(
+                          v=column.expression, high=sql.Literal(DBF_NUMBER_MAX), low=sql.Literal(DBF_NUMBER_MIN)))]
+    if column.kind in ("text", "json"):
+        return [Tally(f"column {column.name!r}: {{count}} text(s) longer than {DBF_TEXT_BYTES} bytes were cut to "
+                      f"{DBF_TEXT_BYTES} bytes, the most a dBASE field holds; GeoPackage or CSV keep them whole",
+                      sql.SQL("octet_length({}::text) > {}").format(column.expression, sql.Literal(DBF_TEXT_BYTES)))]
+    return []
 
 
 def write_shapefile_zip(conn: psycopg.Connection[Any], selection: Selection, request: DownloadRequest, path: Path,
@@ -182,7 +223,8 @@ def write_shapefile_zip(conn: psycopg.Connection[Any], selection: Selection, req
     groups: list[tuple[str, tuple[str, ...]]] = [(k, v) for k, v in SHAPE_GROUPS.items() if present & set(v)]
     if selection.geometry is None or selection.null_geometries or not groups:
         groups.append(("table", ()))  # rows without geometry: a .dbf of their own
-    with arrow_rows(conn) as rows:
+    tallies = tuple(tally for column in selection.columns for tally in dbf_losses(column))
+    with arrow_rows(conn, selection) as rows:
         for group, types in groups:
             if selection.geometry is None:
                 condition, extra = None, None
@@ -195,7 +237,7 @@ def write_shapefile_zip(conn: psycopg.Connection[Any], selection: Selection, req
             target = folder / f"{stem}_{group}.shp"
             done = _write_layer(rows, selection, None, target, "ESRI Shapefile", target.stem,
                                 tuple(t for t in present if t in types), progress, done, names,
-                                condition=condition, extra_params=extra, with_geometry=bool(types))
+                                condition=condition, extra_params=extra, with_geometry=bool(types), tallies=tallies)
     with (folder / f"{stem}_fields.csv").open("w", newline="", encoding="utf-8") as mapping:
         writer = csv.writer(mapping)
         writer.writerow(["shapefile_field", "column"])

@@ -10,7 +10,7 @@ import psycopg
 import pyarrow.parquet as pq
 from pyproj import CRS
 
-from locaria_batch.jobs.file_download.arrow import GEOMETRY, arrow_rows, arrow_schema
+from locaria_batch.jobs.file_download.arrow import GEOMETRY, arrow_names, arrow_rows, arrow_schema
 from locaria_batch.jobs.file_download.copyout import Progress
 from locaria_batch.jobs.file_download.request import DownloadRequest
 from locaria_batch.jobs.file_download.selection import Selection
@@ -36,12 +36,14 @@ def geo_metadata(selection: Selection) -> dict[str, Any]:
 def write_geoparquet(conn: psycopg.Connection[Any], selection: Selection, request: DownloadRequest, path: Path,
                      progress: Progress) -> int:
     selection.keep_dimensions("GeoParquet", z=True, m=False)  # GeoParquet 1.1 has no M
+    # its geometry_types are the seven of Simple Features: curves become lines, TINs polygons
+    selection.keep_shape_types(conn, "GeoParquet", curves=False, surfaces=False)
     has_geometry = selection.geometry is not None
-    schema = arrow_schema(selection.columns, with_geometry=has_geometry)
+    schema = arrow_schema(selection.columns, arrow_names(selection, "GeoParquet"), with_geometry=has_geometry)
     if has_geometry:
         schema = schema.with_metadata({b"geo": json.dumps(geo_metadata(selection)).encode()})
     done = 0
-    with arrow_rows(conn) as rows, pq.ParquetWriter(path, schema, compression="snappy") as writer:
+    with arrow_rows(conn, selection) as rows, pq.ParquetWriter(path, schema, compression="snappy") as writer:
         for batch in rows.batches(selection, None, schema, progress):
             writer.write_batch(batch)
             done += batch.num_rows

@@ -22,6 +22,7 @@ from typing import Any
 from locaria_batch.job import JobError
 
 FILTER_KEYS = ("bbox", "attributes", "created_after", "created_before", "limit")
+LIMIT_MAX = 2**63 - 1  # PostgreSQL's LIMIT is a bigint
 
 
 @dataclass(frozen=True)
@@ -114,15 +115,19 @@ def parse_filters(raw: Any) -> Filters:
 def _bbox(value: Any) -> tuple[float, float, float, float] | None:
     if value in (None, ""):
         return None
+    given = value if isinstance(value, str) else ",".join(map(str, value)) if isinstance(value, list) else value
     if isinstance(value, str):
         value = value.split(",")
     try:
         numbers = tuple(float(v) for v in value)
     except (TypeError, ValueError):
         numbers = ()
-    if len(numbers) != 4 or not all(math.isfinite(n) for n in numbers) \
-            or numbers[0] > numbers[2] or numbers[1] > numbers[3]:
+    if len(numbers) != 4 or not all(math.isfinite(n) for n in numbers):
         raise JobError("bbox must be four numbers minx, miny, maxx, maxy in longitude/latitude (WGS 84)")
+    for axis, low, high in (("x", numbers[0], numbers[2]), ("y", numbers[1], numbers[3])):
+        if low > high:
+            raise JobError(f"bbox {given} has min{axis} {low:g} greater than max{axis} {high:g}: give minx, miny, "
+                           "maxx, maxy, in that order")
     return numbers[0], numbers[1], numbers[2], numbers[3]
 
 
@@ -157,4 +162,7 @@ def _limit(value: Any) -> int | None:
         return None
     if isinstance(value, bool) or not str(value).isdigit() or int(value) <= 0:
         raise JobError(f"limit {value!r} must be a positive whole number")
+    if int(value) > LIMIT_MAX:
+        raise JobError(f"limit {value} is larger than the most a download can take ({LIMIT_MAX:,}); "
+                       "give a smaller limit, or none for every row")
     return int(value)

@@ -9,9 +9,11 @@ hold in memory), so a text value is never taken for a formula.
 
 from __future__ import annotations
 
+import itertools
+import math
 import re
 import zipfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from datetime import date, datetime
 from pathlib import Path
 from typing import IO, Any
@@ -19,6 +21,9 @@ from xml.sax.saxutils import escape, quoteattr
 
 import psycopg
 from psycopg import sql
+from psycopg.abc import AdaptContext, Buffer
+from psycopg.adapt import Loader
+from psycopg.pq import Format
 from psycopg.rows import tuple_row
 
 from locaria_batch.job import JobError
@@ -31,6 +36,7 @@ SHEET_NAME_LIMIT = 31
 SHEET_FORBIDDEN = re.compile(r"[\[\]:*?/\\]")
 XML_ILLEGAL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff]")
 CELL_LIMIT = 32767  # characters Excel keeps in one cell
+SHEET_ROWS = 1_048_575  # data rows in one sheet: Excel's 1,048,576 rows, less the header
 FETCH_ROWS = 5000
 FLUSH_ROWS = 2000
 PROGRESS_EVERY = 10_000
@@ -89,15 +95,18 @@ def text_cell(ref: str, value: str) -> str:
 
 
 def number_cell(ref: str, value: Any) -> str:
-    return f'<c r="{ref}"><v>{value!r}</v></c>' if value == value and abs(value) != float("inf") \
-        else text_cell(ref, str(value))
+    """An int, float or Decimal (numeric) as its exact text; NaN, infinities (and numerics beyond a double)
+    as text, which a spreadsheet number cannot hold."""
+    return f'<c r="{ref}"><v>{value}</v></c>' if math.isfinite(value) else text_cell(ref, str(value))
 
 
 def boolean_cell(ref: str, value: bool) -> str:
     return f'<c r="{ref}" t="b"><v>{int(value)}</v></c>'
 
 
-def date_cell(ref: str, value: date) -> str:
+def date_cell(ref: str, value: date | str) -> str:
+    if isinstance(value, str):  # beyond Python's years 1-9999 (infinity, BC): as PostgreSQL writes it
+        return text_cell(ref, value)
     if value.year < 1900:  # before Excel's calendar: keep the date as text
         return text_cell(ref, value.isoformat())
     moment = value if isinstance(value, datetime) else datetime(value.year, value.month, value.day)
@@ -110,6 +119,32 @@ CELL_WRITERS: dict[str, Callable[[str, Any], str]] = {
     "integer": number_cell, "number": number_cell, "boolean": boolean_cell, "date": date_cell,
     "datetime": date_cell, "timestamp": date_cell, "text": text_cell, "json": text_cell,
 }
+
+
+class DateOrText(Loader):
+    """Wraps psycopg's date or timestamp loader: a value it cannot load (infinity, BC, year 10000 and
+    later) is kept as PostgreSQL's text instead of failing the export."""
+
+    wrapped: type[Loader]
+
+    def __init__(self, oid: int, context: AdaptContext | None = None) -> None:
+        super().__init__(oid, context)
+        self.inner = self.wrapped(oid, context)
+
+    def load(self, data: Buffer) -> Any:
+        try:
+            return self.inner.load(data)
+        except psycopg.DataError:
+            return bytes(data).decode()
+
+
+def load_dates_leniently(cursor: psycopg.Cursor[Any]) -> None:
+    """Dates and timestamps (XLSX_CASTS turns timestamptz into timestamp) as DateOrText on this cursor."""
+    for name in ("date", "timestamp"):
+        oid = psycopg.postgres.types[name].oid
+        wrapped = cursor.adapters.get_loader(oid, Format.TEXT)
+        assert wrapped is not None  # psycopg loads both types
+        cursor.adapters.register_loader(oid, type(f"{name.title()}OrText", (DateOrText,), {"wrapped": wrapped}))
 
 
 def _write_sheet(out: IO[bytes], header: list[str], kinds: list[str], rows: Any, progress: Progress, done: int,
@@ -155,16 +190,28 @@ def write_xlsx(conn: psycopg.Connection[Any], selection: Selection, request: Dow
         header.append(unique_name("wkt", {h.lower() for h in header}, fold_case=True))
         kinds.append("text")
     layers = selection.output_layers(request.name)
-    titles = sheet_names([layer.name for layer in layers])
+    # a layer longer than a sheet goes on as many sheets as it needs, named after it with ~2, ~3 ...
+    parts = [range(0, max(layer.count, 1), SHEET_ROWS) for layer in layers]
+    titles = sheet_names([layer.name for layer, starts in zip(layers, parts, strict=True) for _ in starts])
+    number = 0
     done = 0
     with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=1) as archive:
-        for number, layer in enumerate(layers, start=1):
+        for index, (layer, starts) in enumerate(zip(layers, parts, strict=True)):
+            if len(starts) > 1:
+                sheets = titles[number:number + len(starts)]
+                selection.notes.append(f"the {layer.count:,} rows of {layer.name!r} are on {len(sheets)} sheets "
+                                       f"({', '.join(sheets)}): an Excel sheet holds {SHEET_ROWS:,} rows")
             query, params = selection.query(sql.SQL(", ").join(select), layer)
-            with conn.cursor(name=f"xlsx_{number}", row_factory=tuple_row) as cur, \
-                    archive.open(f"xl/worksheets/sheet{number}.xml", "w", force_zip64=True) as out:
+            with conn.cursor(name=f"xlsx_{index}", row_factory=tuple_row) as cur:
                 cur.itersize = FETCH_ROWS
+                load_dates_leniently(cur)
                 cur.execute(query, params)
-                done = _write_sheet(out, header, kinds, cur, progress, done, layer.count)
+                rows: Iterable[Any] = iter(cur)
+                for start in starts:
+                    number += 1
+                    with archive.open(f"xl/worksheets/sheet{number}.xml", "w", force_zip64=True) as out:
+                        size = min(SHEET_ROWS, layer.count - start)
+                        done = _write_sheet(out, header, kinds, itertools.islice(rows, size), progress, done, size)
         _write_package(archive, titles)
     progress(done)
     return done
