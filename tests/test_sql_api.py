@@ -84,6 +84,21 @@ def test_file_cron_never_touches_deleted_or_in_flight_rows(conn) -> None:
     assert call(conn, "file_cron", {"filter": {"cron": "weekly"}}) is None
 
 
+def test_a_deleted_file_is_never_retried(conn) -> None:
+    """retry_file, and jobs_retry through it, leave a deleted file deleted (the console and CLI use them)."""
+    file_id = call(conn, "add_file", {"file_attributes": {"upload": True}, "status": "UPLOADING"})["id"]
+    call(conn, "update_file", {"id": file_id, "status": "ERROR"})
+    call(conn, "delete_file", {"id": file_id})
+    refused = conn.execute("SELECT locaria_core.retry_file(%s) AS r", [file_id]).fetchone()["r"]
+    assert refused == {"error": f"file {file_id} is deleted; upload the file again to load it"}
+    job = conn.execute("INSERT INTO locaria_core.jobs (file_id, docker, trigger_status, max_attempts, state) "
+                       "VALUES (%s, 'file_loader', 'REGISTERED', 1, 'failed') RETURNING id", [file_id]).fetchone()["id"]
+    bulk = conn.execute("SELECT locaria_core.jobs_retry(ARRAY[%s]::bigint[]) AS r", [job]).fetchone()["r"]
+    assert bulk["retried"] == [] and bulk["skipped"][0]["file_id"] == file_id
+    assert conn.execute("SELECT status FROM locaria_core.files WHERE id = %s", [file_id]).fetchone()["status"] \
+        == "DELETED"
+
+
 def test_parameters_honour_the_acl(conn) -> None:
     admins = {"_groups": ["Admins"]}
     assert gateway(conn, {"method": "set_parameters", "parameter_name": "fargate_config",
