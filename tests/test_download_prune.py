@@ -33,12 +33,20 @@ def test_prune_deletes_old_downloads_and_marks_their_rows(conn: Any) -> None:
     assert row["status"] == "DOWNLOAD_COMPLETED"
     assert row["attributes"]["expired"] is True and row["attributes"]["url"] is None
     assert row["attributes"]["log_messages"][-1]["message"].startswith("Download expired: loaderDownloads/1.csv")
-    assert "expired" not in get_file(conn, 2)["attributes"]
+    assert get_file(conn, 2)["attributes"]["expired"] is False
 
     again = runner.invoke(app, ["download", "prune", "--older-than", "7d"])
     assert again.exit_code == 0 and "pruned 0 download(s)" in again.output
     everything = runner.invoke(app, ["download", "prune", "--older-than", "0s", "--json"])
     assert [p["id"] for p in json.loads(everything.output)] == [2] and not new_path.exists()
+
+    # a pruned download that is made again is fresh: fetchable, and pruned again in its turn
+    retried = runner.invoke(app, ["files", "retry", "1", "--wait"])
+    assert retried.exit_code == 0, retried.output
+    attributes = get_file(conn, 1)["attributes"]
+    assert attributes["expired"] is False and attributes["url"] and old_path.is_file()
+    later = runner.invoke(app, ["download", "prune", "--older-than", "0s", "--dry-run", "--json"])
+    assert [p["id"] for p in json.loads(later.output)] == [1]
 
 
 def test_prune_rejects_a_bad_age(db_url: str) -> None:

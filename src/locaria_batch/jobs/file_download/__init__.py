@@ -85,7 +85,8 @@ def run(ctx: JobContext) -> JobResult:
         "record_count": result.record_count, "sha256": digest, "url": ctx.storage.url(key, expiry),
         "completed_at": now.isoformat(timespec="seconds"),
         "expires_at": (now + timedelta(seconds=expiry)).isoformat(timespec="seconds"),
-        **({"warnings": result.notes} if result.notes else {}),
+        # a retry of a pruned download makes it fresh again, and says only what this run changed
+        "expired": False, "expired_at": None, "warnings": result.notes or None,
     }
     empty = "" if result.record_count else ": the selection matched no rows, the file is empty"
     return JobResult(attributes=attributes, log={"message": f"Download Completed{empty}"})
