@@ -110,6 +110,19 @@ def test_a_second_signal_stops_the_running_jobs(conn, db_url, add_docker, runs) 
     assert job["state"] == "queued" and "stopped with its worker" in job["error"]  # retried by the next worker
 
 
+def test_a_second_signal_a_moment_later_still_stops_the_running_jobs(conn, db_url, add_docker, runs) -> None:
+    """A person's second Ctrl-C comes after the first has been acted on: the worker waits a moment for it."""
+    worker, file_id, pid = _start_worker_with_a_running_job(conn, add_docker, runs)
+    worker.send_signal(signal.SIGTERM)
+    time.sleep(0.4)
+    worker.send_signal(signal.SIGINT)
+    output, _ = worker.communicate(timeout=15)
+    assert worker.returncode == 0 and "stopping the running jobs too" in output, output
+    assert not _alive(pid)
+    job = conn.execute("SELECT * FROM locaria_core.jobs WHERE file_id = %s", [file_id]).fetchone()
+    assert job["state"] == "queued" and "stopped with its worker" in job["error"]
+
+
 def test_a_killed_workers_job_is_adopted_long_before_its_lease_ends(
         conn, db_url, add_docker, runs, locaria_env, dispatchers) -> None:
     """SIGKILL: no hand-over, but the worker's session (and its lock) died with it; another worker adopts

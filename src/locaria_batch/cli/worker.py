@@ -33,8 +33,8 @@ def worker(
     jobs older than $LOCARIA_JOB_RETENTION (30d) every hour.
 
     SIGTERM or Ctrl-C stops it within a few seconds and leaves running jobs to the next worker,
-    which adopts them; a second signal stops the running jobs too."""
-    from locaria_batch.dispatch.dispatcher import Dispatcher, make_runner
+    which adopts them; a second signal within a second stops the running jobs too."""
+    from locaria_batch.dispatch.dispatcher import SECOND_SIGNAL_WINDOW, Dispatcher, make_runner
     from locaria_batch.dispatch.metrics import DispatcherMetrics, MeteredDispatcher
     from locaria_batch.dispatch.retention import RetentionTimer
 
@@ -71,7 +71,7 @@ def worker(
             stop.set()
             dispatcher.wake()
             say("stopping: no new jobs are claimed; running ones carry on and are adopted by the next worker "
-                "(signal again to stop them)")
+                f"(signal again within {SECOND_SIGNAL_WINDOW:g} s to stop them)")
 
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)

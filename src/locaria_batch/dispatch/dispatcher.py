@@ -55,6 +55,7 @@ UPLOAD_SWEEP_SECONDS = 60.0  # how often a dispatcher looks for uploads whose co
 # a job of this dispatcher's own that it does not know of, with no handle after this long, was claimed
 # by a statement whose answer never arrived; longer than any claim takes to reach its launch
 LOST_CLAIM_GRACE_SECONDS = 10
+SECOND_SIGNAL_WINDOW = 1.0  # seconds after a stop signal in which a second one stops the running jobs too
 MAX_OUTAGES_KEPT = 32  # outages remembered for the heartbeat rule (more than any silence it still judges spans)
 
 
@@ -526,6 +527,7 @@ class Dispatcher:
         """Leave: by default the running jobs carry on and the lease is released at once so the next
         dispatcher adopts them without waiting it out; after a second signal they are stopped."""
         try:
+            self._await_second_signal()
             self._stop_running_if_asked()
             if reachable:
                 with contextlib.suppress(psycopg.Error):
@@ -540,6 +542,14 @@ class Dispatcher:
                         JobStore(self._listener).detach(self.owner)
         finally:
             self.close()
+
+    def _await_second_signal(self) -> None:
+        """With attempts running here, a stopped worker gives a second stop signal a moment to come (a
+        person's second Ctrl-C) before it hands them over."""
+        deadline = time.monotonic() + SECOND_SIGNAL_WINDOW
+        while self._stopping.is_set() and self._watched and not self.stop_jobs_on_exit \
+                and time.monotonic() < deadline:
+            time.sleep(0.02)
 
     def _stop_running_if_asked(self) -> bool:
         """After a second stop signal: stop the attempts still running here and keep their ends, so
