@@ -266,12 +266,19 @@ AGE = re.compile(r"^\s*(\d+)\s*([smhdw])\s*$")
 AGE_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
 
 
+AGE_MAX = timedelta(days=36525)  # 100 years: beyond it a timedelta overflows, or PostgreSQL's now() - age does
+
+
 def parse_age(text: str) -> timedelta:
-    """'7d', '12h', '30m', '2w' or '90s'."""
+    """'7d', '12h', '30m', '2w' or '90s', at most 100 years."""
     match = AGE.match(text)
     if not match:
         raise ValueError(f"age {text!r} is not understood: give a number and a unit, e.g. 7d, 12h, 30m, 2w")
-    return timedelta(**{AGE_UNITS[match.group(2)]: int(match.group(1))})
+    unit, amount = AGE_UNITS[match.group(2)], int(match.group(1))
+    # compared before the timedelta is made: a huge amount overflows it
+    if amount > AGE_MAX / timedelta(**{unit: 1}):
+        raise ValueError(f"age {text.strip()!r} is more than 100 years: give a shorter one, e.g. 30d or 52w")
+    return timedelta(**{unit: amount})
 
 
 def _job_identity(read: _Reader) -> JobIdentity | None:

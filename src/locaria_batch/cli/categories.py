@@ -18,9 +18,21 @@ from locaria_batch.cli.common import (
     parse_attrs,
     print_json,
 )
+from locaria_batch.cli.output import has_control, one_line
 
 categories_app = group("Categories of search data (locaria_core.categories): list, add, remove.")
 NameArgument = Annotated[str, typer.Argument(metavar="NAME", help="The category's name (case-sensitive).")]
+
+
+def printable_name(name: str) -> str:
+    if has_control(name):
+        raise typer.BadParameter(f"{name!r} holds a control character (a line break, a tab, an escape); "
+                                 "give a name without one")
+    return name
+
+
+NewNameArgument = Annotated[str, typer.Argument(metavar="NAME", callback=printable_name,
+                                                help="The category's name (case-sensitive).")]
 
 
 @command(categories_app, "list")
@@ -35,12 +47,12 @@ def categories_list(as_json: JsonOption = False) -> None:
         return
     table = Table("id", "category", "items")
     for row in rows:
-        table.add_row(str(row["id"]), Text(row["category"]), str(row["items"]))
+        table.add_row(str(row["id"]), one_line(row["category"]), str(row["items"]))
     consoles.out.print(table)
 
 
 @command(categories_app, "add")
-def categories_add(name: NameArgument, attr: AttrOption = [],  # noqa: B006 - Typer needs a literal default
+def categories_add(name: NewNameArgument, attr: AttrOption = [],  # noqa: B006 - Typer needs a literal default
                    as_json: JsonOption = False) -> None:
     """Add a category (one that exists already is left as it is)."""
     from locaria_batch.files.categories import add_category
@@ -69,4 +81,4 @@ def categories_remove(
         print_json(result)
     else:
         items = f" and its {result['removed_items']} items" if result["removed_items"] else ""
-        consoles.out.print(Text(f"removed category {result['category']}{items}"))
+        consoles.out.print(Text.assemble("removed category ", one_line(result["category"]), items))

@@ -7,9 +7,12 @@ import functools
 import inspect
 import json
 import logging
+import stat
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from datetime import timedelta
+from pathlib import Path
 from typing import Annotated, Any, NoReturn, ParamSpec, TypeVar
 
 import psycopg
@@ -19,11 +22,12 @@ from rich.markup import escape
 from typer.core import TyperArgument, TyperCommand
 
 from locaria_batch.errors import LocariaError
-from locaria_batch.settings import RunnerName, settings
+from locaria_batch.settings import RunnerName, parse_age, settings
 
 DEPLOY_EXTRA = ("docker", "yaml")  # modules of the optional `deploy` dependencies
 P = ParamSpec("P")
 R = TypeVar("R")
+T = TypeVar("T")
 
 
 def make_console(stderr: bool = False) -> Console:
@@ -76,6 +80,10 @@ def _as_message(exc: Exception) -> tuple[str, int] | None:
     if isinstance(exc, psycopg.Error):
         explained = explain_database_error(exc)
         return (str(explained), explained.exit_code) if explained else None
+    if isinstance(exc, OSError):
+        # the last resort for a file, folder or port no command checked itself: one line, not a traceback
+        where = f"use {exc.filename}" if exc.filename else "go on"
+        return f"cannot {where}: {exc.strerror or exc}", 1
     return None
 
 
@@ -131,7 +139,7 @@ def command(app: typer.Typer, name: str) -> Callable[[Callable[P, R]], Callable[
             kwargs.pop("verbose", None)
             try:
                 return function(*args, **kwargs)
-            except (LocariaError, psycopg.Error, ModuleNotFoundError) as exc:
+            except (LocariaError, psycopg.Error, ModuleNotFoundError, OSError) as exc:
                 explained = _as_message(exc)
                 if explained is None:
                     raise
@@ -187,6 +195,55 @@ class UsageError(LocariaError):
     """Options that do not go together."""
 
     exit_code = 2
+
+
+# -- values refused at once -------------------------------------------------------------------
+def refuse(option: str, message: str) -> NoReturn:
+    """Refuse an option's value, naming the option, with a usage error's exit code (2).  For checks made
+    inside a command (those that need the database); callbacks raise BadParameter."""
+    raise UsageError(f"invalid value for '{option}': {message}")
+
+
+def checked(check: Callable[[T], object]) -> Callable[[T | None], T | None]:
+    """A Typer callback running one of the jobs' own validators on the value the user gave, so a value the
+    job would refuse later is refused now (the value itself is kept as given)."""
+
+    def callback(value: T | None) -> T | None:
+        if value is not None:
+            try:
+                check(value)
+            except LocariaError as exc:
+                raise typer.BadParameter(str(exc)) from None
+        return value
+
+    return callback
+
+
+def age_option(option: str, text: str) -> timedelta:
+    """The one parser of the ages options take (--since 1h, --older-than 30d): bounded by parse_age."""
+    try:
+        return parse_age(text)
+    except ValueError as exc:
+        refuse(option, str(exc))
+
+
+def readable_file(path: Path | None) -> Path | None:
+    """A PATH argument that must be a regular file this process can read: a device, FIFO or socket would
+    hang or fail half-way through the copy, after the row exists."""
+    if path is None:
+        return None
+    try:
+        mode = path.stat().st_mode
+        if stat.S_ISREG(mode):
+            with path.open("rb") as handle:
+                handle.read(1)  # a file in /proc opens but fails on reading (EIO)
+    except OSError as exc:
+        raise typer.BadParameter(f"cannot read {path}: {exc.strerror or exc}") from None
+    if stat.S_ISDIR(mode):
+        raise typer.BadParameter(f"{path} is a folder; give a data file (a zip holds several files)")
+    if not stat.S_ISREG(mode):
+        raise typer.BadParameter(f"{path} is not a regular file (a device, FIFO or socket); give a data file")
+    return path
 
 
 # -- the database -----------------------------------------------------------------------------

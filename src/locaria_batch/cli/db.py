@@ -30,7 +30,13 @@ def start_embedded() -> tuple[str, list[str]]:
         raise ConfigurationError("LOCARIA_DB_URL is set: the embedded cluster is not used. "
                                  "Run `locaria-batch db migrate` instead.")
     cluster = EmbeddedCluster(settings().home)
-    applied = migrate_and_sync(cluster.up())
+    try:
+        url = cluster.up()
+    except OSError as exc:  # LOCARIA_HOME under a file, or where this user cannot write
+        raise ConfigurationError(f"cannot make the embedded cluster in LOCARIA_HOME ({settings().home}): "
+                                 f"{exc.strerror or exc}: {exc.filename}; set LOCARIA_HOME to a folder you can "
+                                 "write to") from None
+    applied = migrate_and_sync(url)
     return cluster.url_without_password() or "", applied
 
 

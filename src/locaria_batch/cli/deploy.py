@@ -9,7 +9,7 @@ import typer
 from rich.markup import escape
 from rich.text import Text
 
-from locaria_batch.cli.common import JsonOption, command, consoles, group, print_json, say
+from locaria_batch.cli.common import JsonOption, UsageError, command, consoles, group, print_json, say
 from locaria_batch.settings import settings
 
 deploy_app = group("The AWS stack: render serverless.yml / CloudFormation and apply it.")
@@ -26,7 +26,11 @@ BaseImage = Annotated[str | None, typer.Option("--base", metavar="IMAGE", help=(
 
 
 def config_path(given: Path | None) -> Path:
-    return given or settings().stage_config_file
+    path = given or settings().stage_config_file
+    if path.is_dir():  # a folder would end in IsADirectoryError deep in the JSON reading
+        named = "--config" if given else "the stage configuration (LOCARIA_STAGE_CONFIG, else locaria.json)"
+        raise UsageError(f"{named} {path} is a folder; give the stage configuration file, such as locaria.json")
+    return path
 
 
 def base_image(given: str | None) -> str:
@@ -50,7 +54,16 @@ def deploy_render(stage: Stage, theme: Theme = None, environment: Environment = 
     from locaria_batch.deploy import workflow
 
     chosen = chosen_target(stage, theme, environment, config)
-    written = workflow.render_stack(chosen, out or settings().home / "stacks" / chosen.suffix)
+    folder = out or settings().home / "stacks" / chosen.suffix
+    if folder.exists() and not folder.is_dir():
+        raise UsageError(f"{'--out ' if out else ''}{folder} is a file, not a folder; give a folder (it is made "
+                         "when missing)")
+    try:
+        written = workflow.render_stack(chosen, folder)
+    except (FileExistsError, NotADirectoryError, PermissionError) as exc:
+        # checked as it happens rather than before: the folder, or one above it, is made by the rendering
+        raise UsageError(f"{'--out ' if out else ''}{folder}: cannot write {exc.filename or folder}: "
+                         f"{exc.strerror or exc}; give a folder you can write to (it is made when missing)") from None
     if as_json:
         print_json({"written": [str(path) for path in written]})
         return

@@ -15,6 +15,8 @@ from locaria_batch.cli.common import (
     RunnerOption,
     UsageError,
     WaitOption,
+    age_option,
+    checked,
     command,
     consoles,
     database,
@@ -22,12 +24,13 @@ from locaria_batch.cli.common import (
     parse_attrs,
     parse_pairs,
     print_json,
+    refuse,
     runner_name,
     say,
 )
 from locaria_batch.cli.report import after_queueing, wait
 from locaria_batch.jobs.file_download.formats import FORMATS, find_format
-from locaria_batch.jobs.file_download.request import LIMIT_MAX
+from locaria_batch.jobs.file_download.request import LIMIT_MAX, parse_filters, parse_request
 
 download_app = group("Downloads (exports) of search data or loaded tables: request them, prune old ones.")
 
@@ -46,6 +49,15 @@ FORMAT_NAMES = "|".join(f.name for f in FORMATS)
 FormatOption = Annotated[str, typer.Option("--format", "-f", parser=parse_format, metavar=f"[{FORMAT_NAMES}]",
                                            help="Output format (aliases such as fgb, shp, parquet and excel "
                                                 "are accepted).")]
+
+
+# each option checked by the download job's own parser, on its own so that the error names the option
+def check_filter(key: str) -> Any:
+    return checked(lambda value: parse_filters({key: value}))
+
+
+def check_srid(value: int) -> None:
+    parse_request({"srid": value}, 0)
 
 
 def download_filters(bbox: str | None, where: list[str], created_after: str | None, created_before: str | None,
@@ -67,16 +79,16 @@ def download_request(
                                                 help="A category of search data (repeatable).")] = [],  # noqa: B006
     name: Annotated[str | None, typer.Option(metavar="TEXT", help="Name shown to users.")] = None,
     attr: AttrOption = [],  # noqa: B006
-    srid: Annotated[int | None, typer.Option(metavar="EPSG", help="Output coordinate system (EPSG code); "
-                                             "default 4326.")] = None,
-    bbox: Annotated[str | None, typer.Option(metavar="MINX,MINY,MAXX,MAXY", help="Only rows within this box "
-                                             "(longitude/latitude).")] = None,
+    srid: Annotated[int | None, typer.Option(metavar="EPSG", callback=checked(check_srid), help=(
+        "Output coordinate system (EPSG code); default 4326."))] = None,
+    bbox: Annotated[str | None, typer.Option(metavar="MINX,MINY,MAXX,MAXY", callback=check_filter("bbox"), help=(
+        "Only rows within this box (longitude/latitude)."))] = None,
     where: Annotated[list[str], typer.Option("--where", metavar="COLUMN=VALUE", help=(
         "Only rows whose column equals a value; repeat a column for any of several values."))] = [],  # noqa: B006
-    created_after: Annotated[str | None, typer.Option(metavar="TIME", help="Only rows created at or after "
-                                                      "(ISO date/time).")] = None,
-    created_before: Annotated[str | None, typer.Option(metavar="TIME", help="Only rows created before "
-                                                       "(ISO date/time).")] = None,
+    created_after: Annotated[str | None, typer.Option(metavar="TIME", callback=check_filter("created_after"), help=(
+        "Only rows created at or after (ISO date/time)."))] = None,
+    created_before: Annotated[str | None, typer.Option(metavar="TIME", callback=check_filter("created_before"),
+                                                       help="Only rows created before (ISO date/time).")] = None,
     limit: Annotated[int | None, typer.Option(metavar="ROWS", min=1, max=LIMIT_MAX,
                                               help="At most this many rows.")] = None,
     keep_formulas: Annotated[bool, typer.Option("--keep-formulas", help=(
@@ -105,6 +117,8 @@ def download_request(
         extra["srid"] = srid
     attributes = download_attributes(fmt, table=table, categories=list(category), name=name, extra=extra)
     with database() as conn:
+        if srid is not None:
+            check_known_srid(conn, srid)
         file_id = request_download(conn, attributes)
     if not as_json:
         say(f"download requested: file [bold]{file_id}[/bold]")
@@ -123,11 +137,25 @@ def download_request(
                    waited=out is not None)
 
 
+def check_known_srid(conn: Any, srid: int) -> None:
+    """The download job's check that PostGIS knows the output coordinate system (it needs the database)."""
+    from locaria_batch.errors import LocariaError
+    from locaria_batch.jobs.file_download.selection import check_srid as check_in_database
+
+    try:
+        check_in_database(conn, srid)
+    except LocariaError as exc:
+        refuse("--srid", str(exc))
+
+
 def out_target(out: str) -> tuple[Path, bool]:
     """Where --out copies the file, and whether that is a folder; checked (existence and writability)
     before anything is requested."""
     path = Path(out).expanduser()
     folder = out.endswith(("/", os.sep)) or path.is_dir()
+    for place in (path, *path.parents) if folder else path.parents:
+        if place.exists() and not place.is_dir():
+            raise UsageError(f"--out {out}: {place} is a file, not a folder; give a path in a folder")
     if folder and not path.is_dir():
         raise UsageError(f"--out {out}: the folder {path} does not exist; create it first, or give a file name")
     if not folder and not path.parent.is_dir():
@@ -176,13 +204,9 @@ def download_prune(
     """Delete the stored files of downloads older than --older-than and mark their rows expired
     (attributes.expired=true, url=null, a log entry); their status is kept."""
     from locaria_batch.jobs.file_download.prune import old_downloads, prune_downloads
-    from locaria_batch.settings import parse_age
     from locaria_batch.storage import download_key, open_storage
 
-    try:
-        age = parse_age(older_than)
-    except ValueError as exc:
-        raise UsageError(str(exc)) from exc
+    age = age_option("--older-than", older_than)
     with database() as conn:
         candidates = old_downloads(conn, age)
         if dry_run:

@@ -14,25 +14,45 @@ from locaria_batch.cli.common import (
     FileIdArgument,
     JsonOption,
     RunnerOption,
+    UsageError,
     WaitOption,
+    checked,
     command,
     consoles,
     database,
+    fail,
     group,
     parse_attrs,
     print_json,
+    readable_file,
+    refuse,
     runner_name,
     say,
 )
 from locaria_batch.cli.output import print_file_list
 from locaria_batch.cli.report import after_queueing, show
+from locaria_batch.errors import LocariaError, StorageError
 from locaria_batch.files import statuses
 from locaria_batch.settings import settings
 
 files_app = group("File rows: upload, list, show, retry, cancel, delete.")
 
+def check_table(name: str) -> None:
+    """The loader's own check of a table name (imported here: the loader's modules load GDAL and Arrow)."""
+    from locaria_batch.jobs.file_loader import target_table
+
+    target_table(0, {"table_name": name})
+
+
+def check_text_encoding(name: str) -> None:
+    from locaria_batch.jobs.file_loader.readers import check_encoding
+
+    check_encoding(name)
+
+
 TableOption = Annotated[str | None, typer.Option(
-    metavar="NAME", help="Target table (upload_file_1 or locaria_uploads.upload_file_1).")]
+    metavar="NAME", callback=checked(check_table),
+    help="Target table (upload_file_1 or locaria_uploads.upload_file_1).")]
 
 
 class LoadMode(StrEnum):
@@ -47,8 +67,9 @@ CrsOption = Annotated[str | None, typer.Option(
     "--crs", metavar="EPSG", help="The file's coordinate system when it does not say (or says wrongly), "
     "e.g. EPSG:27700 (the source_crs attribute).")]
 EncodingOption = Annotated[str | None, typer.Option(
-    metavar="NAME", help="Text encoding of a CSV/TSV/TXT file, a shapefile without .cpg or a MapInfo table "
-    "whose charset is Neutral, e.g. cp1251 (the encoding attribute; default: detected).")]
+    metavar="NAME", callback=checked(check_text_encoding), help="Text encoding of a CSV/TSV/TXT file, a shapefile "
+    "without .cpg or a MapInfo table whose charset is Neutral, e.g. cp1251 (the encoding attribute; default: "
+    "detected).")]
 
 
 def known_statuses() -> list[str]:
@@ -90,8 +111,7 @@ def upload_attributes(attr: list[str], table: str | None, **options: Any) -> dic
 
 @command(files_app, "add")
 def files_add(
-    path: Annotated[Path, typer.Argument(metavar="PATH", help="The data file to upload.", exists=True,
-                                         dir_okay=False)],
+    path: Annotated[Path, typer.Argument(metavar="PATH", help="The data file to upload.", callback=readable_file)],
     table: TableOption = None,
     mode: Annotated[LoadMode | None, typer.Option(help=(
         "When the table exists: fail, overwrite (replace it) or append (add the rows; the columns must match). "
@@ -114,16 +134,38 @@ def files_add(
     attributes = upload_attributes(attr, table, mode=mode, layers=list(layer), source_crs=crs,
                                    target_crs=target_crs, encoding=encoding)
     with database() as conn:
-        file_id = register_upload(conn, open_storage(), path, attributes=attributes)
+        check_crs(conn, "--crs", crs, "source_crs")
+        check_crs(conn, "--target-crs", target_crs, "target_crs")
+        storage = open_storage()
+        try:
+            # one transaction: when the copy fails, no row is left behind (register_upload would keep an
+            # ERROR row for an upload that never was); the loader is still queued only once the object exists
+            with conn.transaction():
+                file_id = register_upload(conn, storage, path, attributes=attributes)
+        except OSError as exc:
+            raise StorageError(f"cannot copy {path} into storage ({settings().storage_url}): {exc.strerror or exc}"
+                               + (f": {exc.filename}" if exc.filename else "")
+                               + "; set LOCARIA_STORAGE to a folder you can write to") from None
     if not as_json:
         consoles.out.print(f"registered file {file_id} ({path.name})", markup=False, highlight=False)
     after_queueing(file_id, wait_for_it=wait, as_json=as_json, runner=runner_name(runner))
 
 
+def check_crs(conn: Any, option: str, value: str | None, attribute: str) -> None:
+    """The loader's own check of a coordinate system (an EPSG code PostGIS knows), made before the upload."""
+    from locaria_batch.jobs.file_loader.crs import srid_from_attribute
+
+    if value:
+        try:
+            srid_from_attribute(conn, value, attribute)
+        except LocariaError as exc:
+            refuse(option, str(exc))
+
+
 @command(files_app, "inspect")
 def files_inspect(
-    path: Annotated[Path, typer.Argument(metavar="PATH", help="The data file to look into.", exists=True,
-                                         dir_okay=False)],
+    path: Annotated[Path, typer.Argument(metavar="PATH", help="The data file to look into.",
+                                         callback=readable_file)],
     crs: CrsOption = None,
     encoding: EncodingOption = None,
     as_json: JsonOption = False,
@@ -159,6 +201,8 @@ def files_list(
     """List file rows (DELETED rows are hidden unless asked for)."""
     from locaria_batch.files import get_files
 
+    if upload and download:
+        raise UsageError("give --uploads or --downloads, not both (without either, every file is listed)")
     kinds = {"upload": upload, "download": download}
     with database() as conn:
         rows = get_files(conn, status=status, filter={k: True for k, v in kinds.items() if v} or None)
@@ -197,8 +241,12 @@ def files_cancel(file_id: FileIdArgument, as_json: JsonOption = False) -> None:
     jobs = result["cancelled_jobs"]
     if as_json:
         print_json(result)
-    else:
-        say(f"cancelled job(s) {', '.join(map(str, jobs))}" if jobs else f"file {file_id} has no active job")
+    elif jobs:
+        say(f"cancelled job(s) {', '.join(map(str, jobs))}")
+    if not jobs:  # nothing was cancelled: a script must not take it for done
+        if as_json:
+            raise typer.Exit(1)
+        fail(f"file {file_id} has no active job: nothing to cancel")
 
 
 @command(files_app, "delete")

@@ -13,11 +13,22 @@ from rich.progress import Progress
 from rich.table import Table
 from rich.text import Text
 
-from locaria_batch.cli.common import JsonOption, UsageError, command, consoles, database, group, print_json, say
+from locaria_batch.cli.common import (
+    JsonOption,
+    UsageError,
+    age_option,
+    command,
+    consoles,
+    database,
+    group,
+    print_json,
+    say,
+)
 from locaria_batch.cli.output import print_jobs
 from locaria_batch.dispatch.handles import where_of
 from locaria_batch.dispatch.store import DockerStats, Job, JobFilter, JobState, JobStore
-from locaria_batch.settings import parse_age, settings
+from locaria_batch.errors import NotFound
+from locaria_batch.settings import settings
 
 jobs_app = group("Jobs: list them, queue statistics, retry or cancel many at once, prune old ones.")
 
@@ -34,10 +45,7 @@ YesOption = Annotated[bool, typer.Option("--yes", "-y", help="Do it without aski
 
 def job_filter(ids: list[int] | None, states: list[JobState], dockers: list[str], file_id: int | None,
                since: str | None) -> JobFilter:
-    try:
-        age = parse_age(since) if since else None
-    except ValueError as exc:
-        raise UsageError(f"--since: {exc}") from None
+    age = age_option("--since", since) if since else None
     return JobFilter(ids=tuple(ids or ()), states=tuple(states), dockers=tuple(dockers), file_id=file_id, since=age)
 
 
@@ -127,6 +135,11 @@ def on_selected(what: str, where: JobFilter, yes: bool,
     """Select the jobs, ask (unless --yes), then act on them; None when no job matches."""
     with database() as conn:
         job_ids = selected(conn, where)
+        unmatched = sorted(set(where.ids) - set(job_ids))
+        if unmatched:  # a mistyped id is an error, not "nothing to do"; nothing is done to the others either
+            filtered = bool(where.states or where.dockers or where.file_id is not None or where.since is not None)
+            raise NotFound(f"no job {', '.join(map(str, unmatched))}" + (" matches the filters" if filtered else "")
+                           + "; nothing was done (`locaria-batch jobs list` shows the jobs)")
         if not job_ids:
             return None
         confirm(what, len(job_ids), yes)
@@ -188,10 +201,7 @@ def jobs_prune(
     """Delete finished jobs, their events and their log files, in small batches."""
     from locaria_batch.dispatch.retention import prune_jobs
 
-    try:
-        age: timedelta = parse_age(older_than)
-    except ValueError as exc:
-        raise UsageError(f"--older-than: {exc}") from None
+    age: timedelta = age_option("--older-than", older_than)
     with database() as conn, Progress(console=consoles.err, disable=as_json or not sys.stderr.isatty()) as bar:
         task = bar.add_task("pruning jobs", total=None)
         summary = prune_jobs(conn, age, settings().logs_dir, on_batch=lambda n: bar.advance(task, n))

@@ -7,6 +7,7 @@ into markup, so `[bold]` or `[/oops]` in a file name prints as it is.
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 from rich.console import Console
@@ -27,12 +28,28 @@ def _text(value: Any) -> Text:
     return Text(value if isinstance(value, str) else json.dumps(value, default=str))
 
 
+# C0 controls, DEL, C1 controls and Unicode's line and paragraph separators: each would break a table row
+# or move the terminal's cursor
+CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def has_control(text: str) -> bool:
+    return CONTROL.search(text) is not None
+
+
+def one_line(value: Any) -> Text:
+    """A name for a table cell: control characters shown escaped as Python writes them (\\n, \\x1b), so
+    that one row stays one line; JSON output keeps the name exact."""
+    text = value if isinstance(value, str) else json.dumps(value, default=str)
+    return Text(CONTROL.sub(lambda match: repr(match.group())[1:-1], text))
+
+
 def print_file_list(console: Console, rows: list[dict[str, Any]]) -> None:
     table = Table("id", "status", "name", "kind", "created", "last updated")
     for row in rows:
         attrs = row.get("attributes") or {}
         kind = "download" if attrs.get("download") else "upload" if attrs.get("upload") else ""
-        table.add_row(str(row["id"]), styled_status(row["status"]), _text(attrs.get("name", "")), kind,
+        table.add_row(str(row["id"]), styled_status(row["status"]), one_line(attrs.get("name", "")), kind,
                       str(row.get("created", "")), str(row.get("last_updated", "")))
     console.print(table)
 

@@ -10,7 +10,7 @@ from typing import Annotated, Any
 
 import typer
 
-from locaria_batch.cli.common import database, runner_name, say
+from locaria_batch.cli.common import database, refuse, runner_name, say
 from locaria_batch.settings import RunnerName, settings
 
 
@@ -45,7 +45,11 @@ def worker(
     metrics: DispatcherMetrics | None = None
     if metrics_port is not None:
         metrics = DispatcherMetrics()
-        metrics.serve(metrics_port, metrics_host)
+        try:
+            metrics.serve(metrics_port, metrics_host)
+        except OSError as exc:  # the port is taken, or the address is not this machine's
+            refuse("--metrics-port", f"cannot listen on {metrics_host}:{metrics_port}: {exc.strerror or exc}; "
+                   "choose another port (or --metrics-host)")
         dispatcher = MeteredDispatcher(make_runner(name, concurrency), metrics, concurrency=concurrency,
                                        lease_seconds=lease_seconds)
     else:
