@@ -3,7 +3,9 @@ what it shows, and /metrics."""
 
 from __future__ import annotations
 
+import socket
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import psycopg
@@ -11,7 +13,7 @@ import pytest
 import requests
 
 from locaria_batch.files import add_file, update_file
-from tests.conftest import postgres_stopped
+from tests.conftest import postgres_stopped, restart_postgres
 from tests.console_fixtures import Served, file_in, free_port, start, stop, wait_until_serving
 
 TOKEN = "a-long-enough-console-token-0123"
@@ -168,3 +170,67 @@ def test_an_upload_to_s3_goes_through_the_presigned_put(s3_storage: str, console
     done = requests.post(f"{console.url}/api/uploads/{ticket['id']}/complete", headers=headers, timeout=10).json()
     assert done["completed"] is True and done["status"] == "REGISTERED"
     assert ticket["url"] not in requests.get(f"{console.url}/files/{ticket['id']}", timeout=10).text
+
+
+def test_connections_that_died_with_the_server_are_replaced_at_once(db_url: str) -> None:
+    """Every pooled connection dies with a restart nobody noticed: the first use after it must not
+    wait (psycopg_pool's own check slept 1 s, 2 s, ... between dead ones, and timed out)."""
+    from locaria_batch.web.database import Pools
+
+    pools = Pools(db_url)
+    pools.open()
+    try:
+        with pools.read(), pools.read(), pools.read(), pools.read(), pools.write(), pools.write():
+            pass  # four read and two write connections, idle in their pools from now on
+        restart_postgres(db_url)
+        for borrow in (pools.read, pools.write):
+            started = time.monotonic()
+            with borrow() as conn:
+                assert conn.execute("SELECT 1 AS one").fetchone() == {"one": 1}
+            assert time.monotonic() - started < 1.0
+    finally:
+        pools.close()
+
+
+def test_requests_during_an_outage_leave_no_reconnection_to_wait_for(db_url: str) -> None:
+    """A request while the database is away starts the pool reconnecting; once the database is back,
+    the next request connects at once instead of waiting for a retry scheduled during the outage."""
+    from psycopg_pool import PoolTimeout
+
+    from locaria_batch.web.database import Pools
+
+    pools = Pools(db_url)
+    pools.open()
+    try:
+        with postgres_stopped(db_url):
+            with pytest.raises(PoolTimeout), pools.read():
+                pass
+            time.sleep(5)  # psycopg_pool's retries back off: 1 s, 2 s, 4 s, 8 s, ... after the first
+        started = time.monotonic()
+        with pools.read() as conn:
+            assert conn.execute("SELECT 1 AS one").fetchone() == {"one": 1}
+        assert time.monotonic() - started < 1.0
+    finally:
+        pools.close()
+
+
+def test_after_a_restart_the_consoles_first_request_is_served(console: Served, db_url: str) -> None:
+    with ThreadPoolExecutor(8) as pool:  # several requests at once: several pooled connections
+        assert set(pool.map(lambda _: requests.get(console.url + "/", timeout=30).status_code, range(8))) == {200}
+    restart_postgres(db_url)
+    time.sleep(1)
+    started = time.monotonic()
+    assert requests.get(console.url + "/", timeout=30).status_code == 200
+    assert time.monotonic() - started < 1.0
+
+
+def test_a_port_in_use_is_refused_before_it_is_announced(db_url: str) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        refused = start("serve", "--port", str(port))
+        output = refused.communicate(timeout=60)[0]
+    assert refused.returncode == 1, output
+    assert f"port {port} is already in use" in output and "--port" in output, output
+    assert "console on" not in output and "Traceback" not in output and "Errno" not in output, output

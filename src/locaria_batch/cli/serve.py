@@ -19,18 +19,19 @@ def serve(
     ] = None,
 ) -> None:
     """The web console: files live, queue, uploads, downloads, retry and cancel, /metrics."""
-    import uvicorn
-
     from locaria_batch.db.connect import console_database_url, database_url
     from locaria_batch.web.app import ConsoleConfig, create_app
     from locaria_batch.web.security import check_bind
+    from locaria_batch.web.server import bind, run
 
     token = token or settings().console_token
     check_bind(host, token)
     with database():
         pass  # a clear message when there is no database, before the server starts
+    sock = bind(host, port)  # before the address is announced: a port in use is refused first
     app = create_app(ConsoleConfig(db_url=database_url(), read_url=console_database_url(), host=host, port=port,
                                    token=token))
     shown = f"[{host}]" if ":" in host else host
     say(f"console on http://{shown}:{port}/" + ("  (open it once with ?token=<your token>)" if token else ""))
-    uvicorn.run(app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=2, access_log=False)
+    if not run(app, sock, log_level="warning", timeout_graceful_shutdown=2, access_log=False):
+        raise typer.Exit(3)  # the app did not start (uvicorn said why); uvicorn.run exits 3 too

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import os
 import re
 import tempfile
 import time
@@ -47,9 +46,9 @@ from locaria_batch.files import (
     statuses,
 )
 from locaria_batch.files.uploads import complete_upload, request_upload
-from locaria_batch.settings import parse_age, settings
+from locaria_batch.settings import settings
 from locaria_batch.storage import ObjectNotFound, Storage, download_key, open_storage
-from locaria_batch.web import present
+from locaria_batch.web import inputs, present
 from locaria_batch.web.database import Pools
 from locaria_batch.web.events import RESYNC, StatusBroadcaster
 from locaria_batch.web.metrics import QueueCollector
@@ -61,6 +60,7 @@ PAGE_SIZE = 50
 MAX_BULK = 1000  # files one request may retry or cancel
 LOG_TAIL_LINES = 200
 KEEPALIVE_SECONDS = 15.0
+MAX_BODY_BYTES = 1 << 20  # a JSON body of an action; uploads stream, under their own limit
 DATABASE_RETRY_SECONDS = 5  # what a page or call refused while the database is away says to wait
 ACTIONS = ("retry", "cancel")
 SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")  # a download's stored name ({id}.{ext}), nothing else
@@ -90,11 +90,11 @@ class Console:
         self.formats = download_formats()
 
     # -- helpers -----------------------------------------------------------------------------
-    def page(self, request: Request, template: str, **context: Any) -> HTMLResponse:
+    def page(self, request: Request, template: str, *, status_code: int = 200, **context: Any) -> HTMLResponse:
         context.setdefault("active", template.removesuffix(".html"))
         context.setdefault("page", template.removesuffix(".html"))
         response = self.templates.TemplateResponse(request, template, {"csrf": request.scope["state"]["csrf"],
-                                                                       **context})
+                                                                       **context}, status_code=status_code)
         response.headers["cache-control"] = "no-store"
         return response
 
@@ -107,9 +107,11 @@ class Console:
     def files_query(self, request: Request) -> FilePageQuery:
         params = request.query_params
         before = params.get("before", "")
-        return FilePageQuery(status=params.get("status") or None, docker=params.get("docker") or None,
-                             text=(params.get("q") or "").strip()[:200] or None, deleted=params.get("deleted") == "1",
-                             before_id=int(before) if before.isdigit() else None, limit=PAGE_SIZE)
+        return FilePageQuery(status=inputs.optional_text(params.get("status"), "status"),
+                             docker=inputs.optional_text(params.get("docker"), "docker"),
+                             text=inputs.text(params.get("q", ""), "the search text").strip() or None,
+                             deleted=params.get("deleted") == "1",
+                             before_id=inputs.id_text(before, "before") if before else None, limit=PAGE_SIZE)
 
     def files(self, request: Request) -> Response:
         query = self.files_query(request)
@@ -124,7 +126,8 @@ class Console:
 
     def file_rows(self, request: Request) -> Response:
         """Rows of the table: the next page (`before`), or the rows of given ids (live updates)."""
-        ids = [int(part) for part in request.query_params.get("ids", "").split(",") if part.isdigit()][:200]
+        listed = request.query_params.get("ids", "")
+        ids = [inputs.id_text(part, "ids") for part in listed.split(",")][:200] if listed else []
         with self.read() as store:
             if ids:
                 rows = store.file_page(FilePageQuery(ids=tuple(ids), limit=len(ids)))
@@ -138,12 +141,12 @@ class Console:
         return response
 
     def file(self, request: Request) -> Response:
-        file_id = int(request.path_params["file_id"])
+        file_id = request.path_params["file_id"]
         with self.read() as store:
             try:
-                row = get_file(store.conn, file_id)
+                row = get_file(store.conn, inputs.file_id_in_path(file_id))
             except NotFound:
-                return self.page(request, "missing.html", file_id=file_id)
+                return self.page(request, "missing.html", file_id=file_id, status_code=404)
             attempts = store.attempts_of_file(file_id)
         logs = {}
         for attempt in attempts:
@@ -157,9 +160,9 @@ class Console:
 
     def download(self, request: Request) -> Response:
         """The object of a completed download: a redirect to its presigned URL on S3, else the bytes."""
-        file_id = int(request.path_params["file_id"])
+        file_id = inputs.file_id_in_path(request.path_params["file_id"])
         with self.pools.read() as conn:
-            row = get_file(conn, file_id)
+            row = get_file(conn, file_id)  # an unknown id: NotFound, answered 404
         attrs = row["attributes"] or {}
         name = str(attrs.get("fileName") or "")
         if row["status"] != statuses.DOWNLOAD_COMPLETED or attrs.get("expired") or not SAFE_NAME.fullmatch(name):
@@ -190,12 +193,17 @@ class Console:
 
     # -- actions (POST, CSRF-checked by the guard) -------------------------------------------
     async def body(self, request: Request) -> dict[str, Any]:
+        data = bytearray()
+        async for chunk in request.stream():
+            data += chunk
+            if len(data) > MAX_BODY_BYTES:
+                raise inputs.BadInput(f"the request body is larger than {MAX_BODY_BYTES} bytes")
         try:
-            value = json.loads(await request.body() or b"{}")
-        except json.JSONDecodeError:
-            raise LocariaError("the request body is not JSON") from None
+            value = json.loads(bytes(data) or b"{}")
+        except (ValueError, RecursionError):  # not JSON, not UTF-8, or nested beyond reason
+            raise inputs.BadInput("the request body is not JSON") from None
         if not isinstance(value, dict):
-            raise LocariaError("the request body must be a JSON object")
+            raise inputs.BadInput("the request body must be a JSON object")
         return value
 
     def file_action(self, action: str, file_ids: list[int]) -> dict[str, Any]:
@@ -215,15 +223,16 @@ class Console:
         if action not in ACTIONS:
             return JSONResponse({"error": f"no action {action!r}"}, status_code=404)
         payload = await self.body(request)
-        ids = [int(item) for item in payload.get("ids", []) if isinstance(item, int) and item > 0]
-        if not ids or len(ids) > MAX_BULK:
+        ids = inputs.id_list(payload.get("ids"), "ids", limit=MAX_BULK)
+        if not ids:
             return JSONResponse({"error": f"name between 1 and {MAX_BULK} files"}, status_code=400)
         return JSONResponse(await asyncio.to_thread(self.file_action, action, ids))
 
     def job_filter(self, payload: dict[str, Any]) -> JobFilter:
-        states = [JobState(value) for value in payload.get("states", [])]
-        since = parse_age(payload["since"]) if payload.get("since") else None
-        return JobFilter(states=tuple(states), dockers=tuple(str(d) for d in payload.get("dockers", [])),
+        states = [JobState(inputs.choice(value, "states", list(JobState)))
+                  for value in inputs.items(payload.get("states"), "states")]
+        since = inputs.age(payload["since"], "since") if payload.get("since") not in (None, "") else None
+        return JobFilter(states=tuple(states), dockers=tuple(inputs.text_list(payload.get("dockers"), "dockers")),
                          since=since)
 
     async def jobs_action(self, request: Request) -> Response:
@@ -232,10 +241,7 @@ class Console:
         if action not in ACTIONS:
             return JSONResponse({"error": f"no action {action!r}"}, status_code=404)
         payload = await self.body(request)
-        try:
-            where = self.job_filter(payload)
-        except ValueError as exc:
-            return JSONResponse({"error": str(exc)}, status_code=400)
+        where = self.job_filter(payload)
         if where.empty:
             return JSONResponse({"error": "name the jobs: a state, a docker or an age"}, status_code=400)
 
@@ -252,10 +258,7 @@ class Console:
 
     async def upload_start(self, request: Request) -> Response:
         """Local storage takes the bytes here; S3 storage gets a presigned PUT the browser sends them to."""
-        payload = await self.body(request)
-        name = os.path.basename(str(payload.get("name") or "")).strip()
-        if not name:
-            return JSONResponse({"error": "the file has no name"}, status_code=400)
+        name = inputs.upload_name((await self.body(request)).get("name"))
         if not hasattr(self.storage, "upload_url"):
             return JSONResponse({"mode": "local"})
 
@@ -267,9 +270,7 @@ class Console:
         return JSONResponse(await asyncio.to_thread(ticket))
 
     async def upload_local(self, request: Request) -> Response:
-        name = os.path.basename(request.query_params.get("name", "")).strip()
-        if not name:
-            return JSONResponse({"error": "the file has no name"}, status_code=400)
+        name = inputs.upload_name(request.query_params.get("name"))
         limit = settings().loader_limits.max_file_bytes
         size = 0
         with tempfile.TemporaryDirectory(prefix="locaria-console-") as folder:
@@ -290,7 +291,7 @@ class Console:
         return JSONResponse({"id": file_id})
 
     async def upload_complete(self, request: Request) -> Response:
-        file_id = int(request.path_params["file_id"])
+        file_id = inputs.file_id_in_path(request.path_params["file_id"])
 
         def complete() -> dict[str, Any]:
             with self.pools.write() as conn:
@@ -300,13 +301,11 @@ class Console:
 
     async def download_request(self, request: Request) -> Response:
         payload = await self.body(request)
-        fmt = str(payload.get("format") or "")
-        if fmt not in self.formats:
-            return JSONResponse({"error": f"choose a format: {', '.join(self.formats)}"}, status_code=400)
-        table = str(payload.get("table") or "") or None
-        category = str(payload.get("category") or "") or None
+        fmt = inputs.choice(payload.get("format"), "format", self.formats)
+        table = inputs.optional_text(payload.get("table"), "table")
+        category = inputs.optional_text(payload.get("category"), "category")
         attributes = download_attributes(fmt, table=table, categories=[category] if category else [],
-                                         name=str(payload.get("name") or "") or None)
+                                         name=inputs.optional_text(payload.get("name"), "name", inputs.NAME_LIMIT))
 
         def make() -> int:
             with self.pools.write() as conn:
@@ -337,6 +336,13 @@ class Console:
 
     def metrics_page(self, request: Request) -> Response:
         return Response(generate_latest(self.metrics), media_type=CONTENT_TYPE_LATEST)
+
+
+def refusal(request: Request, status: int, message: str, headers: dict[str, str] | None = None) -> Response:
+    """An error answer of one line: JSON {"error": ...} to the API, plain text to pages."""
+    if request.scope["path"].startswith("/api/"):
+        return JSONResponse({"error": message}, status_code=status, headers=headers)
+    return PlainTextResponse(message, status_code=status, headers=headers)
 
 
 def download_formats() -> list[str]:
@@ -396,11 +402,12 @@ def create_app(config: ConsoleConfig) -> Any:
         return run
 
     def actions(handler: Any) -> Any:
+        """An action: any error it raises on purpose is the caller's to fix (400), or names nothing (404)."""
         async def run(request: Request) -> Response:
             try:
                 return await handler(request)  # type: ignore[no-any-return]
             except LocariaError as exc:
-                return JSONResponse({"error": str(exc)}, status_code=404 if isinstance(exc, NotFound) else 400)
+                return refusal(request, 404 if isinstance(exc, NotFound) else 400, str(exc))
         return run
 
     routes = [
@@ -422,15 +429,24 @@ def create_app(config: ConsoleConfig) -> Any:
     async def database_away(request: Request, exc: Exception) -> Response:
         """The database is down or unreachable: say so at once, with when to try again (the pools
         reconnect on their own), instead of an internal error."""
-        log.warning("%s %s: the database cannot be reached (%s)", request.method, request.url.path,
+        log.warning("%s %s: the database cannot be reached (%s)", request.method, request.scope["path"],
                     first_line(exc))
         message = "The database cannot be reached right now; the console reconnects on its own. Try again in a moment."
-        headers = {"Retry-After": str(DATABASE_RETRY_SECONDS)}
-        if request.url.path.startswith("/api/"):
-            return JSONResponse({"error": message}, status_code=503, headers=headers)
-        return PlainTextResponse(message, status_code=503, headers=headers)
+        return refusal(request, 503, message, headers={"Retry-After": str(DATABASE_RETRY_SECONDS)})
 
-    app = Starlette(routes=routes, lifespan=lifespan, exception_handlers={psycopg.OperationalError: database_away})
+    async def input_refused(request: Request, exc: Exception) -> Response:
+        """A value the checks refused (400), or an id of nothing (404)."""
+        return refusal(request, 404 if isinstance(exc, NotFound) else 400, first_line(exc))
+
+    async def refused_by_database(request: Request, exc: Exception) -> Response:
+        """Last resort for a value the checks at the edge let through: the database's refusal is the
+        caller's (400), and the traceback is logged, since a check is missing."""
+        log.error("%s %s: a value the console did not check", request.method, request.scope["path"], exc_info=exc)
+        return refusal(request, 400, f"the database refused a value of this request: {first_line(exc)}")
+
+    app = Starlette(routes=routes, lifespan=lifespan, exception_handlers={
+        psycopg.OperationalError: database_away, inputs.BadInput: input_refused, NotFound: input_refused,
+        psycopg.DataError: refused_by_database})
     app.state.console = console
     guarded = Guard(app, config.host, config.port, config.token)
     return security_headers(guarded, upload_origin(console.storage))

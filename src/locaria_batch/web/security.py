@@ -12,7 +12,7 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass, field
 from http.cookies import SimpleCookie
 from typing import Any
-from urllib.parse import parse_qsl, urlencode, urlsplit
+from urllib.parse import parse_qsl, quote, urlencode, urlsplit
 
 from locaria_batch.errors import ConfigurationError
 
@@ -56,6 +56,31 @@ def same(given: str | None, expected: str) -> bool:
     return given is not None and hmac.compare_digest(given.encode(), expected.encode())
 
 
+def host_name(authority: str) -> str | None:
+    """The host of a Host header's `name[:port]`, lower case ("" when empty); None when malformed
+    (an unclosed `[::1`, say)."""
+    try:
+        return (urlsplit("//" + authority).hostname or "").lower()
+    except ValueError:
+        return None
+
+
+def netloc(url: str) -> str | None:
+    """An Origin's `host[:port]`, lower case; None when malformed."""
+    try:
+        return urlsplit(url).netloc.lower()
+    except ValueError:
+        return None
+
+
+def local_location(path: str, query: list[tuple[str, str]]) -> str:
+    """A redirect target on this console only: one leading slash (never `//host` nor a scheme, which
+    browsers take to another site) and every character percent-encoded (no CR/LF, nothing beyond
+    ASCII in a header)."""
+    rest = urlencode(query)
+    return "/" + quote(path.lstrip("/"), safe="/") + (f"?{rest}" if rest else "")
+
+
 @dataclass
 class Guard:
     """The console's ASGI middleware: Host names, the token and the CSRF check."""
@@ -79,17 +104,20 @@ class Guard:
             return
         headers = {key.decode("latin-1").lower(): value.decode("latin-1") for key, value in scope["headers"]}
         allowed = self.allowed_hosts
-        host_name = (urlsplit("//" + headers.get("host", "")).hostname or "").lower()
-        if allowed is not None and host_name not in allowed:
+        host = host_name(headers.get("host", ""))
+        if host is None:
+            await plain(send, 400, "malformed Host header")
+            return
+        if allowed is not None and host not in allowed:
             await plain(send, 400, "unknown Host: open the console as http://127.0.0.1 or http://localhost")
             return
         if self.token is not None:
-            query = dict(parse_qsl(scope.get("query_string", b"").decode("latin-1")))
-            if scope["method"] in SAFE_METHODS and same(query.get("token"), self.token):
+            query = parse_qsl(scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True)
+            if scope["method"] in SAFE_METHODS and any(key == "token" and same(value, self.token)
+                                                       for key, value in query):
                 # the link with ?token= sets the cookie once, then the token leaves the address bar
-                rest = urlencode([(k, v) for k, v in query.items() if k != "token"])
-                await redirect(send, scope["path"] + (f"?{rest}" if rest else ""), set_cookie=self.token,
-                               secure=scope.get("scheme") == "https")
+                location = local_location(scope["path"], [(k, v) for k, v in query if k != "token"])
+                await redirect(send, location, set_cookie=self.token, secure=scope.get("scheme") == "https")
                 return
             if not self.authorised(headers):
                 await plain(send, 401, "this console needs its token: open it with ?token=... once, or send "
@@ -97,7 +125,7 @@ class Guard:
                 return
         if scope["method"] not in SAFE_METHODS:
             origin = headers.get("origin")
-            if origin is not None and (urlsplit(origin).netloc or "").lower() != headers.get("host", "").lower():
+            if origin is not None and netloc(origin) != headers.get("host", "").lower():
                 await plain(send, 403, "cross-site request refused")
                 return
             if not same(headers.get(CSRF_HEADER), self.csrf):
@@ -131,6 +159,6 @@ async def plain(send: Send, status: int, text: str) -> None:
 async def redirect(send: Send, location: str, *, set_cookie: str, secure: bool) -> None:
     cookie = f"{COOKIE}={set_cookie}; Path=/; HttpOnly; SameSite=Strict" + ("; Secure" if secure else "")
     await send({"type": "http.response.start", "status": 303, "headers": [
-        (b"location", location.encode("latin-1")), (b"set-cookie", cookie.encode("latin-1")),
+        (b"location", location.encode("ascii")), (b"set-cookie", cookie.encode("latin-1")),
         (b"cache-control", b"no-store"), (b"content-length", b"0")]})
     await send({"type": "http.response.body", "body": b""})
