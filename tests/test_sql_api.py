@@ -66,7 +66,9 @@ def test_get_files_filters_and_hides_deleted(conn) -> None:
 def test_delete_file_is_soft_and_reports_unknown_ids(conn) -> None:
     call(conn, "add_file", {"file_attributes": {}})
     assert call(conn, "delete_file", {"id": 1}) == {"id": 1, "message": "file marked as deleted"}
-    assert conn.execute("SELECT status FROM locaria_core.files WHERE id = 1").fetchone()["status"] == "DELETED"
+    row = conn.execute("SELECT status, attributes FROM locaria_core.files WHERE id = 1").fetchone()
+    assert row["status"] == "DELETED" and row["attributes"]["log_messages"][-1]["message"] == "File deleted"
+    assert call(conn, "delete_file", {"id": 1}) == {"error": "No rows deleted,", "id": 1}  # once only
     assert call(conn, "delete_file", {"id": 42}) == {"error": "No rows deleted,", "id": 42}
 
 
