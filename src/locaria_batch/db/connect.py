@@ -25,6 +25,8 @@ from locaria_batch.settings import settings
 Query: TypeAlias = str | bytes | sql.SQL | sql.Composed
 Params: TypeAlias = Sequence[Any] | Mapping[str, Any] | None
 
+BIGINT_MAX = 2**63 - 1  # the largest id, count or LIMIT PostgreSQL holds
+
 
 def _embedded_url(role: str) -> str:
     from locaria_batch.db.cluster import EmbeddedCluster

@@ -10,11 +10,11 @@ import unicodedata
 from collections.abc import Collection
 from datetime import timedelta
 
+from locaria_batch.db import BIGINT_MAX
 from locaria_batch.errors import LocariaError
 from locaria_batch.files import FileNotFound
 from locaria_batch.settings import parse_age
 
-BIGINT_MAX = 2**63 - 1
 # ASCII digits only: str.isdigit() also takes '²' and other digits that int() refuses
 DIGITS = re.compile(r"[0-9]{1,19}")
 TEXT_LIMIT = 200  # a filter, a status, a docker, a table

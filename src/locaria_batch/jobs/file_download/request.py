@@ -19,10 +19,11 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from locaria_batch.db import BIGINT_MAX
 from locaria_batch.job import JobError
 
 FILTER_KEYS = ("bbox", "attributes", "created_after", "created_before", "limit")
-LIMIT_MAX = 2**63 - 1  # PostgreSQL's LIMIT is a bigint
+LIMIT_MAX = BIGINT_MAX  # PostgreSQL's LIMIT is a bigint
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import re
 import struct
 import unicodedata
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -410,24 +411,27 @@ def iso_datetimes(text: pa.Array, utc: bool) -> pa.Array:
     zoned = pc.fill_null(pc.match_substring_regex(text, UTC_OFFSET), False)
     aware = pa.timestamp("ms", tz="UTC")
     if utc:
-        return _cast_each(pc.if_else(zoned, text, pc.binary_join_element_wise(text, "Z", "")), aware)
+        return cast_each(pc.if_else(zoned, text, pc.binary_join_element_wise(text, "Z", "")), aware)
     if not pc.any(zoned).as_py():
-        return _cast_each(text, pa.timestamp("ms"))
-    naive = _cast_each(pc.if_else(zoned, pa.scalar(None, pa.string()), text), pa.timestamp("ms"))
-    instants = _cast_each(pc.if_else(zoned, text, pa.scalar(None, pa.string())), aware)
+        return cast_each(text, pa.timestamp("ms"))
+    naive = cast_each(pc.if_else(zoned, pa.scalar(None, pa.string()), text), pa.timestamp("ms"))
+    instants = cast_each(pc.if_else(zoned, text, pa.scalar(None, pa.string())), aware)
     return pc.if_else(zoned, instants.cast(pa.timestamp("ms")), naive)
 
 
-def _cast_each(values: pa.Array, target: pa.DataType) -> pa.Array:
-    """A cast of the whole array, or, when some value does not convert, value by value (those become null)."""
+def cast_each(values: pa.Array, target: pa.DataType,
+              convert: Callable[[pa.Array], pa.Array] | None = None) -> pa.Array:
+    """`convert` (a cast to `target`) of the whole array, or, when some value does not convert, value by
+    value: those become null."""
+    convert = convert or (lambda part: pc.cast(part, target))
     try:
-        return pc.cast(values, target)
+        return convert(values)
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
         pass
-    converted = []
-    for value in values.to_pylist():
+    converted: list[object] = []
+    for value in values.to_pylist():  # out-of-range numbers, impossible dates
         try:
-            converted.append(None if value is None else pc.cast(pa.array([value]), target)[0].as_py())
+            converted.append(None if value is None else convert(pa.array([value], values.type))[0].as_py())
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
             converted.append(None)
     return pa.array(converted, target)
@@ -479,15 +483,6 @@ def coerce_text(column: pa.Array, pg_type: str, decimal_comma: bool = False) -> 
     fits = pc.fill_null(pc.match_substring_regex(text, TEXT_PATTERNS[pg_type]), True)
     values = pc.if_else(fits, text, pa.scalar(None, pa.string()))
     bad = np.nonzero(~np.asarray(fits))[0].tolist()
-    try:
-        return cast(values), bad
-    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
-        pass
-    typed: list[object] = []
-    for index, value in enumerate(values.to_pylist()):  # out-of-range numbers, impossible dates
-        try:
-            typed.append(None if value is None else cast(pa.array([value], pa.string()))[0].as_py())
-        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
-            typed.append(None)
-            bad.append(index)
-    return pa.array(typed, target), sorted(bad)
+    typed = cast_each(values, target, cast)
+    lost = pc.and_(pc.is_valid(values), pc.is_null(typed))  # of the right form, yet out of range
+    return typed, sorted(bad + np.flatnonzero(np.asarray(lost)).tolist())

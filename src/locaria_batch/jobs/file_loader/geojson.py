@@ -37,14 +37,14 @@ import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from locaria_batch.jobs.file_loader.columns import text_times
+from locaria_batch.jobs.file_loader.columns import INT64_MAX, text_times
 
 PARALLEL_BYTES = 32 << 20  # below this, starting a helper process costs more than it saves
 HELPER_QUEUE = 2  # blocks handed to the helper ahead, so that it never waits for the next
 BLOCK_BYTES = 1 << 20  # text parsed at a time: ~5k point features; bigger blocks cost memory, not speed
 HEAD_BYTES = 1 << 20  # where the "features" array must start
 INT32 = (-(2**31), 2**31 - 1)
-INT64 = (-(2**63), 2**63 - 1)
+INT64 = (-INT64_MAX - 1, INT64_MAX)
 WKB_FIELD = {b"ARROW:extension:name": b"geoarrow.wkb"}
 JSON_TYPE = pa.json_(pa.string()) if hasattr(pa, "json_") else pa.string()
 GEOMETRY_CODES = {"Point": 1, "LineString": 2, "Polygon": 3, "MultiPoint": 4, "MultiLineString": 5,
